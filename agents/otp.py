@@ -1,0 +1,259 @@
+"""The OTP flows: ingest and re-key requests, then generate / validate / expire per identifier.
+
+``ingest_generate`` and ``ingest_validate`` read the engine's topics (keyed however the engine
+likes), refuse what cannot be parsed (error reply if a ``processInstanceId`` is readable, else
+dead-letter), and forward the rest to ``otp-commands`` keyed by ``clientId``. ``process_otp``
+owns the ``otps`` table: generate and validate for one identifier arrive on one partition, in
+order, next to that identifier's row, so the table is only ever changed by its owner.
+
+No handler may crash its agent: an agent that raises stops consuming, and every request after
+it would wait forever. Each event is handled inside its own ``try``; the unexpected becomes an
+error reply (or a dead-letter record) and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from app import codec, records
+from app.channels.base import DeliveryError, Notification
+from app.core import otp, render
+from app.core.otp import OtpRecord, Outcome, RateLimited
+from app.records import GenerateRequest, RequestError, ValidateRequest
+
+log = logging.getLogger(__name__)
+
+GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
+INTERNAL_ERROR = "internal error while handling the request"
+
+
+def _source(event: Any) -> list[Any]:
+    message = event.message
+    return [message.topic, message.partition, message.offset]
+
+
+def register(ctx: Any) -> dict[str, Any]:
+    app, settings, topics, otps = ctx.app, ctx.settings, ctx.topics, ctx.tables.otps
+
+    # -- replies and dead letters ------------------------------------------------------------
+    async def send_reply(topic: Any, body: dict[str, Any], headers: Any) -> None:
+        """Keyed by processInstanceId (per-instance order) with every header of the request."""
+        await topic.send(
+            key=str(body["processInstanceId"]).encode(), value=codec.dumps(body), headers=headers
+        )
+
+    async def dead_letter(event: Any, reason: str) -> None:
+        message = event.message
+        headers = dict(event.headers or {})
+        headers["x-dlq-reason"] = reason.encode()
+        headers["x-dlq-source"] = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        await topics.dlq.send(key=event.key, value=event.value, headers=headers)
+        log.warning(
+            "dead-lettered %s/%s/%s: %s", message.topic, message.partition, message.offset, reason
+        )
+
+    async def refuse(event: Any, exc: RequestError, kind: str) -> None:
+        """An unparseable request: answer the engine if we can tell whom, else dead-letter it."""
+        if exc.process_instance_id is None:
+            await dead_letter(event, str(exc))
+            return
+        salvaged = records.salvage_reply_fields(event.value)
+        make, topic = (
+            (records.generate_reply, topics.generate_out)
+            if kind == GENERATE
+            else (records.validate_reply, topics.validate_out)
+        )
+        body = make(
+            exc.process_instance_id,
+            salvaged.get("clientId"),
+            salvaged.get("channel"),
+            False,
+            str(exc),
+        )
+        await send_reply(topic, body, event.headers)
+
+    # -- ingest: parse, check, re-key by clientId --------------------------------------------
+    def ingest(kind: str, parse: Any) -> Any:
+        async def ingest_agent(stream: Any) -> None:
+            async for event in stream.events():
+                try:
+                    try:
+                        request = parse(event.value, settings.max_request_bytes)
+                    except RequestError as exc:
+                        await refuse(event, exc, kind)
+                        continue
+                    command = {
+                        "k": kind,
+                        "r": asdict(request),
+                        "src": _source(event),
+                        "t": time.time(),
+                    }
+                    await topics.otp_commands.send(
+                        key=request.key.encode(), value=codec.dumps(command), headers=event.headers
+                    )
+                except Exception:
+                    log.exception("unexpected failure ingesting %s", _source(event))
+                    await dead_letter(event, INTERNAL_ERROR)
+
+        return ingest_agent
+
+    ingest_generate = app.agent(topics.generate_in, name="ingest_generate")(
+        ingest(GENERATE, records.parse_generate)
+    )
+    ingest_validate = app.agent(topics.validate_in, name="ingest_validate")(
+        ingest(VALIDATE, records.parse_validate)
+    )
+
+    # -- process: the state machine per identifier --------------------------------------------
+    def load(key: bytes) -> OtpRecord | None:
+        raw = otps.get(key)
+        return OtpRecord.from_dict(codec.loads(raw)) if raw is not None else None
+
+    async def generate(key: bytes, req: GenerateRequest, headers: Any) -> None:
+        async def answer(sent: bool, error: str | None) -> None:
+            body = records.generate_reply(
+                req.process_instance_id, req.client_id, req.channel, sent, error
+            )
+            await send_reply(topics.generate_out, body, headers)
+
+        error = check_generate(req)
+        if error is not None:
+            await answer(False, error)
+            return
+        entry = ctx.cache.resolve(req.template_name, req.language)
+        channel = ctx.channels[req.channel]
+        now = time.time()
+        try:
+            code, record = otp.issue(
+                ctx.policy,
+                ctx.secret,
+                load(key),
+                identifier=req.key,
+                channel=req.channel,
+                process_instance_id=req.process_instance_id,
+                now=now,
+            )
+        except RateLimited as exc:
+            await answer(False, str(exc))
+            return
+        try:
+            rendered = render.render(entry.compiled, {**req.params, "otpValue": code})
+        except render.RenderError as exc:
+            await answer(False, f"template '{req.template_name}' could not be rendered: {exc}")
+            return
+        notification = Notification(
+            channel=req.channel,
+            recipient=req.recipient,
+            subject=rendered.subject,
+            body=rendered.body,
+            text=rendered.text,
+            template_name=req.template_name,
+            process_instance_id=req.process_instance_id,
+            headers=dict(headers or {}),
+        )
+        try:
+            await channel.send(notification)
+        except DeliveryError as exc:
+            await answer(False, str(exc))
+            return
+        otps[key] = codec.dumps(record.to_dict())
+        await answer(True, None)
+
+    def check_generate(req: GenerateRequest) -> str | None:
+        """Everything that can be refused before a code exists: nothing stored, nothing sent."""
+        entry = ctx.cache.resolve(req.template_name, req.language)
+        if entry is None:
+            return f"template '{req.template_name}' not found"
+        data = entry.data
+        if not data.get("active", True):
+            return f"template '{req.template_name}' is inactive"
+        if data.get("type") != req.channel:
+            kind = data.get("type")
+            return f"template '{req.template_name}' is a {kind} template, not {req.channel}"
+        if entry.compiled is None:
+            return f"template '{req.template_name}' does not compile"
+        missing = render.missing_mandatory(data.get("params", []), {**req.params, "otpValue": "0"})
+        if missing:
+            return f"missing mandatory parameter(s): {', '.join(missing)}"
+        return ctx.channels[req.channel].check_recipient(req.recipient)
+
+    async def validate(key: bytes, req: ValidateRequest, headers: Any) -> None:
+        record = load(key)
+        outcome, updated = otp.verify(
+            ctx.policy,
+            ctx.secret,
+            record,
+            identifier=req.key,
+            channel=req.channel,
+            code=req.otp,
+            now=time.time(),
+        )
+        if updated is not None and updated != record:
+            otps[key] = codec.dumps(updated.to_dict())
+        body = records.validate_reply(
+            req.process_instance_id,
+            req.client_id,
+            req.channel,
+            outcome is Outcome.VALID,
+            outcome.error,
+        )
+        await send_reply(topics.validate_out, body, headers)
+
+    def expire(key: bytes) -> None:
+        record = load(key)
+        if record is not None and otp.deletable(record, ctx.policy, time.time()):
+            del otps[key]
+
+    @app.agent(topics.otp_commands, name="process_otp")
+    async def process_otp(stream: Any) -> None:
+        await ctx.cache.ready.wait()
+        async for event in stream.events():
+            command: dict[str, Any] = {}
+            try:
+                command = codec.loads(event.value)
+                kind = command["k"]
+                if kind == GENERATE:
+                    await generate(event.key, GenerateRequest(**command["r"]), event.headers)
+                elif kind == VALIDATE:
+                    await validate(event.key, ValidateRequest(**command["r"]), event.headers)
+                elif kind == EXPIRE:
+                    expire(event.key)
+            except Exception:
+                log.exception("unexpected failure processing %s", _source(event))
+                await internal_error(event, command)
+
+    async def internal_error(event: Any, command: dict[str, Any]) -> None:
+        request = command.get("r") or {}
+        pid = request.get("process_instance_id")
+        if pid is None or command.get("k") not in (GENERATE, VALIDATE):
+            await dead_letter(event, INTERNAL_ERROR)
+            return
+        make, topic = (
+            (records.generate_reply, topics.generate_out)
+            if command["k"] == GENERATE
+            else (records.validate_reply, topics.validate_out)
+        )
+        body = make(pid, request.get("client_id"), request.get("channel"), False, INTERNAL_ERROR)
+        await send_reply(topic, body, event.headers)
+
+    # -- expiry: find on the owner's partitions, delete through the stream -------------------
+    @app.timer(interval=settings.otp_sweep_interval_seconds, name="sweep_expired_otps")
+    async def sweep_expired_otps() -> None:
+        """Tables change only inside their stream, so the sweep sends "expire" commands."""
+        now = time.time()
+        for key, raw in list(otps.items()):
+            try:
+                record = OtpRecord.from_dict(codec.loads(raw))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if otp.deletable(record, ctx.policy, now):
+                await topics.otp_commands.send(key=key, value=codec.dumps({"k": EXPIRE}))
+
+    return {
+        "ingest_generate": ingest_generate,
+        "ingest_validate": ingest_validate,
+        "process_otp": process_otp,
+    }

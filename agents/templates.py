@@ -1,0 +1,68 @@
+"""``write_template``: the single writer of the ``templates`` table.
+
+Faust lets a table change only inside the stream of a co-partitioned agent, so the REST views
+do not write: they ``ask`` this agent (keyed by ``name:language``) and wait for its answer.
+Creating, replacing and deleting one key are thereby serialized on one partition, which is what
+makes "409 if it exists" and the ``version`` counter race-free across workers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from app import codec
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def apply_command(
+    current: dict[str, Any] | None, command: dict[str, Any]
+) -> tuple[int, dict[str, Any] | None]:
+    """Decide one write: (HTTP status, template to store or None to delete/leave).
+
+    Pure, so the status rules are tested without Kafka.
+    """
+    op = command["op"]
+    if op == "create":
+        if current is not None:
+            return 409, current
+        now = _now()
+        return 201, {**command["template"], "version": 1, "createdAt": now, "updatedAt": now}
+    if op == "replace":
+        if current is None:
+            return 404, None
+        return 200, {
+            **command["template"],
+            "version": int(current.get("version", 0)) + 1,
+            "createdAt": current.get("createdAt"),
+            "updatedAt": _now(),
+        }
+    if op == "delete":
+        return (204, None) if current is not None else (404, None)
+    raise ValueError(f"unknown template command {op!r}")
+
+
+def register(ctx: Any) -> dict[str, Any]:
+    app, table = ctx.app, ctx.tables.templates
+
+    @app.agent(ctx.topics.template_commands, name="write_template")
+    async def write_template(commands: Any) -> Any:
+        async for command in commands:
+            key = command["key"].encode()
+            stored = table.get(key)
+            current = codec.loads(stored) if stored is not None else None
+            try:
+                status, template = apply_command(current, command)
+            except (KeyError, ValueError) as exc:
+                yield {"status": 400, "template": None, "error": str(exc)}
+                continue
+            if status in (200, 201):
+                table[key] = codec.dumps(template)
+            elif status == 204:
+                del table[key]
+            yield {"status": status, "template": template}
+
+    return {"write_template": write_template}

@@ -1,0 +1,38 @@
+"""``python -m app worker``: check the settings, then hand over to Faust's command line.
+
+Settings are validated *before* Faust starts, so a bad variable ends the process with one line
+naming it (exit code 2) instead of a traceback from deep inside the worker.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from app.settings import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m app worker [faust worker options]")
+        return 0 if args else 2
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    from app.main import create_app
+
+    app = create_app(settings)
+    if args[0] == "worker" and not any(a.startswith(("-l", "--loglevel")) for a in args):
+        args += ["--loglevel", settings.log_level.lower()]
+    if args[0] == "worker" and not any(a.startswith("--without-web") for a in args):
+        args += ["--web-port", str(settings.web_port), "--web-host", settings.web_host]
+    sys.argv = [sys.argv[0], *args]
+    app.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""MAIL over SMTP with aiosmtplib: a small pool of kept-open connections.
+
+Opening an SMTP session (TCP, greeting, EHLO, STARTTLS, AUTH) costs several round trips; doing
+it once per OTP would dominate the cost of a send. Connections are opened lazily, reused while
+the server keeps them, reopened once when it has dropped them, and closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
+
+import aiosmtplib
+
+from app.channels.base import DeliveryError, Notification
+
+PROVIDER = "smtp"
+# One plain address: no display name, no list, no CR/LF (header injection), no spaces.
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+# A server may hold a session open for a while but drops idle ones eventually; reconnecting
+# before sending is cheaper than a failed send and a retry.
+_MAX_IDLE_SECONDS = 30.0
+
+
+def check_address(recipient: str) -> str | None:
+    if len(recipient) > 254 or not _ADDRESS.fullmatch(recipient):
+        return "recipient must be one e-mail address (user@domain)"
+    return None
+
+
+class _Connection:
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self.last_used = 0.0
+
+
+class SmtpChannel:
+    """The MAIL channel. ``send`` is safe to call concurrently; at most ``pool_size`` sessions."""
+
+    name = "MAIL"
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: str,
+        username: str | None,
+        password: str | None,
+        from_email: str,
+        from_name: str,
+        timeout: float,
+        pool_size: int,
+        ca_file: str | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._security = security
+        self._username = username
+        self._password = password
+        self._from = formataddr((from_name, from_email))
+        self._from_domain = from_email.rpartition("@")[2] or "localhost"
+        self._timeout = timeout
+        self._ca_file = ca_file
+        self._idle: asyncio.LifoQueue[_Connection] = asyncio.LifoQueue()
+        self._slots = asyncio.Semaphore(pool_size)
+        self._all: list[_Connection] = []
+        self.connections_opened = 0
+
+    def check_recipient(self, recipient: str) -> str | None:
+        return check_address(recipient)
+
+    def build_message(self, notification: Notification) -> EmailMessage:
+        """HTML body with a plain-text alternative, so every mail client shows the code."""
+        msg = EmailMessage()
+        msg["From"] = self._from
+        msg["To"] = notification.recipient
+        msg["Subject"] = notification.subject or ""
+        msg["Date"] = formatdate(localtime=False)
+        msg["Message-ID"] = make_msgid(domain=self._from_domain)
+        if notification.text is not None:
+            msg.set_content(notification.text)
+            msg.add_alternative(notification.body, subtype="html")
+        else:
+            msg.set_content(notification.body)
+        return msg
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        tls_context = None
+        if self._security != "none":
+            tls_context = ssl.create_default_context(cafile=self._ca_file)
+        return aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            use_tls=self._security == "tls",
+            start_tls=self._security == "starttls",
+            username=self._username,
+            password=self._password,
+            timeout=self._timeout,
+            tls_context=tls_context,
+        )
+
+    async def _ready(self, conn: _Connection) -> None:
+        idle_too_long = time.monotonic() - conn.last_used > _MAX_IDLE_SECONDS
+        if conn.client.is_connected and idle_too_long:
+            await self._quietly_close(conn)
+        if not conn.client.is_connected:
+            await conn.client.connect()
+            self.connections_opened += 1
+
+    async def send(self, notification: Notification) -> None:
+        message = self.build_message(notification)
+        async with self._slots:
+            try:
+                conn = self._idle.get_nowait()
+            except asyncio.QueueEmpty:
+                conn = _Connection(self._new_client())
+                self._all.append(conn)
+            try:
+                await self._send_on(conn, message)
+            finally:
+                conn.last_used = time.monotonic()
+                self._idle.put_nowait(conn)
+
+    async def _send_on(self, conn: _Connection, message: EmailMessage) -> None:
+        for attempt in (1, 2):
+            try:
+                await self._ready(conn)
+                await conn.client.send_message(message)
+                return
+            except aiosmtplib.SMTPServerDisconnected:
+                # A kept-open session the server closed meanwhile: reopen once, then give up.
+                await self._quietly_close(conn)
+                if attempt == 2:
+                    raise DeliveryError(PROVIDER, "server disconnected", transient=True) from None
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                codes = sorted({r.code for r in exc.recipients})
+                raise DeliveryError(
+                    PROVIDER, f"recipient refused ({', '.join(map(str, codes))})", transient=False
+                ) from None
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                await self._quietly_close(conn)
+                raise DeliveryError(PROVIDER, f"{exc.code} authentication failed") from None
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._quietly_close(conn)
+                raise DeliveryError(
+                    PROVIDER,
+                    f"{exc.code} {_first_line(exc.message)}",
+                    transient=400 <= exc.code < 500,
+                ) from None
+            except (aiosmtplib.SMTPTimeoutError, TimeoutError):
+                await self._quietly_close(conn)
+                raise DeliveryError(PROVIDER, "timeout", transient=True) from None
+            except (aiosmtplib.SMTPConnectError, OSError) as exc:
+                await self._quietly_close(conn)
+                reason = type(exc).__name__
+                raise DeliveryError(
+                    PROVIDER,
+                    f"cannot connect to {self._host}:{self._port} ({reason})",
+                    transient=True,
+                ) from None
+            except aiosmtplib.SMTPException as exc:
+                await self._quietly_close(conn)
+                raise DeliveryError(PROVIDER, type(exc).__name__, transient=True) from None
+
+    async def _quietly_close(self, conn: _Connection) -> None:
+        client = conn.client
+        if client.is_connected:
+            try:
+                await asyncio.wait_for(client.quit(), timeout=1.0)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+        conn.client = self._new_client()
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await self._quietly_close(conn)
+        self._all.clear()
+
+
+def _first_line(text: str) -> str:
+    """Server text, one line, bounded: enough to diagnose, never a dump into the reply."""
+    return (text or "").splitlines()[0][:120] if text else ""

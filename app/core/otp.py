@@ -1,0 +1,216 @@
+"""OTP policy: make a code, keep only its HMAC, check a guess, expire, count attempts and sends.
+
+Pure functions over a small immutable record, with the clock passed in, so every rule is
+tested directly without Kafka and the agent that applies them stays a thin shell. The record is
+what the ``otps`` table (and so its changelog topic) holds: it never contains the code itself,
+only ``HMAC-SHA256(OTP_HMAC_SECRET, identifier | channel | code)``. Binding the identifier and
+channel into the MAC means a stolen record cannot be replayed for another user or channel, and
+a 6-digit code cannot be recovered from the changelog without the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DIGITS = "0123456789"
+
+
+@dataclass(frozen=True)
+class OtpPolicy:
+    """The knobs of the policy; filled from Settings by the app, defaults follow NIST 800-63B."""
+
+    length: int = 6
+    alphabet: str = DIGITS
+    ttl_seconds: float = 600
+    max_attempts: int = 5
+    max_sends: int = 5
+    send_window_seconds: float = 600
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.length <= 10:
+            raise ValueError("OTP length must be between 4 and 10")
+        if len(set(self.alphabet)) < 10:
+            raise ValueError("OTP alphabet needs at least 10 distinct characters")
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    CONSUMED = "consumed"
+    LOCKED = "locked"
+
+
+class Outcome(enum.StrEnum):
+    """Result of a validation; each failure has its own message for the engine."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+    LOCKED = "locked"
+    EXPIRED = "expired"
+    CONSUMED = "consumed"
+    UNKNOWN = "unknown"
+
+    @property
+    def error(self) -> str | None:
+        return _OUTCOME_ERRORS[self]
+
+
+_OUTCOME_ERRORS: dict[Outcome, str | None] = {
+    Outcome.VALID: None,
+    Outcome.INVALID: "invalid code",
+    Outcome.LOCKED: "too many failed attempts: the code is locked, generate a new one",
+    Outcome.EXPIRED: "code expired",
+    Outcome.CONSUMED: "code already used",
+    Outcome.UNKNOWN: "no code was generated for this client",
+}
+
+
+class RateLimited(Exception):
+    """Too many codes were sent to one identifier inside the send window."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many codes requested: retry in {int(retry_after) + 1} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class OtpRecord:
+    """What is stored per identifier. ``sends`` holds issue times still inside the window."""
+
+    digest: str
+    channel: str
+    process_instance_id: Any
+    issued_at: float
+    expires_at: float
+    attempts: int = 0
+    status: Status = Status.PENDING
+    sends: tuple[float, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Short keys: this is written to RocksDB and the changelog once per request."""
+        return {
+            "d": self.digest,
+            "c": self.channel,
+            "p": self.process_instance_id,
+            "i": self.issued_at,
+            "e": self.expires_at,
+            "a": self.attempts,
+            "s": self.status.value,
+            "n": list(self.sends),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OtpRecord:
+        return cls(
+            digest=data["d"],
+            channel=data["c"],
+            process_instance_id=data.get("p"),
+            issued_at=float(data["i"]),
+            expires_at=float(data["e"]),
+            attempts=int(data.get("a", 0)),
+            status=Status(data.get("s", Status.PENDING.value)),
+            sends=tuple(float(t) for t in data.get("n", ())),
+        )
+
+
+def new_code(policy: OtpPolicy) -> str:
+    """A fresh code from the OS CSPRNG (``secrets``), uniform over the alphabet."""
+    alphabet = policy.alphabet
+    return "".join(secrets.choice(alphabet) for _ in range(policy.length))
+
+
+def digest(secret: bytes, identifier: str, channel: str, code: str) -> str:
+    """HMAC-SHA256 of the code bound to its identifier and channel (hex)."""
+    message = b"\x1f".join((identifier.encode(), channel.encode(), code.encode()))
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def recent_sends(record: OtpRecord | None, policy: OtpPolicy, now: float) -> tuple[float, ...]:
+    if record is None:
+        return ()
+    horizon = now - policy.send_window_seconds
+    return tuple(t for t in record.sends if t > horizon)
+
+
+def check_send_allowed(record: OtpRecord | None, policy: OtpPolicy, now: float) -> None:
+    """Raise :class:`RateLimited` when the identifier used up its sends in the window."""
+    sends = recent_sends(record, policy, now)
+    if len(sends) >= policy.max_sends:
+        raise RateLimited(retry_after=min(sends) + policy.send_window_seconds - now)
+
+
+def issue(
+    policy: OtpPolicy,
+    secret: bytes,
+    previous: OtpRecord | None,
+    *,
+    identifier: str,
+    channel: str,
+    process_instance_id: Any,
+    now: float,
+    code: str | None = None,
+) -> tuple[str, OtpRecord]:
+    """Make a new code that replaces any previous one; the send counter carries over.
+
+    Raises :class:`RateLimited` before a code is made, so a refused request changes nothing.
+    """
+    check_send_allowed(previous, policy, now)
+    code = new_code(policy) if code is None else code
+    record = OtpRecord(
+        digest=digest(secret, identifier, channel, code),
+        channel=channel,
+        process_instance_id=process_instance_id,
+        issued_at=now,
+        expires_at=now + policy.ttl_seconds,
+        sends=(*recent_sends(previous, policy, now), now),
+    )
+    return code, record
+
+
+def verify(
+    policy: OtpPolicy,
+    secret: bytes,
+    record: OtpRecord | None,
+    *,
+    identifier: str,
+    channel: str,
+    code: str,
+    now: float,
+) -> tuple[Outcome, OtpRecord | None]:
+    """Check a guess; return the outcome and the record to store (unchanged when nothing moved).
+
+    The comparison is constant-time. A right code is consumed (single use); a wrong one costs
+    an attempt, and the ``max_attempts``-th wrong one locks the code until a new one is issued.
+    A guess for another channel than the code was sent on is simply wrong: the MAC binds both.
+    """
+    if record is None:
+        return Outcome.UNKNOWN, None
+    if record.status is Status.CONSUMED:
+        return Outcome.CONSUMED, record
+    if record.status is Status.LOCKED:
+        return Outcome.LOCKED, record
+    if now >= record.expires_at:
+        return Outcome.EXPIRED, record
+    expected = digest(secret, identifier, channel, code)
+    if hmac.compare_digest(expected, record.digest):
+        return Outcome.VALID, replace(record, status=Status.CONSUMED)
+    attempts = record.attempts + 1
+    if attempts >= policy.max_attempts:
+        return Outcome.LOCKED, replace(record, attempts=attempts, status=Status.LOCKED)
+    return Outcome.INVALID, replace(record, attempts=attempts)
+
+
+def is_expired(record: OtpRecord, now: float) -> bool:
+    return now >= record.expires_at
+
+
+def deletable(record: OtpRecord, policy: OtpPolicy, now: float) -> bool:
+    """True once the code is expired and no send inside the window still needs counting.
+
+    Deleting earlier would reset the send limit; keeping longer would grow the table forever.
+    """
+    return is_expired(record, now) and not recent_sends(record, policy, now)

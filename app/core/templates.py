@@ -1,0 +1,193 @@
+"""The notification template model: validate what an operator sends, before anything is stored.
+
+Pure (no Faust, no HTTP): the REST views call it, and so do the tests, directly. A template is
+refused at save time for everything that would otherwise fail later, at send time, in front of
+a user: a body that does not compile, a mandatory parameter the body never uses (FlowX refuses
+those too), a reach into Python internals.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from app.core import render
+
+TYPES = ("MAIL", "SMS", "PUSH")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*")
+PARAM_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+SERVER_FIELDS = ("version", "createdAt", "updatedAt")
+MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
+MAX_PARAMS = 100
+NAME_RULE = "must be 1-100 characters of A-Z a-z 0-9 _ . - (starting with a letter or digit)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class TemplateInvalid(ValueError):
+    """The template cannot be stored; ``problems`` says which fields and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+
+
+def template_key(name: str, language: str) -> str:
+    """The table key; ':' cannot occur in a valid name or language."""
+    return f"{name}:{language}"
+
+
+def is_html(template_type: str) -> bool:
+    """MAIL bodies are HTML (escaped output); SMS and PUSH bodies are plain text."""
+    return template_type == "MAIL"
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise TemplateInvalid(
+            [
+                Problem(
+                    "name",
+                    NAME_RULE,
+                )
+            ]
+        )
+    return name
+
+
+def check_language(language: Any, field: str = "language") -> str:
+    if not isinstance(language, str) or not LANGUAGE_RE.fullmatch(language):
+        raise TemplateInvalid([Problem(field, "must be a language tag such as 'en' or 'pt-BR'")])
+    return language
+
+
+def validate(
+    payload: Any, *, default_language: str, max_body_chars: int
+) -> tuple[dict[str, Any], render.CompiledTemplate]:
+    """Check a POST/PUT body; return the template as stored (without server fields) and compiled.
+
+    Collects every field problem before answering, so an operator fixes a body in one round.
+    Unknown fields are dropped rather than refused: FlowX clients send extra keys.
+    """
+    if not isinstance(payload, dict):
+        raise TemplateInvalid([Problem("$", "the body must be a JSON object")])
+    problems: list[Problem] = []
+
+    def want(cond: bool, field: str, message: str) -> bool:
+        if not cond:
+            problems.append(Problem(field, message))
+        return cond
+
+    name = payload.get("name")
+    want(
+        isinstance(name, str) and bool(NAME_RE.fullmatch(name)),
+        "name",
+        f"is required: {NAME_RULE.removeprefix('must be ')}",
+    )
+    ttype = payload.get("type")
+    want(ttype in TYPES, "type", f"is required: one of {', '.join(TYPES)}")
+    strategy = payload.get("strategyType")
+    want(
+        strategy is None or (isinstance(strategy, str) and len(strategy) <= 100),
+        "strategyType",
+        "must be a string of at most 100 characters or null",
+    )
+    active = payload.get("active", True)
+    want(isinstance(active, bool), "active", "must be true or false")
+    language = payload.get("language") or default_language
+    want(
+        isinstance(language, str) and bool(LANGUAGE_RE.fullmatch(language)),
+        "language",
+        "must be a language tag such as 'en' or 'pt-BR'",
+    )
+    subject = payload.get("subject")
+    if want(subject is None or isinstance(subject, str), "subject", "must be a string or null"):
+        if isinstance(subject, str):
+            want(
+                len(subject) <= MAX_SUBJECT_CHARS,
+                "subject",
+                f"is longer than {MAX_SUBJECT_CHARS} characters",
+            )
+            want("\r" not in subject and "\n" not in subject, "subject", "must be one line")
+        elif ttype == "MAIL":
+            problems.append(Problem("subject", "is required for MAIL templates"))
+    body = payload.get("body")
+    if want(
+        isinstance(body, str) and body.strip() != "", "body", "is required (a non-empty string)"
+    ):
+        want(
+            len(body) <= max_body_chars,
+            "body",
+            f"is longer than the {max_body_chars}-character limit",
+        )
+    context = payload.get("context", [])
+    want(context is None or isinstance(context, list), "context", "must be a list")
+    params = _params(payload.get("params", []), problems)
+    if problems:
+        raise TemplateInvalid(problems)
+
+    try:
+        compiled = render.compile_template(subject, body, html=is_html(ttype))
+    except render.TemplateError as exc:
+        raise TemplateInvalid([Problem(exc.field, str(exc))]) from None
+    unused = render.unused_mandatory(params, compiled)
+    if unused:
+        raise TemplateInvalid(
+            [
+                Problem("params", f"mandatory parameter '{key}' is not used by the subject or body")
+                for key in unused
+            ]
+        )
+    template = {
+        "name": name,
+        "type": ttype,
+        "strategyType": strategy,
+        "active": active,
+        "language": language,
+        "subject": subject,
+        "body": body,
+        "context": context or [],
+        "params": params,
+    }
+    return template, compiled
+
+
+def _params(value: Any, problems: list[Problem]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(Problem("params", "must be a list of {key, mandatory} objects"))
+        return []
+    if len(value) > MAX_PARAMS:
+        problems.append(Problem("params", f"has more than {MAX_PARAMS} entries"))
+        return []
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        field = f"params[{i}]"
+        if not isinstance(item, dict):
+            problems.append(Problem(field, "must be an object {key, mandatory}"))
+            continue
+        key = item.get("key")
+        mandatory = item.get("mandatory", False)
+        if not isinstance(key, str) or not PARAM_KEY_RE.fullmatch(key):
+            problems.append(Problem(f"{field}.key", "must be an identifier (letters, digits, _)"))
+            continue
+        if key in seen:
+            problems.append(Problem(f"{field}.key", f"duplicates '{key}'"))
+            continue
+        if not isinstance(mandatory, bool):
+            problems.append(Problem(f"{field}.mandatory", "must be true or false"))
+            continue
+        seen.add(key)
+        out.append({"key": key, "mandatory": mandatory})
+    return out

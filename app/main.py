@@ -1,0 +1,152 @@
+"""The app factory: one ``faust.App`` wired with its topics, tables, agents and views.
+
+``create_app(settings)`` builds a complete, independent app, so tests can run several with
+different settings; ``app`` (built on first access from the environment) is the one the
+``faust`` command line and ``python -m app worker`` run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from app.channels.base import Channel, UnconfiguredChannel
+from app.channels.smtp import SmtpChannel
+from app.core.otp import OtpPolicy
+from app.settings import Settings
+from tables.template_cache import TemplateCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """Everything an agent or a view needs, built once per app (no module-level state)."""
+
+    settings: Settings
+    app: faust.App
+    policy: OtpPolicy
+    secret: bytes
+    cache: TemplateCache
+    channels: dict[str, Channel]
+    topics: Any = None
+    tables: Any = None
+    agents: Any = None
+
+
+def build_channels(settings: Settings) -> dict[str, Channel]:
+    return {
+        "MAIL": SmtpChannel(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            from_email=settings.mail_from_email,
+            from_name=settings.mail_from_name,
+            timeout=settings.smtp_timeout_seconds,
+            pool_size=settings.smtp_pool_size,
+            ca_file=settings.smtp_ca_file,
+        ),
+        "SMS": UnconfiguredChannel("SMS"),
+        "PUSH": UnconfiguredChannel("PUSH"),
+    }
+
+
+def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None) -> faust.App:
+    """Build the Faust app for ``settings`` (already validated by ``Settings.from_env``)."""
+    from agents import otp as otp_agents
+    from agents import templates as template_agents
+    from tables import define_tables, define_topics
+    from web import register_views
+    from web.errors import error_middleware
+
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        autodiscover=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        topic_allow_declare=True,
+        reply_create_topic=True,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_application_options={
+            "middlewares": [error_middleware(settings.api_max_body_bytes)],
+            "client_max_size": settings.api_max_body_bytes,
+        },
+        web_transport="tcp://",
+        producer_linger=0.001,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        logging_config=None,
+    )
+    ctx = Context(
+        settings=settings,
+        app=app,
+        policy=OtpPolicy(
+            length=settings.otp_length,
+            alphabet=settings.otp_alphabet,
+            ttl_seconds=settings.otp_expire_seconds,
+            max_attempts=settings.otp_max_attempts,
+            max_sends=settings.otp_max_sends,
+            send_window_seconds=settings.otp_send_window_seconds,
+        ),
+        secret=(settings.otp_hmac_secret or "").encode(),
+        cache=TemplateCache(
+            settings.kafka_bootstrap_servers,
+            f"{settings.app_id}-templates-changelog",
+            settings.topic_partitions,
+            settings.template_default_language,
+        ),
+        channels=channels if channels is not None else build_channels(settings),
+    )
+    ctx.topics = define_topics(app, settings)
+    ctx.tables = define_tables(app, settings)
+    ctx.agents = {
+        **template_agents.register(ctx),
+        **otp_agents.register(ctx),
+    }
+    register_views(ctx)
+    app.otp_context = ctx  # type: ignore[attr-defined]
+
+    @app.task
+    async def run_template_cache() -> None:
+        await ctx.cache.run()
+
+    @app.task
+    async def warn_unmatched_reply_topics() -> None:
+        for topic in settings.unmatched_out_topics():
+            log.warning(
+                "REPLY TOPIC NOT READ BY THE ENGINE: %r does not match ENGINE_TOPIC_PATTERN %r; "
+                "the engine will never see replies sent there",
+                topic,
+                settings.engine_topic_pattern,
+            )
+
+    @app.service
+    class ChannelCloser(faust.Service):
+        """Closes the channels' connections when the worker stops."""
+
+        async def on_stop(self) -> None:
+            for channel in ctx.channels.values():
+                await channel.close()
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """Build the module-level ``app`` lazily, so importing this module needs no environment."""
+    if name == "app":
+        app = create_app(Settings.from_env())
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

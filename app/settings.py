@@ -1,0 +1,425 @@
+"""The one settings object of the service, filled from the environment and checked at startup.
+
+Every knob the service has is a field here, so the README's configuration table, the
+docker-compose file and the tests can all be checked against a single list (``ENV_VARS``).
+Bad values stop the worker with one line naming the variable: an operator should never have to
+read a traceback to learn that ``WEB_PORT=70000`` is out of range.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+FLOWX_GENERATE_IN = "ai.flowx.plugin.notification.trigger.generate.otp.v1"
+FLOWX_GENERATE_OUT = "ai.flowx.engine.receive.plugin.notification.generate.otp.results.v1"
+FLOWX_VALIDATE_IN = "ai.flowx.plugin.notification.trigger.validate.otp.v1"
+FLOWX_VALIDATE_OUT = "ai.flowx.engine.receive.plugin.notification.validate.otp.results.v1"
+DEFAULT_DLQ = "ai.flowx.plugin.notification.otp.dlq.v1"
+DEFAULT_ENGINE_PATTERN = r"^ai\.flowx\..*engine\.receive\..*"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; ``variable`` names the environment variable."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw or None
+
+
+def _topic(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+        raise ValueError(f"is not a valid Kafka topic name: {raw!r}")
+    return value
+
+
+def _regex(raw: str) -> str:
+    try:
+        re.compile(raw)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from None
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return value
+
+
+def _alphabet(raw: str) -> str:
+    value = raw.strip()
+    named = {
+        "numeric": "0123456789",
+        "digits": "0123456789",
+        # No 0/O, 1/I/L: codes are read off a phone and typed by people.
+        "alphanumeric": "23456789ABCDEFGHJKMNPQRSTUVWXYZ",
+    }
+    value = named.get(value.lower(), value)
+    if len(set(value)) < 10 or len(set(value)) != len(value) or not value.isascii():
+        raise ValueError("must be 'numeric', 'alphanumeric' or >= 10 distinct ASCII characters")
+    if not value.isalnum():
+        raise ValueError("must contain only letters and digits")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one field is read: its variables (first set wins), default and parser."""
+
+    names: tuple[str, ...]
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SPEC: dict[str, Setting] = {
+    "kafka_bootstrap_servers": Setting(
+        ("KAFKA_BOOTSTRAP_SERVERS",),
+        "127.0.0.1:9092",
+        _text,
+        "Kafka bootstrap servers, comma-separated host:port",
+    ),
+    "topic_generate_in": Setting(
+        ("KAFKA_TOPIC_OTP_GENERATE_IN",),
+        FLOWX_GENERATE_IN,
+        _topic,
+        "generate requests from the engine",
+    ),
+    "topic_generate_out": Setting(
+        ("KAFKA_TOPIC_OTP_GENERATE_OUT",),
+        FLOWX_GENERATE_OUT,
+        _topic,
+        "generate replies to the engine",
+    ),
+    "topic_validate_in": Setting(
+        ("KAFKA_TOPIC_OTP_VALIDATE_IN",),
+        FLOWX_VALIDATE_IN,
+        _topic,
+        "validate requests from the engine",
+    ),
+    "topic_validate_out": Setting(
+        ("KAFKA_TOPIC_OTP_VALIDATE_OUT",),
+        FLOWX_VALIDATE_OUT,
+        _topic,
+        "validate replies to the engine",
+    ),
+    "topic_dlq": Setting(
+        ("KAFKA_TOPIC_OTP_DLQ",),
+        DEFAULT_DLQ,
+        _topic,
+        "dead-letter topic for requests that cannot be answered",
+    ),
+    "engine_topic_pattern": Setting(
+        ("ENGINE_TOPIC_PATTERN",),
+        DEFAULT_ENGINE_PATTERN,
+        _regex,
+        "regex the engine subscribes with; _OUT topics that do not match are warned about",
+    ),
+    "app_id": Setting(
+        ("APP_ID",), "faust-otp", _topic, "Faust app id: consumer group and internal topic prefix"
+    ),
+    "topic_partitions": Setting(
+        ("TOPIC_PARTITIONS",),
+        "8",
+        _int(1, 1024),
+        "partitions of internal topics and tables (max workers)",
+    ),
+    "topic_replication_factor": Setting(
+        ("TOPIC_REPLICATION_FACTOR",), "1", _int(1, 16), "replication factor of internal topics"
+    ),
+    "data_dir": Setting(("DATA_DIR",), ".local/data", _text, "RocksDB directory, one per worker"),
+    "web_host": Setting(("WEB_HOST",), "127.0.0.1", _text, "HTTP bind address"),
+    "web_port": Setting(("WEB_PORT",), "6066", _int(1, 65535), "HTTP port"),
+    "log_level": Setting(("LOG_LEVEL",), "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    "notify_api_auth": Setting(
+        ("NOTIFY_API_AUTH",),
+        "enabled",
+        _choice("enabled", "disabled"),
+        "'disabled' turns off bearer-token checks on /api/* (development only)",
+    ),
+    "notify_api_token": Setting(
+        ("NOTIFY_API_TOKEN",), None, _optional_text, "bearer token required on /api/*", secret=True
+    ),
+    "api_max_body_bytes": Setting(
+        ("API_MAX_BODY_BYTES",),
+        "262144",
+        _int(1024, 16 * 1024 * 1024),
+        "largest accepted HTTP request body",
+    ),
+    "api_write_timeout_seconds": Setting(
+        ("API_WRITE_TIMEOUT_SECONDS",),
+        "10",
+        _float(0.5, 120),
+        "how long a template write waits for its agent",
+    ),
+    "template_default_language": Setting(
+        ("TEMPLATE_DEFAULT_LANGUAGE",),
+        "en",
+        _text,
+        "language used when a request or template names none",
+    ),
+    "template_max_body_chars": Setting(
+        ("TEMPLATE_MAX_BODY_CHARS",), "100000", _int(16, 4 * 1024 * 1024), "largest template body"
+    ),
+    "otp_length": Setting(
+        ("FLOWX_OTP_LENGTH", "OTP_LENGTH"),
+        "6",
+        _int(4, 10),
+        "characters in a code (FlowX default 4)",
+    ),
+    "otp_alphabet": Setting(
+        ("OTP_ALPHABET",),
+        "numeric",
+        _alphabet,
+        "'numeric', 'alphanumeric' or an explicit character set",
+    ),
+    "otp_expire_seconds": Setting(
+        ("FLOWX_OTP_EXPIRE_TIME_IN_SECONDS", "FLOWX_OTP_EXPIRETIMEINSECONDS", "OTP_EXPIRE_SECONDS"),
+        "600",
+        _int(1, 7 * 24 * 3600),
+        "validity of a code in seconds",
+    ),
+    "otp_hmac_secret": Setting(
+        ("OTP_HMAC_SECRET",),
+        None,
+        _optional_text,
+        "key of the HMAC-SHA256 stored instead of codes (required, shared by all workers)",
+        secret=True,
+    ),
+    "otp_max_attempts": Setting(
+        ("OTP_MAX_ATTEMPTS",), "5", _int(1, 100), "wrong tries before a code is locked"
+    ),
+    "otp_max_sends": Setting(
+        ("OTP_MAX_SENDS",), "5", _int(1, 1000), "codes per identifier per window"
+    ),
+    "otp_send_window_seconds": Setting(
+        ("OTP_SEND_WINDOW_SECONDS",), "600", _int(1, 7 * 24 * 3600), "window of OTP_MAX_SENDS"
+    ),
+    "otp_sweep_interval_seconds": Setting(
+        ("OTP_SWEEP_INTERVAL_SECONDS",),
+        "30",
+        _float(0.2, 3600),
+        "how often expired entries are deleted",
+    ),
+    "max_request_bytes": Setting(
+        ("MAX_REQUEST_BYTES",),
+        "65536",
+        _int(256, 8 * 1024 * 1024),
+        "larger Kafka requests are dead-lettered",
+    ),
+    "smtp_host": Setting(
+        ("SMTP_HOST", "SIMPLEJAVAMAIL_SMTP_HOST"), "127.0.0.1", _text, "SMTP server"
+    ),
+    "smtp_port": Setting(
+        ("SMTP_PORT", "SIMPLEJAVAMAIL_SMTP_PORT"), "587", _int(1, 65535), "SMTP port"
+    ),
+    "smtp_username": Setting(
+        ("SMTP_USERNAME", "SIMPLEJAVAMAIL_SMTP_USERNAME"), None, _optional_text, "SMTP AUTH user"
+    ),
+    "smtp_password": Setting(
+        ("SMTP_PASSWORD", "SIMPLEJAVAMAIL_SMTP_PASSWORD"),
+        None,
+        _optional_text,
+        "SMTP AUTH password",
+        secret=True,
+    ),
+    "smtp_security": Setting(
+        ("SMTP_SECURITY",), "starttls", _choice("none", "starttls", "tls"), "none, starttls or tls"
+    ),
+    "smtp_timeout_seconds": Setting(
+        ("SMTP_TIMEOUT_SECONDS",), "10", _float(0.1, 300), "connect and per-command SMTP timeout"
+    ),
+    "smtp_pool_size": Setting(
+        ("SMTP_POOL_SIZE",), "4", _int(1, 64), "SMTP connections kept open and used in parallel"
+    ),
+    "smtp_ca_file": Setting(
+        ("SMTP_CA_FILE",),
+        None,
+        _optional_text,
+        "CA bundle to verify the SMTP server (default: system)",
+    ),
+    "mail_from_email": Setting(
+        ("MAIL_FROM_EMAIL", "APPLICATION_MAIL_FROM_EMAIL"),
+        "no-reply@localhost",
+        _text,
+        "sender address",
+    ),
+    "mail_from_name": Setting(
+        ("MAIL_FROM_NAME", "APPLICATION_MAIL_FROM_NAME"),
+        "OTP Service",
+        _text,
+        "sender display name",
+    ),
+}
+
+ENV_VARS: frozenset[str] = frozenset(name for spec in SPEC.values() for name in spec.names)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, validated configuration. Build it with :meth:`from_env`; tests pass overrides."""
+
+    kafka_bootstrap_servers: str
+    topic_generate_in: str
+    topic_generate_out: str
+    topic_validate_in: str
+    topic_validate_out: str
+    topic_dlq: str
+    engine_topic_pattern: str
+    app_id: str
+    topic_partitions: int
+    topic_replication_factor: int
+    data_dir: str
+    web_host: str
+    web_port: int
+    log_level: str
+    notify_api_auth: str
+    notify_api_token: str | None
+    api_max_body_bytes: int
+    api_write_timeout_seconds: float
+    template_default_language: str
+    template_max_body_chars: int
+    otp_length: int
+    otp_alphabet: str
+    otp_expire_seconds: int
+    otp_hmac_secret: str | None
+    otp_max_attempts: int
+    otp_max_sends: int
+    otp_send_window_seconds: int
+    otp_sweep_interval_seconds: float
+    max_request_bytes: int
+    smtp_host: str
+    smtp_port: int
+    smtp_username: str | None
+    smtp_password: str | None
+    smtp_security: str
+    smtp_timeout_seconds: float
+    smtp_pool_size: int
+    smtp_ca_file: str | None
+    mail_from_email: str
+    mail_from_name: str
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        check_secrets: bool = True,
+        **overrides: Any,
+    ) -> Settings:
+        """Read every field from ``environ`` (default ``os.environ``); raise :class:`ConfigError`.
+
+        ``overrides`` (field name -> already-typed value) win over the environment; tests use
+        them to build apps with other settings. ``check_secrets=False`` skips the checks that
+        only matter to a running worker (tokens, HMAC key), so tools can read topic names.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name in overrides:
+                values[field.name] = overrides[field.name]
+                continue
+            spec = SPEC[field.name]
+            name, raw = next(((n, env[n]) for n in spec.names if n in env), (spec.names[0], None))
+            if raw is None:
+                values[field.name] = None if spec.default is None else spec.parse(spec.default)
+                continue
+            try:
+                values[field.name] = spec.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(name, str(exc)) from None
+        settings = cls(**values)
+        if check_secrets:
+            settings.check_secrets()
+        return settings
+
+    def check_secrets(self) -> None:
+        """Refuse to run without the secrets a worker needs; never echo their values."""
+        if self.otp_hmac_secret is None:
+            raise ConfigError(
+                "OTP_HMAC_SECRET", "is required (a long random string shared by all workers)"
+            )
+        if len(self.otp_hmac_secret) < 16:
+            raise ConfigError("OTP_HMAC_SECRET", "must be at least 16 characters")
+        if self.notify_api_auth == "enabled" and not self.notify_api_token:
+            raise ConfigError(
+                "NOTIFY_API_TOKEN", "is required unless NOTIFY_API_AUTH=disabled is set explicitly"
+            )
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ConfigError(
+                "SMTP_PASSWORD", "SMTP_USERNAME and SMTP_PASSWORD must be set together"
+            )
+
+    def unmatched_out_topics(self) -> list[str]:
+        """Reply topics the engine would never read (their names miss ENGINE_TOPIC_PATTERN)."""
+        pattern = re.compile(self.engine_topic_pattern)
+        return [
+            topic
+            for topic in (self.topic_generate_out, self.topic_validate_out)
+            if not pattern.search(topic)
+        ]
+
+    def __repr__(self) -> str:
+        """Show settings with secrets masked, so logging the object cannot leak them."""
+
+        def show(name: str) -> str:
+            value = getattr(self, name)
+            return "'***'" if SPEC[name].secret and value else repr(value)
+
+        shown = ", ".join(f"{f.name}={show(f.name)}" for f in fields(self))
+        return f"Settings({shown})"

@@ -1,0 +1,82 @@
+"""Topics and tables of the service: the names and shapes of everything kept in Kafka.
+
+Both tables hold raw bytes (orjson documents) so their changelog topics are readable by plain
+Kafka tools and by the template read model, and so no OTP code can slip in through a generic
+serializer: only :mod:`app.core.otp` records (HMACs) are written to ``otps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    generate_in: faust.TopicT
+    generate_out: faust.TopicT
+    validate_in: faust.TopicT
+    validate_out: faust.TopicT
+    dlq: faust.TopicT
+    otp_commands: faust.TopicT
+    template_commands: faust.TopicT
+
+
+@dataclass(frozen=True)
+class Tables:
+    templates: faust.TableT
+    otps: faust.TableT
+
+
+def _raw_topic(app: faust.App, name: str, **kwargs: object) -> faust.TopicT:
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        **kwargs,
+    )
+
+
+def define_topics(app: faust.App, settings: Settings) -> Topics:
+    # "internal" makes Faust create a topic that is missing (with TOPIC_PARTITIONS partitions);
+    # an existing topic is never altered. The engine's topics are declared too, so a fresh
+    # cluster works at once and a worker never waits on a topic nobody created.
+    internal = {"internal": True, "partitions": settings.topic_partitions}
+    return Topics(
+        generate_in=_raw_topic(app, settings.topic_generate_in, **internal),
+        generate_out=_raw_topic(app, settings.topic_generate_out, **internal),
+        validate_in=_raw_topic(app, settings.topic_validate_in, **internal),
+        validate_out=_raw_topic(app, settings.topic_validate_out, **internal),
+        dlq=_raw_topic(app, settings.topic_dlq, **internal),
+        # Requests re-keyed by clientId: generate and validate for one identifier land on one
+        # partition, in order, next to that identifier's row of the ``otps`` table.
+        otp_commands=_raw_topic(app, f"{settings.app_id}-otp-commands", **internal),
+        # Template writes keyed by name:language, co-partitioned with the ``templates`` table.
+        template_commands=app.topic(
+            f"{settings.app_id}-template-commands", key_type=str, **internal
+        ),
+    )
+
+
+def define_tables(app: faust.App, settings: Settings) -> Tables:
+    return Tables(
+        templates=app.Table(
+            "templates",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.topic_partitions,
+            help="notification templates by name:language (orjson)",
+        ),
+        otps=app.Table(
+            "otps",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.topic_partitions,
+            help="issued OTPs by clientId: HMAC, expiry, attempts, send times (never the code)",
+        ),
+    )

@@ -1,0 +1,141 @@
+"""The OTP policy, tested directly: no Faust, no Kafka."""
+
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.core import otp
+from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited, Status
+
+SECRET = b"test-secret-test-secret"
+POLICY = OtpPolicy(length=6, ttl_seconds=60, max_attempts=5, max_sends=3, send_window_seconds=100)
+
+
+def issue(previous=None, now=1000.0, channel="MAIL", code=None):
+    return otp.issue(
+        POLICY,
+        SECRET,
+        previous,
+        identifier="c1",
+        channel=channel,
+        process_instance_id=7,
+        now=now,
+        code=code,
+    )
+
+
+def verify(record, code, now=1001.0, channel="MAIL", identifier="c1"):
+    return otp.verify(
+        POLICY, SECRET, record, identifier=identifier, channel=channel, code=code, now=now
+    )
+
+
+def test_pure_module_has_no_faust_import():
+    assert "faust" not in otp.__dict__
+    assert not any(name.startswith("faust") for name in vars(otp))
+    assert "app.core.otp" in sys.modules
+
+
+def test_new_code_length_and_alphabet():
+    for length in (4, 6, 10):
+        policy = OtpPolicy(length=length)
+        code = otp.new_code(policy)
+        assert len(code) == length and code.isdigit()
+    alpha = OtpPolicy(alphabet="23456789ABCDEFGHJKMNPQRSTUVWXYZ")
+    assert set(otp.new_code(alpha)) <= set(alpha.alphabet)
+
+
+def test_codes_are_not_repeated():
+    codes = {otp.new_code(OtpPolicy(length=10)) for _ in range(2000)}
+    assert len(codes) == 2000
+
+
+@pytest.mark.parametrize("length", [3, 11])
+def test_length_bounds(length):
+    with pytest.raises(ValueError):
+        OtpPolicy(length=length)
+
+
+def test_record_holds_no_code():
+    code, record = issue(code="482913")
+    assert code == "482913"
+    assert "482913" not in repr(record.to_dict())
+    assert len(record.digest) == 64
+
+
+def test_right_code_is_valid_once():
+    code, record = issue()
+    outcome, record = verify(record, code)
+    assert outcome is Outcome.VALID and outcome.error is None
+    assert record.status is Status.CONSUMED
+    outcome, _ = verify(record, code)
+    assert outcome is Outcome.CONSUMED and outcome.error == "code already used"
+
+
+def test_wrong_code_counts_attempts_then_locks():
+    code, record = issue(code="111111")
+    for i in range(1, POLICY.max_attempts):
+        outcome, record = verify(record, "222222")
+        assert outcome is Outcome.INVALID
+        assert record.attempts == i
+    outcome, record = verify(record, "222222")
+    assert outcome is Outcome.LOCKED
+    outcome, _ = verify(record, code)
+    assert outcome is Outcome.LOCKED
+
+
+def test_expired_code_is_refused():
+    code, record = issue(now=1000.0)
+    outcome, _ = verify(record, code, now=1000.0 + POLICY.ttl_seconds)
+    assert outcome is Outcome.EXPIRED and "expired" in outcome.error
+
+
+def test_unknown_identifier():
+    outcome, record = verify(None, "123456")
+    assert outcome is Outcome.UNKNOWN and record is None
+
+
+def test_code_is_bound_to_identifier_and_channel():
+    code, record = issue(channel="MAIL")
+    assert verify(record, code, channel="SMS")[0] is Outcome.INVALID
+    assert verify(record, code, identifier="c2")[0] is Outcome.INVALID
+
+
+def test_new_code_replaces_previous():
+    first, record = issue(now=1000.0)
+    second, record = issue(record, now=1001.0, code="999999" if first != "999999" else "888888")
+    assert verify(record, first, now=1002.0)[0] is Outcome.INVALID
+    assert verify(record, second, now=1002.0)[0] is Outcome.VALID
+
+
+def test_send_limit_and_window():
+    record = None
+    for i in range(POLICY.max_sends):
+        _, record = issue(record, now=1000.0 + i)
+    with pytest.raises(RateLimited) as err:
+        issue(record, now=1010.0)
+    assert err.value.retry_after == pytest.approx(90.0)
+    assert "retry in" in str(err.value)
+    _, record = issue(record, now=1000.0 + POLICY.send_window_seconds + 0.5)
+    assert len(record.sends) == POLICY.max_sends
+
+
+def test_deletable_only_after_expiry_and_window():
+    _, record = issue(now=1000.0)
+    assert not otp.deletable(record, POLICY, 1000.0 + POLICY.ttl_seconds)
+    assert otp.deletable(record, POLICY, 1000.0 + POLICY.send_window_seconds + 1)
+
+
+def test_record_round_trip():
+    _, record = issue()
+    outcome, record = verify(record, "000000x")
+    assert OtpRecord.from_dict(record.to_dict()) == record
+
+
+@given(st.text(min_size=1, max_size=12))
+def test_random_guesses_never_validate_a_different_code(guess):
+    _, record = issue(code="135790")
+    outcome, _ = verify(record, guess)
+    assert (outcome is Outcome.VALID) == (guess == "135790")

@@ -1,0 +1,13 @@
+"""HTTP views: template API, OpenAPI document, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register_views(ctx: Any) -> None:
+    from web import health, openapi, templates
+
+    health.register(ctx)
+    templates.register(ctx)
+    openapi.register(ctx)

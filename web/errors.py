@@ -1,0 +1,66 @@
+"""The HTTP boundary's one error type and the middleware that turns every failure into JSON.
+
+Views raise :class:`ApiError`; everything else that escapes a view (aiohttp's own 404/405/413,
+an unexpected bug) is caught here too, so no request ever gets an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from app import codec
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a sentence, and per-field details."""
+
+    def __init__(self, status: int, error: str, details: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.details = list(details)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=codec.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(status: int, error: str, details: Iterable[dict[str, Any]] = ()) -> web.Response:
+    return json_response({"error": error, "details": list(details)}, status=status)
+
+
+def error_middleware(
+    max_body_bytes: int,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        length = request.content_length
+        if length is not None and length > max_body_bytes:
+            return error_response(413, f"request body is over the {max_body_bytes}-byte limit")
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.error, exc.details)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, f"request body is over the {max_body_bytes}-byte limit")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(exc.status, exc.reason)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return error_response(500, "internal error")
+
+    return middleware

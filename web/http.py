@@ -1,0 +1,69 @@
+"""Small request helpers shared by the views: authenticate, read a JSON body, read a query."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from app import codec
+from web.errors import ApiError
+
+
+def authorize(request: web.Request, token: str | None, enabled: bool) -> None:
+    """Bearer-token check, constant-time; the token itself is never echoed or logged."""
+    if not enabled:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(
+            401,
+            "missing bearer token",
+            [{"field": "Authorization", "message": "expected 'Bearer <token>'"}],
+        )
+    if token is None or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(
+            401,
+            "invalid bearer token",
+            [{"field": "Authorization", "message": "token not accepted"}],
+        )
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    """The body as JSON: 415 unless declared JSON, 413 when too large, 400 when malformed."""
+    if request.content_type != "application/json":
+        raise ApiError(
+            415,
+            "request body must be JSON",
+            [{"field": "Content-Type", "message": "expected application/json"}],
+        )
+    try:
+        # aiohttp enforces client_max_size (set to max_bytes) here, chunked bodies included.
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body is over the {max_bytes}-byte limit") from None
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"request body is over the {max_bytes}-byte limit")
+    try:
+        return codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        raise ApiError(
+            400, "request body is not valid JSON", [{"field": "$", "message": str(exc)}]
+        ) from None
+
+
+def query_bool(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(
+        400,
+        f"invalid query parameter '{name}'",
+        [{"field": name, "message": "must be true or false"}],
+    )

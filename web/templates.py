@@ -1,0 +1,185 @@
+"""Template REST API: thin views over the validation core, the writer agent and the read model.
+
+Reads are served from this worker's read model (every worker holds every template). Writes are
+validated here, then handed to ``write_template`` (the table's single writer) with ``ask`` and a
+timeout; the answer is applied to the local read model at once, so a client that got ``201``
+can ``GET`` the template from the same worker immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+from aiohttp import web
+
+from app.core import render
+from app.core import templates as model
+from web.errors import ApiError, json_response
+from web.http import authorize, query_bool, read_json
+
+
+def register(ctx: Any) -> None:
+    app, settings, cache = ctx.app, ctx.settings, ctx.cache
+    writer = ctx.agents["write_template"]
+    auth_enabled = settings.notify_api_auth == "enabled"
+
+    def guard(request: web.Request) -> None:
+        authorize(request, settings.notify_api_token, auth_enabled)
+
+    def language_of(request: web.Request) -> str:
+        language = request.query.get("language") or settings.template_default_language
+        try:
+            return model.check_language(language)
+        except model.TemplateInvalid as exc:
+            raise _invalid(exc) from None
+
+    def name_of(name: str) -> str:
+        try:
+            return model.check_name(name)
+        except model.TemplateInvalid as exc:
+            raise _invalid(exc) from None
+
+    async def body_of(request: web.Request) -> tuple[dict[str, Any], render.CompiledTemplate]:
+        payload = await read_json(request, settings.api_max_body_bytes)
+        try:
+            return model.validate(
+                payload,
+                default_language=settings.template_default_language,
+                max_body_chars=settings.template_max_body_chars,
+            )
+        except model.TemplateInvalid as exc:
+            raise _invalid(exc) from None
+
+    async def write(op: str, key: str, template: dict[str, Any] | None = None) -> dict[str, Any]:
+        command = {"op": op, "key": key, "template": template}
+        try:
+            result = await asyncio.wait_for(
+                writer.ask(value=command, key=key), timeout=settings.api_write_timeout_seconds
+            )
+        except TimeoutError:
+            raise ApiError(503, "the template store did not answer in time; retry") from None
+        status = result["status"]
+        if status in (200, 201):
+            cache.apply(key, result["template"])
+        elif status == 204:
+            cache.apply(key, None)
+        return result
+
+    def lookup(name: str, language: str) -> dict[str, Any]:
+        entry = cache.get(name, language)
+        if entry is None:
+            raise ApiError(404, f"template '{name}' not found for language '{language}'")
+        return entry.data
+
+    @app.page("/api/template", name="template_collection")
+    class TemplateCollection(faust.web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            guard(request)
+            wanted_type = request.query.get("type")
+            if wanted_type is not None and wanted_type not in model.TYPES:
+                raise ApiError(
+                    400,
+                    "invalid query parameter 'type'",
+                    [{"field": "type", "message": f"must be one of {', '.join(model.TYPES)}"}],
+                )
+            wanted_language = request.query.get("language")
+            wanted_active = query_bool(request, "active")
+            items = [
+                t
+                for t in cache.all()
+                if (wanted_type is None or t["type"] == wanted_type)
+                and (wanted_language is None or t["language"] == wanted_language)
+                and (wanted_active is None or t["active"] == wanted_active)
+            ]
+            return json_response({"items": items, "count": len(items)})
+
+        async def post(self, request: web.Request) -> web.Response:
+            guard(request)
+            template, _ = await body_of(request)
+            key = model.template_key(template["name"], template["language"])
+            result = await write("create", key, template)
+            if result["status"] == 409:
+                raise ApiError(
+                    409,
+                    f"template '{template['name']}' already exists for language "
+                    f"'{template['language']}'",
+                    [{"field": "name", "message": "use PUT to replace it"}],
+                )
+            return json_response(result["template"], status=201)
+
+    @app.page("/api/template/{name}", name="template_item")
+    class TemplateItem(faust.web.View):
+        async def get(self, request: web.Request, name: str) -> web.Response:
+            guard(request)
+            return json_response(lookup(name_of(name), language_of(request)))
+
+        async def put(self, request: web.Request, name: str) -> web.Response:
+            guard(request)
+            name, language = name_of(name), language_of(request)
+            template, _ = await body_of(request)
+            if template["name"] != name or template["language"] != language:
+                # The URL names the template; a body naming another one is a mistake, not a rename.
+                template = {**template, "name": name, "language": language}
+            result = await write("replace", model.template_key(name, language), template)
+            if result["status"] == 404:
+                raise ApiError(404, f"template '{name}' not found for language '{language}'")
+            return json_response(result["template"])
+
+        async def delete(self, request: web.Request, name: str) -> web.Response:
+            guard(request)
+            name, language = name_of(name), language_of(request)
+            result = await write("delete", model.template_key(name, language))
+            if result["status"] == 404:
+                raise ApiError(404, f"template '{name}' not found for language '{language}'")
+            return web.Response(status=204)
+
+    @app.page("/api/template/{name}/preview", name="template_preview")
+    class TemplatePreview(faust.web.View):
+        async def post(self, request: web.Request, name: str) -> web.Response:
+            guard(request)
+            name, language = name_of(name), language_of(request)
+            payload = await read_json(request, settings.api_max_body_bytes)
+            if not isinstance(payload, dict) or not isinstance(payload.get("data", {}), dict):
+                raise ApiError(
+                    400,
+                    "invalid preview request",
+                    [{"field": "data", "message": "must be an object of template parameters"}],
+                )
+            entry = cache.get(name, language)
+            if entry is None:
+                raise ApiError(404, f"template '{name}' not found for language '{language}'")
+            if entry.compiled is None:
+                raise ApiError(400, f"template '{name}' does not compile")
+            sample = "1234567890"[: settings.otp_length]
+            data = {**payload.get("data", {}), "otpValue": sample}
+            missing = render.missing_mandatory(entry.data.get("params", []), data)
+            if missing:
+                raise ApiError(
+                    400,
+                    "missing mandatory parameters",
+                    [{"field": f"data.{key}", "message": "is mandatory"} for key in missing],
+                )
+            try:
+                rendered = render.render(entry.compiled, data)
+            except render.RenderError as exc:
+                raise ApiError(
+                    400, "template could not be rendered", [{"field": "body", "message": str(exc)}]
+                ) from None
+            return json_response(
+                {
+                    "name": name,
+                    "language": language,
+                    "type": entry.data["type"],
+                    "version": entry.version,
+                    "subject": rendered.subject,
+                    "body": rendered.body,
+                    "text": rendered.text,
+                    "otpValue": sample,
+                }
+            )
+
+
+def _invalid(exc: model.TemplateInvalid) -> ApiError:
+    return ApiError(400, "invalid template", [p.to_dict() for p in exc.problems])
