@@ -30,7 +30,9 @@ def _broker_env() -> dict[str, str]:
     return {
         **os.environ,
         "KAFKA_PORT": port,
-        "KAFKA_DATA_DIR": os.environ.get("TEST_KAFKA_DATA_DIR", str(ROOT / ".local" / "kafka-test")),
+        "KAFKA_DATA_DIR": os.environ.get(
+            "TEST_KAFKA_DATA_DIR", str(ROOT / ".local" / "kafka-test")
+        ),
     }
 
 
@@ -56,7 +58,7 @@ class SmtpSink:
         self._lock = threading.Lock()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)  # type: ignore[arg-type]

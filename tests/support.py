@@ -66,8 +66,12 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker"], cwd=ROOT, env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "app", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -78,7 +82,9 @@ class Worker:
             while time.monotonic() - started < timeout:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+                    raise AssertionError(
+                        f"worker exited {self.proc.returncode}:\n{self.log_tail()}"
+                    )
                 try:
                     async with session.get(f"{self.url}/ready") as resp:
                         if resp.status == 200:
@@ -153,7 +159,12 @@ class Api:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def call(
-        self, method: str, path: str, json: Any = None, *, data: bytes | None = None,
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        *,
+        data: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         all_headers = {**self.headers, **(headers or {})}
@@ -162,9 +173,13 @@ class Api:
             body = codec.dumps(json)
             all_headers.setdefault("Content-Type", "application/json")
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.base_url + path, data=body, headers=all_headers) as resp:
+            async with session.request(
+                method, self.base_url + path, data=body, headers=all_headers
+            ) as resp:
                 raw = await resp.read()
-                payload = codec.loads(raw) if raw and resp.content_type == "application/json" else raw
+                payload = (
+                    codec.loads(raw) if raw and resp.content_type == "application/json" else raw
+                )
                 return resp.status, payload
 
 
@@ -185,7 +200,11 @@ class Kafka:
         await self.producer.stop()
 
     async def send(
-        self, topic: str, value: Any, *, key: bytes | None = None,
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         assert self.producer is not None
@@ -205,8 +224,12 @@ class Collector:
 
     async def __aenter__(self) -> Collector:
         self._consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=self.bootstrap, group_id=None,
-            auto_offset_reset="earliest", enable_auto_commit=False, metadata_max_age_ms=1000,
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            metadata_max_age_ms=1000,
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run())

@@ -19,7 +19,7 @@ SEED_MAIL = {
     "active": True,
     "language": "en",
     "subject": "otp for [(${clientId})]",
-    "body": "<!DOCTYPE html><html xmlns:th='<http://www.thymeleaf.org>'><head><meta http-equiv='Content-Type' content='text/html; charset=UTF-8' /></head><body><p>Yay, an otp was generated for you:</p><p th:text='${otpValue}'></p></body></html>",  # noqa: E501
+    "body": "<!DOCTYPE html><html xmlns:th='<http://www.thymeleaf.org>'><head><meta http-equiv='Content-Type' content='text/html; charset=UTF-8' /></head><body><p>Yay, an otp was generated for you:</p><p th:text='${otpValue}'></p></body></html>",
     "context": [],
     "params": [{"key": "clientId", "mandatory": True}, {"key": "otpValue", "mandatory": True}],
 }
@@ -56,12 +56,18 @@ def code_from(message) -> str:
     return match.group(1)
 
 
-async def test_generate_mail_then_validate(worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str):
+async def test_generate_mail_then_validate(
+    worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
     topics = topic_env(suffix)
     api = Api(worker.url)
     status, body = await api.call("POST", "/api/template", SEED_MAIL)
     assert status in (201, 409), body
-    headers = [("fxContext", b"main"), ("processInstanceUuid", b"abc-123"), ("Fx-Organization-Id", b"org-1")]
+    headers = [
+        ("fxContext", b"main"),
+        ("processInstanceUuid", b"abc-123"),
+        ("Fx-Organization-Id", b"org-1"),
+    ]
     async with (
         Kafka(kafka_bootstrap) as kafka,
         Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
@@ -69,8 +75,13 @@ async def test_generate_mail_then_validate(worker: Worker, sink: SmtpSink, kafka
     ):
         await kafka.send(
             topics["KAFKA_TOPIC_OTP_GENERATE_IN"],
-            {"processInstanceId": 12345, "templateName": "otpMail", "channel": "MAIL",
-             "recipient": "user@example.com", "clientId": "1234567890"},
+            {
+                "processInstanceId": 12345,
+                "templateName": "otpMail",
+                "channel": "MAIL",
+                "recipient": "user@example.com",
+                "clientId": "1234567890",
+            },
             headers=headers,
         )
         [reply] = await gen_out.wait_for(lambda v: v["processInstanceId"] == 12345)
@@ -78,8 +89,11 @@ async def test_generate_mail_then_validate(worker: Worker, sink: SmtpSink, kafka
         from app import codec
 
         assert codec.loads(reply.value) == {
-            "processInstanceId": 12345, "clientId": "1234567890", "channel": "MAIL",
-            "otpSent": True, "error": None,
+            "processInstanceId": 12345,
+            "clientId": "1234567890",
+            "channel": "MAIL",
+            "otpSent": True,
+            "error": None,
         }
         assert dict(reply.headers) == dict(headers)
         [mail] = sink.to("user@example.com")
@@ -87,12 +101,20 @@ async def test_generate_mail_then_validate(worker: Worker, sink: SmtpSink, kafka
         code = code_from(mail)
         assert code in mail.get_body(preferencelist=("plain",)).get_content()
 
-        validate = {"processInstanceId": 12345, "clientId": "1234567890", "channel": "MAIL", "otp": code}
+        validate = {
+            "processInstanceId": 12345,
+            "clientId": "1234567890",
+            "channel": "MAIL",
+            "otp": code,
+        }
         await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate, headers=headers)
         [ok] = await val_out.wait_for(lambda v: v["processInstanceId"] == 12345)
         assert codec.loads(ok.value) == {
-            "processInstanceId": 12345, "clientId": "1234567890", "channel": "MAIL",
-            "otpValid": True, "error": None,
+            "processInstanceId": 12345,
+            "clientId": "1234567890",
+            "channel": "MAIL",
+            "otpValid": True,
+            "error": None,
         }
         assert dict(ok.headers) == dict(headers)
         await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate)
