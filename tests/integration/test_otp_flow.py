@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,246 @@ async def test_generate_mail_then_validate(
         replies = await val_out.wait_for(lambda v: v["processInstanceId"] == 12345, count=2)
         again = codec.loads(replies[1].value)
         assert again["otpValid"] is False and again["error"] == "code already used"
+
+
+SEED_SMS = {
+    "name": "otpSMS",
+    "type": "SMS",
+    "strategyType": "SMS",
+    "active": True,
+    "context": [],
+    "language": "en",
+    "subject": None,
+    "body": "OTP [(${otpValue})]",
+    "params": [{"key": "otpValue", "mandatory": True}],
+}
+
+
+async def ensure_templates(api: Api) -> None:
+    for template in (
+        SEED_MAIL,
+        SEED_SMS,
+        {**SEED_MAIL, "name": "inactiveMail", "active": False},
+        {
+            **SEED_MAIL,
+            "name": "withFirstName",
+            "subject": "Hi [(${firstName})] ([(${clientId})])",
+            "params": [*SEED_MAIL["params"], {"key": "firstName", "mandatory": True}],
+        },
+    ):
+        status, body = await api.call("POST", "/api/template", template)
+        assert status in (201, 409), body
+
+
+def gen(pid, client, **extra):
+    return {
+        "processInstanceId": pid,
+        "templateName": "otpMail",
+        "channel": "MAIL",
+        "recipient": f"{client}@example.com",
+        "clientId": client,
+        **extra,
+    }
+
+
+async def test_wrong_code_five_times_locks(
+    worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    from app import codec
+
+    topics = topic_env(suffix)
+    await ensure_templates(Api(worker.url))
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+    ):
+        await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], gen(200, "locked-user"))
+        await gen_out.wait_for(lambda v: v["processInstanceId"] == 200 and v["otpSent"])
+        code = code_from(sink.to("locked-user@example.com")[-1])
+        wrong = "000000" if code != "000000" else "111111"
+        for _ in range(5):
+            await kafka.send(
+                topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
+                {
+                    "processInstanceId": 201,
+                    "clientId": "locked-user",
+                    "channel": "MAIL",
+                    "otp": wrong,
+                },
+                key=b"201",  # one process instance, one partition: the engine's order is kept
+            )
+        await kafka.send(
+            topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
+            {"processInstanceId": 201, "clientId": "locked-user", "channel": "MAIL", "otp": code},
+            key=b"201",
+        )
+        replies = [
+            codec.loads(r.value)
+            for r in await val_out.wait_for(lambda v: v["processInstanceId"] == 201, count=6)
+        ]
+        assert [r["otpValid"] for r in replies] == [False] * 6
+        assert [r["error"] for r in replies[:4]] == ["invalid code"] * 4
+        assert "locked" in replies[4]["error"] and "locked" in replies[5]["error"]
+
+
+async def test_refusals_send_nothing(
+    worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    from app import codec
+
+    topics = topic_env(suffix)
+    await ensure_templates(Api(worker.url))
+    cases = {
+        300: (gen(300, "r300", templateName="nope"), "template 'nope' not found"),
+        301: (gen(301, "r301", templateName="inactiveMail"), "template 'inactiveMail' is inactive"),
+        302: (
+            gen(302, "r302", templateName="otpSMS"),
+            "template 'otpSMS' is a SMS template, not MAIL",
+        ),
+        303: (
+            gen(303, "r303", templateName="withFirstName"),
+            "missing mandatory parameter(s): firstName",
+        ),
+        304: (
+            gen(304, "r304", recipient="a@example.com, b@example.com"),
+            "recipient must be one e-mail address",
+        ),
+        305: (
+            gen(305, "r305", recipient="a@example.com\r\nBcc: evil@example.com"),
+            "recipient must be one e-mail address",
+        ),
+        306: (
+            gen(306, "r306", recipient="reject@example.com"),
+            "smtp delivery failed: recipient refused (550)",
+        ),
+        307: (
+            {
+                **gen(307, "r307"),
+                "channel": "SMS",
+                "templateName": "otpSMS",
+                "recipient": "+40700000000",
+            },
+            "channel SMS is not configured on this service",
+        ),
+        308: (
+            gen(308, "r308", otpValue="123456"),
+            "otpValue: is reserved: the service generates the code",
+        ),
+    }
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+    ):
+        for request, _ in cases.values():
+            await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], request)
+        await gen_out.wait_for(lambda v: v["processInstanceId"] in cases, count=len(cases))
+        for record in gen_out.records:
+            reply = codec.loads(record.value)
+            if reply["processInstanceId"] in cases:
+                assert reply["otpSent"] is False
+                assert reply["error"].startswith(cases[reply["processInstanceId"]][1]), reply
+        # Nothing was sent and nothing stored: validating any code for those clients is "unknown".
+        assert not [m for m in sink.messages if m["To"].startswith(("r30", "a@", "reject"))]
+        await kafka.send(
+            topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
+            {"processInstanceId": 399, "clientId": "r306", "channel": "MAIL", "otp": "123456"},
+        )
+        [reply] = await val_out.wait_for(lambda v: v["processInstanceId"] == 399)
+        assert codec.loads(reply.value)["error"] == "no code was generated for this client"
+
+
+async def test_bad_input_batch_every_good_one_answered(
+    worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    """Good and bad messages interleaved: bad ones get an error reply or a DLQ record; none is lost."""
+    from app import codec
+
+    topics = topic_env(suffix)
+    await ensure_templates(Api(worker.url))
+    bad_no_pid = [
+        b"not json at all",
+        b"[1, 2, 3]",
+        b'{"templateName": "otpMail"}',
+        b"\xff\xfe",
+        b"x" * 70000,
+    ]
+    bad_with_pid = [
+        {
+            "processInstanceId": 901,
+            "templateName": "otpMail",
+            "channel": "FAX",
+            "recipient": "a@example.com",
+            "clientId": "c",
+        },
+        {
+            "processInstanceId": 902,
+            "templateName": 5,
+            "channel": "MAIL",
+            "recipient": "a@example.com",
+            "clientId": "c",
+        },
+        {
+            "processInstanceId": 903,
+            "templateName": "otpMail",
+            "channel": "MAIL",
+            "recipient": "a@example.com",
+        },
+        {
+            "processInstanceId": 904,
+            "templateName": "otpMail",
+            "channel": "MAIL",
+            "clientId": "c",
+            "data": "oops",
+        },
+    ]
+    good = [gen(1000 + i, f"batch-{i}") for i in range(20)]
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_DLQ"]) as dlq,
+    ):
+        stream = []
+        for i, request in enumerate(good):
+            stream.append(request)
+            if i < len(bad_no_pid):
+                stream.append(bad_no_pid[i])
+            if i < len(bad_with_pid):
+                stream.append(bad_with_pid[i])
+        for item in stream:
+            await kafka.send(
+                topics["KAFKA_TOPIC_OTP_GENERATE_IN"], item, headers=[("fxContext", b"main:4")]
+            )
+        await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], b"{broken")
+        await kafka.send(
+            topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
+            {"processInstanceId": 905, "clientId": "c", "channel": "MAIL"},
+        )
+
+        goods = await gen_out.wait_for(lambda v: 1000 <= v["processInstanceId"] < 1020, count=20)
+        assert all(codec.loads(r.value)["otpSent"] for r in goods)
+        errors = {
+            codec.loads(r.value)["processInstanceId"]: codec.loads(r.value)
+            for r in await gen_out.wait_for(lambda v: 901 <= v["processInstanceId"] <= 904, count=4)
+        }
+        assert errors[901]["error"].startswith("channel:") and errors[901]["otpSent"] is False
+        assert errors[902]["error"].startswith("templateName:")
+        assert errors[903]["error"].startswith("clientId:")
+        assert errors[904]["error"].startswith("data:")
+        assert errors[901]["clientId"] == "c"
+        [val_err] = await val_out.wait_for(lambda v: v["processInstanceId"] == 905)
+        assert codec.loads(val_err.value)["error"].startswith("otp:")
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while (
+            len(dlq.records) < len(bad_no_pid) + 1 and asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.1)
+        assert len(dlq.records) == len(bad_no_pid) + 1
+        reasons = [dict(r.headers)["x-dlq-reason"].decode() for r in dlq.records]
+        assert any("not valid JSON" in r for r in reasons) and any("over the" in r for r in reasons)
+        assert all(dict(r.headers)["x-dlq-source"].count(b"/") == 2 for r in dlq.records)
+        assert {r.value for r in dlq.records} >= set(bad_no_pid)
+        assert all(dict(r.headers).get("fxContext") == b"main:4" for r in dlq.records[:-1])

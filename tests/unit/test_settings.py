@@ -1,0 +1,111 @@
+"""Settings: defaults, aliases, and one clear line for every bad variable."""
+
+import subprocess
+import sys
+
+import pytest
+
+from app.settings import ENV_VARS, ConfigError, Settings
+from tests.support import ROOT
+
+GOOD = {"OTP_HMAC_SECRET": "s" * 32, "NOTIFY_API_TOKEN": "t" * 20}
+
+
+def test_defaults_follow_flowx():
+    s = Settings.from_env(GOOD)
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert s.topic_generate_in == "ai.flowx.plugin.notification.trigger.generate.otp.v1"
+    assert (
+        s.topic_generate_out
+        == "ai.flowx.engine.receive.plugin.notification.generate.otp.results.v1"
+    )
+    assert s.topic_validate_in == "ai.flowx.plugin.notification.trigger.validate.otp.v1"
+    assert (
+        s.topic_validate_out
+        == "ai.flowx.engine.receive.plugin.notification.validate.otp.results.v1"
+    )
+    assert s.web_port == 6066 and s.topic_partitions == 8
+    assert s.otp_length == 6 and s.otp_expire_seconds == 600
+    assert s.unmatched_out_topics() == []
+
+
+def test_flowx_aliases():
+    s = Settings.from_env(
+        {
+            **GOOD,
+            "SIMPLEJAVAMAIL_SMTP_HOST": "mail.example.com",
+            "SIMPLEJAVAMAIL_SMTP_PORT": "2525",
+            "APPLICATION_MAIL_FROM_EMAIL": "otp@example.com",
+            "FLOWX_OTP_EXPIRETIMEINSECONDS": "120",
+            "FLOWX_OTP_LENGTH": "8",
+        }
+    )
+    assert (s.smtp_host, s.smtp_port, s.mail_from_email) == (
+        "mail.example.com",
+        2525,
+        "otp@example.com",
+    )
+    assert s.otp_expire_seconds == 120 and s.otp_length == 8
+    # The primary name wins over the alias.
+    s = Settings.from_env({**GOOD, "SMTP_HOST": "a", "SIMPLEJAVAMAIL_SMTP_HOST": "b"})
+    assert s.smtp_host == "a"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("TOPIC_PARTITIONS", "abc", "integer"),
+        ("WEB_PORT", "70000", "between 1 and 65535"),
+        ("FLOWX_OTP_LENGTH", "3", "between 4 and 10"),
+        ("SMTP_SECURITY", "ssl", "none, starttls, tls"),
+        ("ENGINE_TOPIC_PATTERN", "([", "regular expression"),
+        ("KAFKA_TOPIC_OTP_GENERATE_OUT", "bad topic", "topic name"),
+        ("LOG_LEVEL", "loud", "DEBUG"),
+        ("OTP_ALPHABET", "abc", "distinct"),
+    ],
+)
+def test_bad_values_name_the_variable(variable, value, words):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({**GOOD, variable: value})
+    assert err.value.variable == variable
+    assert str(err.value).startswith(f"{variable}: ") and words in str(err.value)
+
+
+def test_secrets_required_and_never_shown():
+    with pytest.raises(ConfigError, match="OTP_HMAC_SECRET"):
+        Settings.from_env({"NOTIFY_API_TOKEN": "t" * 20})
+    with pytest.raises(ConfigError, match="NOTIFY_API_TOKEN"):
+        Settings.from_env({"OTP_HMAC_SECRET": "s" * 32})
+    Settings.from_env({"OTP_HMAC_SECRET": "s" * 32, "NOTIFY_API_AUTH": "disabled"})
+    s = Settings.from_env({**GOOD, "SMTP_USERNAME": "u", "SMTP_PASSWORD": "hunter2-password"})
+    assert "hunter2" not in repr(s) and "s" * 32 not in repr(s) and "t" * 20 not in repr(s)
+
+
+def test_unmatched_reply_topics_are_reported():
+    s = Settings.from_env({**GOOD, "KAFKA_TOPIC_OTP_VALIDATE_OUT": "my.replies"})
+    assert s.unmatched_out_topics() == ["my.replies"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("TOPIC_PARTITIONS", "abc"), ("WEB_PORT", "70000")]
+)
+def test_worker_exits_with_one_line(variable, value):
+    env = {"PATH": "/usr/bin:/bin", **GOOD, variable: value}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_variable_is_documented_in_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(v for v in ENV_VARS if f"`{v}`" not in readme)
+    assert not missing, f"README configuration table lacks {missing}"
