@@ -1,0 +1,36 @@
+# The two commands the README opens with: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint format workers bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing the project into $(VENV) ..."
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run: local Kafka + mail catcher + one worker in the foreground (Ctrl-C stops all of it)
+run: $(STAMP)
+	@scripts/run-dev
+
+## test: the whole suite against a real Kafka broker on its own port
+test: $(STAMP)
+	@scripts/run-tests $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+clean:
+	-scripts/kafka-local stop
+	rm -rf .local
