@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from agents import for_each_event
 from app import codec, records
 from app.channels.base import DeliveryError, Notification
 from app.core import otp, render
@@ -77,26 +78,23 @@ def register(ctx: Any) -> dict[str, Any]:
 
     # -- ingest: parse, check, re-key by clientId --------------------------------------------
     def ingest(kind: str, parse: Any) -> Any:
-        async def ingest_agent(stream: Any) -> None:
-            async for event in stream.events():
+        async def forward(event: Any) -> None:
+            try:
                 try:
-                    try:
-                        request = parse(event.value, settings.max_request_bytes)
-                    except RequestError as exc:
-                        await refuse(event, exc, kind)
-                        continue
-                    command = {
-                        "k": kind,
-                        "r": asdict(request),
-                        "src": _source(event),
-                        "t": time.time(),
-                    }
-                    await topics.otp_commands.send(
-                        key=request.key.encode(), value=codec.dumps(command), headers=event.headers
-                    )
-                except Exception:
-                    log.exception("unexpected failure ingesting %s", _source(event))
-                    await dead_letter(event, INTERNAL_ERROR)
+                    request = parse(event.value, settings.max_request_bytes)
+                except RequestError as exc:
+                    await refuse(event, exc, kind)
+                    return
+                command = {"k": kind, "r": asdict(request), "src": _source(event), "t": time.time()}
+                await topics.otp_commands.send(
+                    key=request.key.encode(), value=codec.dumps(command), headers=event.headers
+                )
+            except Exception:  # the stream must go on, see module docstring
+                log.exception("unexpected failure ingesting %s", _source(event))
+                await dead_letter(event, INTERNAL_ERROR)
+
+        async def ingest_agent(stream: Any) -> None:
+            await for_each_event(stream, forward)
 
         return ingest_agent
 
@@ -207,23 +205,25 @@ def register(ctx: Any) -> dict[str, Any]:
         if record is not None and otp.deletable(record, ctx.policy, time.time()):
             del otps[key]
 
+    async def process(event: Any) -> None:
+        command: dict[str, Any] = {}
+        try:
+            command = codec.loads(event.value)
+            kind = command["k"]
+            if kind == GENERATE:
+                await generate(event.key, GenerateRequest(**command["r"]), event.headers)
+            elif kind == VALIDATE:
+                await validate(event.key, ValidateRequest(**command["r"]), event.headers)
+            elif kind == EXPIRE:
+                expire(event.key)
+        except Exception:  # the stream must go on, see module docstring
+            log.exception("unexpected failure processing %s", _source(event))
+            await internal_error(event, command)
+
     @app.agent(topics.otp_commands, name="process_otp")
     async def process_otp(stream: Any) -> None:
         await ctx.cache.ready.wait()
-        async for event in stream.events():
-            command: dict[str, Any] = {}
-            try:
-                command = codec.loads(event.value)
-                kind = command["k"]
-                if kind == GENERATE:
-                    await generate(event.key, GenerateRequest(**command["r"]), event.headers)
-                elif kind == VALIDATE:
-                    await validate(event.key, ValidateRequest(**command["r"]), event.headers)
-                elif kind == EXPIRE:
-                    expire(event.key)
-            except Exception:
-                log.exception("unexpected failure processing %s", _source(event))
-                await internal_error(event, command)
+        await for_each_event(stream, process)
 
     async def internal_error(event: Any, command: dict[str, Any]) -> None:
         request = command.get("r") or {}

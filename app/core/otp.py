@@ -209,8 +209,10 @@ def is_expired(record: OtpRecord, now: float) -> bool:
 
 
 def deletable(record: OtpRecord, policy: OtpPolicy, now: float) -> bool:
-    """True once the code is expired and no send inside the window still needs counting.
+    """True once the code has been expired for a whole send window.
 
-    Deleting earlier would reset the send limit; keeping longer would grow the table forever.
+    Until then the row still answers "code expired" (not "unknown") and still counts sends
+    for the limit (every send is older than the expiry); keeping it longer would grow the
+    table without bound.
     """
-    return is_expired(record, now) and not recent_sends(record, policy, now)
+    return now >= record.expires_at + policy.send_window_seconds

@@ -122,10 +122,14 @@ def test_send_limit_and_window():
     assert len(record.sends) == POLICY.max_sends
 
 
-def test_deletable_only_after_expiry_and_window():
+def test_deletable_a_window_after_expiry():
     _, record = issue(now=1000.0)
-    assert not otp.deletable(record, POLICY, 1000.0 + POLICY.ttl_seconds)
-    assert otp.deletable(record, POLICY, 1000.0 + POLICY.send_window_seconds + 1)
+    expired_at = 1000.0 + POLICY.ttl_seconds
+    assert not otp.deletable(record, POLICY, expired_at)
+    assert not otp.deletable(record, POLICY, expired_at + POLICY.send_window_seconds - 0.1)
+    assert otp.deletable(record, POLICY, expired_at + POLICY.send_window_seconds)
+    # Every send counted by the limit is older than the row's expiry.
+    assert not otp.recent_sends(record, POLICY, expired_at + POLICY.send_window_seconds)
 
 
 def test_record_round_trip():
