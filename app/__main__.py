@@ -22,8 +22,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
-    from app.main import create_app
+    import asyncio
 
+    from aiokafka.errors import KafkaError
+
+    from app.kafka_admin import ensure_topics
+    from app.main import create_app
+    from tables import topic_specs
+
+    try:
+        asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topic_specs(settings)))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        print(
+            f"cannot prepare Kafka topics at {settings.kafka_bootstrap_servers}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     app = create_app(settings)
     if args[0] == "worker" and not any(a.startswith(("-l", "--loglevel")) for a in args):
         args += ["--loglevel", settings.log_level.lower()]

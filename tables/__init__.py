@@ -11,7 +11,40 @@ from dataclasses import dataclass
 
 import faust
 
+from app.kafka_admin import TopicSpec
 from app.settings import Settings
+
+
+def otp_commands_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-otp-commands"
+
+
+def template_commands_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-template-commands"
+
+
+def template_results_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-template-results"
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic a worker consumes or answers on, as created when missing.
+
+    Changelog topics are left to Faust, which creates them compacted.
+    """
+    n, rf = settings.topic_partitions, settings.topic_replication_factor
+    names = [
+        settings.topic_generate_in,
+        settings.topic_generate_out,
+        settings.topic_validate_in,
+        settings.topic_validate_out,
+        settings.topic_dlq,
+        otp_commands_topic(settings),
+        template_commands_topic(settings),
+    ]
+    # Write results are read by every worker from one partition and matter for seconds only.
+    results = TopicSpec(template_results_topic(settings), 1, rf, {"retention.ms": "3600000"})
+    return [*(TopicSpec(name, n, rf) for name in names), results]
 
 
 @dataclass(frozen=True)
@@ -55,11 +88,9 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         dlq=_raw_topic(app, settings.topic_dlq, **internal),
         # Requests re-keyed by clientId: generate and validate for one identifier land on one
         # partition, in order, next to that identifier's row of the ``otps`` table.
-        otp_commands=_raw_topic(app, f"{settings.app_id}-otp-commands", **internal),
+        otp_commands=_raw_topic(app, otp_commands_topic(settings), **internal),
         # Template writes keyed by name:language, co-partitioned with the ``templates`` table.
-        template_commands=app.topic(
-            f"{settings.app_id}-template-commands", key_type=str, **internal
-        ),
+        template_commands=app.topic(template_commands_topic(settings), key_type=str, **internal),
     )
 
 

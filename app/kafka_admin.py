@@ -1,0 +1,68 @@
+"""Create the topics a worker consumes before Faust subscribes to them.
+
+Faust's partition assignor silently skips a subscribed topic that is missing from the cluster
+metadata at the moment of assignment ("Ignoring missing topic"), and the consumer notices the
+topic only at its next metadata refresh, minutes later. On a fresh cluster, where Faust itself
+has only just asked for the topics, that race leaves an agent idle while the worker reports
+itself ready. So the worker creates every topic it reads (never altering an existing one) and
+waits until the broker lists them all, before the Faust worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: list[TopicSpec], timeout: float = 60.0
+) -> list[str]:
+    """Create the missing topics of ``specs``; return their names once the broker lists all."""
+    deadline = time.monotonic() + timeout
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
+                        for s in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race: fine
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        wanted = {s.name for s in specs}
+        while not wanted <= await consumer.topics():
+            if time.monotonic() > deadline:
+                absent = sorted(wanted - await consumer.topics())
+                raise TimeoutError(f"topics still missing after {timeout:.0f}s: {absent}")
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+    if missing:
+        log.info("created topics: %s", ", ".join(s.name for s in missing))
+    return [s.name for s in missing]
