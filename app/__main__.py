@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     app = create_app(settings)
     if args[0] == "worker" and not any(a.startswith(("-l", "--loglevel")) for a in args):
-        args += ["--loglevel", settings.log_level.lower()]
+        faust_level = {"WARNING": "warn", "CRITICAL": "crit"}.get(settings.log_level)
+        args += ["--loglevel", faust_level or settings.log_level.lower()]
     if args[0] == "worker" and not any(a.startswith("--without-web") for a in args):
         args += ["--web-port", str(settings.web_port), "--web-host", settings.web_host]
     sys.argv = [sys.argv[0], *args]
