@@ -23,6 +23,7 @@ from app import codec, records
 from app.channels.base import DeliveryError, Notification
 from app.core import otp, render
 from app.core.otp import OtpRecord, Outcome, RateLimited
+from app.logs import request_context
 from app.records import GenerateRequest, RequestError, ValidateRequest
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,37 @@ def register(ctx: Any) -> dict[str, Any]:
     app, settings, topics, otps = ctx.app, ctx.settings, ctx.topics, ctx.tables.otps
 
     # -- replies and dead letters ------------------------------------------------------------
-    async def send_reply(topic: Any, body: dict[str, Any], headers: Any) -> None:
+    async def send_reply(kind: str, body: dict[str, Any], headers: Any) -> None:
         """Keyed by processInstanceId (per-instance order) with every header of the request."""
+        topic = topics.generate_out if kind == GENERATE else topics.validate_out
         await topic.send(
             key=str(body["processInstanceId"]).encode(), value=codec.dumps(body), headers=headers
         )
+        ok = body["otpSent"] if kind == GENERATE else body["otpValid"]
+        log.info(
+            "%s %s%s",
+            "generate" if kind == GENERATE else "validate",
+            "ok" if ok else "refused: ",
+            body["error"] or "",
+            extra=request_context(
+                body["processInstanceId"], body["clientId"], channel=body["channel"]
+            ),
+        )
+
+    async def error_reply(
+        kind: str, pid: Any, client: Any, channel: Any, error: str, headers: Any
+    ) -> None:
+        make = records.generate_reply if kind == GENERATE else records.validate_reply
+        await send_reply(kind, make(pid, client, channel, False, error), headers)
 
     async def dead_letter(event: Any, reason: str) -> None:
         message = event.message
+        source = f"{message.topic}/{message.partition}/{message.offset}"
         headers = dict(event.headers or {})
         headers["x-dlq-reason"] = reason.encode()
-        headers["x-dlq-source"] = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        headers["x-dlq-source"] = source.encode()
         await topics.dlq.send(key=event.key, value=event.value, headers=headers)
-        log.warning(
-            "dead-lettered %s/%s/%s: %s", message.topic, message.partition, message.offset, reason
-        )
+        log.warning("dead-lettered: %s", reason, extra={"source": source})
 
     async def refuse(event: Any, exc: RequestError, kind: str) -> None:
         """An unparseable request: answer the engine if we can tell whom, else dead-letter it."""
@@ -62,19 +79,14 @@ def register(ctx: Any) -> dict[str, Any]:
             await dead_letter(event, str(exc))
             return
         salvaged = records.salvage_reply_fields(event.value)
-        make, topic = (
-            (records.generate_reply, topics.generate_out)
-            if kind == GENERATE
-            else (records.validate_reply, topics.validate_out)
-        )
-        body = make(
+        await error_reply(
+            kind,
             exc.process_instance_id,
             salvaged.get("clientId"),
             salvaged.get("channel"),
-            False,
             str(exc),
+            event.headers,
         )
-        await send_reply(topic, body, event.headers)
 
     # -- ingest: parse, check, re-key by clientId --------------------------------------------
     def ingest(kind: str, parse: Any) -> Any:
@@ -115,7 +127,7 @@ def register(ctx: Any) -> dict[str, Any]:
             body = records.generate_reply(
                 req.process_instance_id, req.client_id, req.channel, sent, error
             )
-            await send_reply(topics.generate_out, body, headers)
+            await send_reply(GENERATE, body, headers)
 
         error = check_generate(req)
         if error is not None:
@@ -198,7 +210,7 @@ def register(ctx: Any) -> dict[str, Any]:
             outcome is Outcome.VALID,
             outcome.error,
         )
-        await send_reply(topics.validate_out, body, headers)
+        await send_reply(VALIDATE, body, headers)
 
     def expire(key: bytes) -> None:
         record = load(key)
@@ -231,13 +243,14 @@ def register(ctx: Any) -> dict[str, Any]:
         if pid is None or command.get("k") not in (GENERATE, VALIDATE):
             await dead_letter(event, INTERNAL_ERROR)
             return
-        make, topic = (
-            (records.generate_reply, topics.generate_out)
-            if command["k"] == GENERATE
-            else (records.validate_reply, topics.validate_out)
+        await error_reply(
+            command["k"],
+            pid,
+            request.get("client_id"),
+            request.get("channel"),
+            INTERNAL_ERROR,
+            event.headers,
         )
-        body = make(pid, request.get("client_id"), request.get("channel"), False, INTERNAL_ERROR)
-        await send_reply(topic, body, event.headers)
 
     # -- expiry: find on the owner's partitions, delete through the stream -------------------
     @app.timer(interval=settings.otp_sweep_interval_seconds, name="sweep_expired_otps")

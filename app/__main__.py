@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--loglevel", faust_level or settings.log_level.lower()]
     if args[0] == "worker" and not any(a.startswith("--without-web") for a in args):
         args += ["--web-port", str(settings.web_port), "--web-host", settings.web_host]
+    if settings.log_format == "json":
+        args.insert(0, "--quiet")  # Faust's banner is a text table: keep the output JSON
     sys.argv = [sys.argv[0], *args]
     app.main()
     return 0

@@ -16,6 +16,7 @@ import faust
 from app.channels.base import Channel, UnconfiguredChannel
 from app.channels.smtp import SmtpChannel
 from app.core.otp import OtpPolicy
+from app.logs import logging_config
 from app.settings import Settings
 from tables.template_cache import TemplateCache
 
@@ -87,7 +88,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         table_standby_replicas=0,
-        logging_config=None,
+        logging_config=logging_config(settings.log_level, settings.log_format),
     )
     ctx = Context(
         settings=settings,

@@ -186,6 +186,9 @@ SPEC: dict[str, Setting] = {
     "web_host": Setting(("WEB_HOST",), "127.0.0.1", _text, "HTTP bind address"),
     "web_port": Setting(("WEB_PORT",), "6066", _int(1, 65535), "HTTP port"),
     "log_level": Setting(("LOG_LEVEL",), "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    "log_format": Setting(
+        ("LOG_FORMAT",), "json", _choice("json", "text"), "json (one object per line) or text"
+    ),
     "notify_api_auth": Setting(
         ("NOTIFY_API_AUTH",),
         "enabled",
@@ -328,6 +331,7 @@ class Settings:
     web_host: str
     web_port: int
     log_level: str
+    log_format: str
     notify_api_auth: str
     notify_api_token: str | None
     api_max_body_bytes: int

@@ -21,6 +21,9 @@ PARAM_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 SERVER_FIELDS = ("version", "createdAt", "updatedAt")
 MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
 MAX_PARAMS = 100
+# ``context`` is free-form JSON stored as sent; bound its nesting so that every encoder on the
+# way (Faust's and ours, orjson: at most 254 levels) can serialize it: deeper was a 500.
+MAX_CONTEXT_DEPTH = 32
 NAME_RULE = "must be 1-100 characters of A-Z a-z 0-9 _ . - (starting with a letter or digit)"
 
 
@@ -130,7 +133,12 @@ def validate(
             f"is longer than the {max_body_chars}-character limit",
         )
     context = payload.get("context", [])
-    want(context is None or isinstance(context, list), "context", "must be a list")
+    if want(context is None or isinstance(context, list), "context", "must be a list"):
+        want(
+            _depth(context) <= MAX_CONTEXT_DEPTH,
+            "context",
+            f"is nested more than {MAX_CONTEXT_DEPTH} levels deep",
+        )
     params = _params(payload.get("params", []), problems)
     if problems:
         raise TemplateInvalid(problems)
@@ -159,6 +167,20 @@ def validate(
         "params": params,
     }
     return template, compiled
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _params(value: Any, problems: list[Problem]) -> list[dict[str, Any]]:
