@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from agents import for_each_event
+from agents import KeyedDispatcher, for_each_event
 from app import codec, records
 from app.channels.base import DeliveryError, Notification
 from app.core import otp, render
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
 INTERNAL_ERROR = "internal error while handling the request"
+# Requests handled at once by one worker (across identifiers); bounds memory and open sends.
+MAX_IN_FLIGHT = 512
+DRAIN_TIMEOUT_SECONDS = 30.0
 
 
 def _source(event: Any) -> list[Any]:
@@ -122,13 +125,18 @@ def register(ctx: Any) -> dict[str, Any]:
         raw = otps.get(key)
         return OtpRecord.from_dict(codec.loads(raw)) if raw is not None else None
 
-    async def generate(key: bytes, req: GenerateRequest, headers: Any) -> None:
+    async def generate(key: bytes, req: GenerateRequest, source: str, headers: Any) -> None:
         async def answer(sent: bool, error: str | None) -> None:
             body = records.generate_reply(
                 req.process_instance_id, req.client_id, req.channel, sent, error
             )
             await send_reply(GENERATE, body, headers)
 
+        previous = load(key)
+        if otp.issued_by(previous, source):
+            # Redelivered after a crash: the code went out and was stored; answer as before.
+            await answer(True, None)
+            return
         error = check_generate(req)
         if error is not None:
             await answer(False, error)
@@ -140,11 +148,12 @@ def register(ctx: Any) -> dict[str, Any]:
             code, record = otp.issue(
                 ctx.policy,
                 ctx.secret,
-                load(key),
+                previous,
                 identifier=req.key,
                 channel=req.channel,
                 process_instance_id=req.process_instance_id,
                 now=now,
+                source=source,
             )
         except RateLimited as exc:
             await answer(False, str(exc))
@@ -190,7 +199,7 @@ def register(ctx: Any) -> dict[str, Any]:
             return f"missing mandatory parameter(s): {', '.join(missing)}"
         return ctx.channels[req.channel].check_recipient(req.recipient)
 
-    async def validate(key: bytes, req: ValidateRequest, headers: Any) -> None:
+    async def validate(key: bytes, req: ValidateRequest, source: str, headers: Any) -> None:
         record = load(key)
         outcome, updated = otp.verify(
             ctx.policy,
@@ -200,6 +209,7 @@ def register(ctx: Any) -> dict[str, Any]:
             channel=req.channel,
             code=req.otp,
             now=time.time(),
+            source=source,
         )
         if updated is not None and updated != record:
             otps[key] = codec.dumps(updated.to_dict())
@@ -222,20 +232,34 @@ def register(ctx: Any) -> dict[str, Any]:
         try:
             command = codec.loads(event.value)
             kind = command["k"]
+            source = "/".join(map(str, command.get("src", ())))
             if kind == GENERATE:
-                await generate(event.key, GenerateRequest(**command["r"]), event.headers)
+                await generate(event.key, GenerateRequest(**command["r"]), source, event.headers)
             elif kind == VALIDATE:
-                await validate(event.key, ValidateRequest(**command["r"]), event.headers)
+                await validate(event.key, ValidateRequest(**command["r"]), source, event.headers)
             elif kind == EXPIRE:
                 expire(event.key)
         except Exception:  # the stream must go on, see module docstring
             log.exception("unexpected failure processing %s", _source(event))
             await internal_error(event, command)
 
+    dispatcher = KeyedDispatcher(MAX_IN_FLIGHT)
+
     @app.agent(topics.otp_commands, name="process_otp")
     async def process_otp(stream: Any) -> None:
         await ctx.cache.ready.wait()
-        await for_each_event(stream, process)
+        stream.enable_acks = False  # each event is acked by its task once handled
+        async for event in stream.events():
+            await dispatcher.dispatch(stream, event, process)
+
+    @app.on_partitions_revoked.connect
+    async def finish_in_flight(app: Any, revoked: Any, **kwargs: Any) -> None:
+        """Finish what is in flight before its partitions (and table rows) move away."""
+        await dispatcher.drain(timeout=DRAIN_TIMEOUT_SECONDS)
+
+    @app.on_before_shutdown.connect
+    async def finish_before_shutdown(app: Any, **kwargs: Any) -> None:
+        await dispatcher.drain(timeout=DRAIN_TIMEOUT_SECONDS)
 
     async def internal_error(event: Any, command: dict[str, Any]) -> None:
         request = command.get("r") or {}

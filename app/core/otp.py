@@ -89,6 +89,12 @@ class OtpRecord:
     attempts: int = 0
     status: Status = Status.PENDING
     sends: tuple[float, ...] = field(default_factory=tuple)
+    # Idempotency under at-least-once delivery: the request (topic/partition/offset) that
+    # issued this code, and the last validation that changed it with its outcome, so a
+    # redelivered request is answered as the first time instead of being applied twice.
+    source: str | None = None
+    validated_by: str | None = None
+    validated_outcome: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Short keys: this is written to RocksDB and the changelog once per request."""
@@ -101,6 +107,9 @@ class OtpRecord:
             "a": self.attempts,
             "s": self.status.value,
             "n": list(self.sends),
+            "src": self.source,
+            "vb": self.validated_by,
+            "vo": self.validated_outcome,
         }
 
     @classmethod
@@ -114,6 +123,9 @@ class OtpRecord:
             attempts=int(data.get("a", 0)),
             status=Status(data.get("s", Status.PENDING.value)),
             sends=tuple(float(t) for t in data.get("n", ())),
+            source=data.get("src"),
+            validated_by=data.get("vb"),
+            validated_outcome=data.get("vo"),
         )
 
 
@@ -153,6 +165,7 @@ def issue(
     process_instance_id: Any,
     now: float,
     code: str | None = None,
+    source: str | None = None,
 ) -> tuple[str, OtpRecord]:
     """Make a new code that replaces any previous one; the send counter carries over.
 
@@ -167,8 +180,14 @@ def issue(
         issued_at=now,
         expires_at=now + policy.ttl_seconds,
         sends=(*recent_sends(previous, policy, now), now),
+        source=source,
     )
     return code, record
+
+
+def issued_by(record: OtpRecord | None, source: str | None) -> bool:
+    """True when ``record``'s code was issued by this very request (a redelivery)."""
+    return record is not None and source is not None and record.source == source
 
 
 def verify(
@@ -180,13 +199,33 @@ def verify(
     channel: str,
     code: str,
     now: float,
+    source: str | None = None,
 ) -> tuple[Outcome, OtpRecord | None]:
     """Check a guess; return the outcome and the record to store (unchanged when nothing moved).
 
     The comparison is constant-time. A right code is consumed (single use); a wrong one costs
     an attempt, and the ``max_attempts``-th wrong one locks the code until a new one is issued.
     A guess for another channel than the code was sent on is simply wrong: the MAC binds both.
+    A redelivered request (same ``source`` as the validation that last changed the record)
+    gets the outcome it got the first time, so a ``true`` never turns into ``false``.
     """
+    if record is not None and source is not None and record.validated_by == source:
+        return Outcome(record.validated_outcome), record
+    outcome, updated = _verify(policy, secret, record, identifier, channel, code, now)
+    if updated is not None and updated is not record and source is not None:
+        updated = replace(updated, validated_by=source, validated_outcome=outcome.value)
+    return outcome, updated
+
+
+def _verify(
+    policy: OtpPolicy,
+    secret: bytes,
+    record: OtpRecord | None,
+    identifier: str,
+    channel: str,
+    code: str,
+    now: float,
+) -> tuple[Outcome, OtpRecord | None]:
     if record is None:
         return Outcome.UNKNOWN, None
     if record.status is Status.CONSUMED:

@@ -143,3 +143,73 @@ def test_random_guesses_never_validate_a_different_code(guess):
     _, record = issue(code="135790")
     outcome, _ = verify(record, guess)
     assert (outcome is Outcome.VALID) == (guess == "135790")
+
+
+def test_redelivered_validate_gets_its_first_answer():
+    code, record = issue(code="424242")
+    outcome, record = otp.verify(
+        POLICY,
+        SECRET,
+        record,
+        identifier="c1",
+        channel="MAIL",
+        code=code,
+        now=1001.0,
+        source="in/0/7",
+    )
+    assert outcome is Outcome.VALID
+    again, same = otp.verify(
+        POLICY,
+        SECRET,
+        record,
+        identifier="c1",
+        channel="MAIL",
+        code=code,
+        now=1002.0,
+        source="in/0/7",
+    )
+    assert again is Outcome.VALID and same == record
+    other, _ = otp.verify(
+        POLICY,
+        SECRET,
+        record,
+        identifier="c1",
+        channel="MAIL",
+        code=code,
+        now=1002.0,
+        source="in/0/8",
+    )
+    assert other is Outcome.CONSUMED
+
+
+def test_redelivered_wrong_guess_costs_one_attempt():
+    _, record = issue(code="424242")
+    for _ in range(3):
+        outcome, record = otp.verify(
+            POLICY,
+            SECRET,
+            record,
+            identifier="c1",
+            channel="MAIL",
+            code="000000",
+            now=1001.0,
+            source="in/0/9",
+        )
+        assert outcome is Outcome.INVALID
+    assert record.attempts == 1
+
+
+def test_issued_by_recognises_a_redelivered_generate():
+    _, record = otp.issue(
+        POLICY,
+        SECRET,
+        None,
+        identifier="c1",
+        channel="MAIL",
+        process_instance_id=1,
+        now=1.0,
+        source="in/3/5",
+    )
+    assert otp.issued_by(record, "in/3/5")
+    assert not otp.issued_by(record, "in/3/6") and not otp.issued_by(None, "in/3/5")
+    assert OtpRecord.from_dict(record.to_dict()) == record
