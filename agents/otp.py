@@ -42,15 +42,39 @@ def _source(event: Any) -> list[Any]:
 
 def register(ctx: Any) -> dict[str, Any]:
     app, settings, topics, otps = ctx.app, ctx.settings, ctx.topics, ctx.tables.otps
+    metrics = ctx.metrics
+    source_topic = {GENERATE: settings.topic_generate_in, VALIDATE: settings.topic_validate_in}
+    kind_name = {GENERATE: "generate", VALIDATE: "validate"}
 
     # -- replies and dead letters ------------------------------------------------------------
-    async def send_reply(kind: str, body: dict[str, Any], headers: Any) -> None:
-        """Keyed by processInstanceId (per-instance order) with every header of the request."""
+    async def send_reply(
+        kind: str,
+        body: dict[str, Any],
+        headers: Any,
+        received_ms: int | None,
+        outcome: str | None = None,
+    ) -> None:
+        """Keyed by processInstanceId (per-instance order) with every header of the request.
+
+        ``received_ms`` is the request's Kafka timestamp: the latency histogram covers the
+        whole path through the service, re-keying hop included.
+        """
         topic = topics.generate_out if kind == GENERATE else topics.validate_out
         await topic.send(
             key=str(body["processInstanceId"]).encode(), value=codec.dumps(body), headers=headers
         )
         ok = body["otpSent"] if kind == GENERATE else body["otpValid"]
+        if outcome is None:
+            outcome = (
+                ("sent" if ok else "not_sent")
+                if kind == GENERATE
+                else ("valid" if ok else "invalid")
+            )
+        metrics.requests.labels(source_topic[kind], outcome).inc()
+        if received_ms:
+            metrics.latency.labels(kind_name[kind]).observe(
+                max(0.0, time.time() - received_ms / 1000)
+            )
         log.info(
             "%s %s%s",
             "generate" if kind == GENERATE else "validate",
@@ -62,10 +86,19 @@ def register(ctx: Any) -> dict[str, Any]:
         )
 
     async def error_reply(
-        kind: str, pid: Any, client: Any, channel: Any, error: str, headers: Any
+        kind: str,
+        pid: Any,
+        client: Any,
+        channel: Any,
+        error: str,
+        headers: Any,
+        received_ms: int | None,
+        outcome: str,
     ) -> None:
         make = records.generate_reply if kind == GENERATE else records.validate_reply
-        await send_reply(kind, make(pid, client, channel, False, error), headers)
+        await send_reply(
+            kind, make(pid, client, channel, False, error), headers, received_ms, outcome
+        )
 
     async def dead_letter(event: Any, reason: str) -> None:
         message = event.message
@@ -74,6 +107,7 @@ def register(ctx: Any) -> dict[str, Any]:
         headers["x-dlq-reason"] = reason.encode()
         headers["x-dlq-source"] = source.encode()
         await topics.dlq.send(key=event.key, value=event.value, headers=headers)
+        metrics.requests.labels(message.topic, "dead_letter").inc()
         log.warning("dead-lettered: %s", reason, extra={"source": source})
 
     async def refuse(event: Any, exc: RequestError, kind: str) -> None:
@@ -89,6 +123,8 @@ def register(ctx: Any) -> dict[str, Any]:
             salvaged.get("channel"),
             str(exc),
             event.headers,
+            event.message.timestamp,
+            "malformed",
         )
 
     # -- ingest: parse, check, re-key by clientId --------------------------------------------
@@ -100,7 +136,12 @@ def register(ctx: Any) -> dict[str, Any]:
                 except RequestError as exc:
                     await refuse(event, exc, kind)
                     return
-                command = {"k": kind, "r": asdict(request), "src": _source(event), "t": time.time()}
+                command = {
+                    "k": kind,
+                    "r": asdict(request),
+                    "src": _source(event),
+                    "ts": event.message.timestamp,
+                }
                 await topics.otp_commands.send(
                     key=request.key.encode(), value=codec.dumps(command), headers=event.headers
                 )
@@ -125,12 +166,14 @@ def register(ctx: Any) -> dict[str, Any]:
         raw = otps.get(key)
         return OtpRecord.from_dict(codec.loads(raw)) if raw is not None else None
 
-    async def generate(key: bytes, req: GenerateRequest, source: str, headers: Any) -> None:
+    async def generate(
+        key: bytes, req: GenerateRequest, source: str, headers: Any, received_ms: int | None
+    ) -> None:
         async def answer(sent: bool, error: str | None) -> None:
             body = records.generate_reply(
                 req.process_instance_id, req.client_id, req.channel, sent, error
             )
-            await send_reply(GENERATE, body, headers)
+            await send_reply(GENERATE, body, headers, received_ms)
 
         previous = load(key)
         if otp.issued_by(previous, source):
@@ -176,8 +219,10 @@ def register(ctx: Any) -> dict[str, Any]:
         try:
             await channel.send(notification)
         except DeliveryError as exc:
+            metrics.sends.labels(req.channel, "failed").inc()
             await answer(False, str(exc))
             return
+        metrics.sends.labels(req.channel, "delivered").inc()
         otps[key] = codec.dumps(record.to_dict())
         await answer(True, None)
 
@@ -199,7 +244,9 @@ def register(ctx: Any) -> dict[str, Any]:
             return f"missing mandatory parameter(s): {', '.join(missing)}"
         return ctx.channels[req.channel].check_recipient(req.recipient)
 
-    async def validate(key: bytes, req: ValidateRequest, source: str, headers: Any) -> None:
+    async def validate(
+        key: bytes, req: ValidateRequest, source: str, headers: Any, received_ms: int | None
+    ) -> None:
         record = load(key)
         outcome, updated = otp.verify(
             ctx.policy,
@@ -220,7 +267,8 @@ def register(ctx: Any) -> dict[str, Any]:
             outcome is Outcome.VALID,
             outcome.error,
         )
-        await send_reply(VALIDATE, body, headers)
+        metrics.validations.labels(outcome.value).inc()
+        await send_reply(VALIDATE, body, headers, received_ms)
 
     def expire(key: bytes) -> None:
         record = load(key)
@@ -233,10 +281,13 @@ def register(ctx: Any) -> dict[str, Any]:
             command = codec.loads(event.value)
             kind = command["k"]
             source = "/".join(map(str, command.get("src", ())))
+            received_ms = command.get("ts")
             if kind == GENERATE:
-                await generate(event.key, GenerateRequest(**command["r"]), source, event.headers)
+                request = GenerateRequest(**command["r"])
+                await generate(event.key, request, source, event.headers, received_ms)
             elif kind == VALIDATE:
-                await validate(event.key, ValidateRequest(**command["r"]), source, event.headers)
+                request = ValidateRequest(**command["r"])
+                await validate(event.key, request, source, event.headers, received_ms)
             elif kind == EXPIRE:
                 expire(event.key)
         except Exception:  # the stream must go on, see module docstring
@@ -244,6 +295,7 @@ def register(ctx: Any) -> dict[str, Any]:
             await internal_error(event, command)
 
     dispatcher = KeyedDispatcher(MAX_IN_FLIGHT)
+    ctx.dispatcher = dispatcher
 
     @app.agent(topics.otp_commands, name="process_otp")
     async def process_otp(stream: Any) -> None:
@@ -274,6 +326,8 @@ def register(ctx: Any) -> dict[str, Any]:
             request.get("channel"),
             INTERNAL_ERROR,
             event.headers,
+            command.get("ts"),
+            "error",
         )
 
     # -- expiry: find on the owner's partitions, delete through the stream -------------------

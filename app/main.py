@@ -8,7 +8,7 @@ different settings; ``app`` (built on first access from the environment) is the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -17,6 +17,7 @@ from app.channels.base import Channel, UnconfiguredChannel
 from app.channels.smtp import SmtpChannel
 from app.core.otp import OtpPolicy
 from app.logs import logging_config
+from app.metrics import Metrics
 from app.settings import Settings
 from tables.template_cache import TemplateCache
 
@@ -33,9 +34,11 @@ class Context:
     secret: bytes
     cache: TemplateCache
     channels: dict[str, Channel]
+    metrics: Metrics = field(default_factory=Metrics)
     topics: Any = None
     tables: Any = None
     agents: Any = None
+    dispatcher: Any = None
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:

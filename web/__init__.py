@@ -6,8 +6,9 @@ from typing import Any
 
 
 def register_views(ctx: Any) -> None:
-    from web import health, openapi, templates
+    from web import health, metrics, openapi, templates
 
     health.register(ctx)
     templates.register(ctx)
     openapi.register(ctx)
+    metrics.register(ctx)

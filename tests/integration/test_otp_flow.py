@@ -373,3 +373,60 @@ async def test_bad_input_batch_every_good_one_answered(
         ]
         assert len(from_generate) == len(bad_no_pid)
         assert all(dict(r.headers).get("fxContext") == b"main:4" for r in from_generate)
+
+
+async def test_metrics_count_what_was_sent(
+    worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    """/metrics (Prometheus text format) moves by exactly the requests a test sends."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    topics = topic_env(suffix)
+    await ensure_templates(Api(worker.url))
+
+    async def scrape() -> dict:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{worker.url}/metrics") as resp:
+                assert resp.status == 200 and resp.content_type == "text/plain"
+                text = await resp.text()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples
+
+    def value(samples, name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    gen_topic = topics["KAFKA_TOPIC_OTP_GENERATE_IN"]
+    before = await scrape()
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+    ):
+        for i in range(7):
+            await kafka.send(gen_topic, gen(5000 + i, f"metrics-{i}"))
+        await kafka.send(gen_topic, gen(5007, "metrics-x", templateName="nope"))
+        await kafka.send(gen_topic, gen(5008, "metrics-y", channel="FAX"))
+        await kafka.send(gen_topic, b"garbage")
+        await gen_out.wait_for(lambda v: 5000 <= v["processInstanceId"] <= 5008, count=9)
+    after = await scrape()
+    for _ in range(20):  # the DLQ count lands right after the DLQ send; give it a moment
+        if value(after, "otp_requests_total", topic=gen_topic, outcome="dead_letter") >= 1:
+            break
+        await asyncio.sleep(0.1)
+        after = await scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("otp_requests_total", topic=gen_topic, outcome="sent") == 7
+    assert delta("otp_requests_total", topic=gen_topic, outcome="not_sent") == 1
+    assert delta("otp_requests_total", topic=gen_topic, outcome="malformed") == 1
+    assert delta("otp_requests_total", topic=gen_topic, outcome="dead_letter") == 1
+    assert delta("otp_sends_total", channel="MAIL", outcome="delivered") == 7
+    assert delta("otp_processing_seconds_count", kind="generate") == 9
+    assert value(after, "otp_ready") == 1 and value(after, "otp_recovery_in_progress") == 0
+    assert value(after, "otp_templates") >= 4
+    assert any(name == "otp_consumer_lag" for name, _ in after)
