@@ -19,6 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	@scripts/run-dev
 
+## workers: like run, with N workers (make workers N=3)
+N ?= 2
+workers: $(STAMP)
+	@WORKERS=$(N) scripts/run-dev
+
 ## test: the whole suite against a real Kafka broker on its own port
 test: $(STAMP)
 	@scripts/run-tests $(PYTEST_ARGS)
