@@ -73,8 +73,3 @@ class KeyedDispatcher:
             await stream.ack(event)
         finally:
             self._slots.release()
-
-    async def drain(self, timeout: float) -> None:
-        """Let in-flight events finish (before a rebalance hands their partitions away)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)

@@ -32,7 +32,6 @@ GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
 INTERNAL_ERROR = "internal error while handling the request"
 # Requests handled at once by one worker (across identifiers); bounds memory and open sends.
 MAX_IN_FLIGHT = 512
-DRAIN_TIMEOUT_SECONDS = 30.0
 
 
 def _source(event: Any) -> list[Any]:
@@ -303,15 +302,6 @@ def register(ctx: Any) -> dict[str, Any]:
         stream.enable_acks = False  # each event is acked by its task once handled
         async for event in stream.events():
             await dispatcher.dispatch(stream, event, process)
-
-    @app.on_partitions_revoked.connect
-    async def finish_in_flight(app: Any, revoked: Any, **kwargs: Any) -> None:
-        """Finish what is in flight before its partitions (and table rows) move away."""
-        await dispatcher.drain(timeout=DRAIN_TIMEOUT_SECONDS)
-
-    @app.on_before_shutdown.connect
-    async def finish_before_shutdown(app: Any, **kwargs: Any) -> None:
-        await dispatcher.drain(timeout=DRAIN_TIMEOUT_SECONDS)
 
     async def internal_error(event: Any, command: dict[str, Any]) -> None:
         request = command.get("r") or {}

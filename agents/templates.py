@@ -1,7 +1,8 @@
 """``write_template``: the single writer of the ``templates`` table.
 
 Faust lets a table change only inside the stream of a co-partitioned agent, so the REST views
-do not write: they ``ask`` this agent (keyed by ``name:language``) and wait for its answer.
+do not write: they send this agent a command (keyed by ``name:language``, with a request id)
+and wait for its answer on the ``template-results`` topic (see ``tables.template_cache``).
 Creating, replacing and deleting one key are thereby serialized on one partition, which is what
 makes "409 if it exists" and the ``version`` counter race-free across workers.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from agents import for_each_event
 from app import codec
 
 
@@ -48,21 +50,25 @@ def apply_command(
 def register(ctx: Any) -> dict[str, Any]:
     app, table = ctx.app, ctx.tables.templates
 
-    @app.agent(ctx.topics.template_commands, name="write_template")
-    async def write_template(commands: Any) -> Any:
-        async for command in commands:
+    async def handle(event: Any) -> None:
+        command: dict[str, Any] = {}
+        try:
+            command = codec.loads(event.value)
             key = command["key"].encode()
             stored = table.get(key)
             current = codec.loads(stored) if stored is not None else None
-            try:
-                status, template = apply_command(current, command)
-            except (KeyError, ValueError) as exc:
-                yield {"status": 400, "template": None, "error": str(exc)}
-                continue
+            status, template = apply_command(current, command)
             if status in (200, 201):
                 table[key] = codec.dumps(template)
             elif status == 204:
                 del table[key]
-            yield {"status": status, "template": template}
+            result = {"id": command.get("id"), "status": status, "template": template}
+        except (KeyError, ValueError, TypeError) as exc:
+            result = {"id": command.get("id"), "status": 400, "template": None, "error": str(exc)}
+        await ctx.topics.template_results.send(key=event.key, value=codec.dumps(result))
+
+    @app.agent(ctx.topics.template_commands, name="write_template")
+    async def write_template(commands: Any) -> None:
+        await for_each_event(commands, handle)
 
     return {"write_template": write_template}

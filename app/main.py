@@ -19,6 +19,7 @@ from app.core.otp import OtpPolicy
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.settings import Settings
+from tables import template_results_topic
 from tables.template_cache import TemplateCache
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     }
 
 
+def worker_class(shutdown_timeout: float) -> type:
+    from app.worker import Worker
+
+    return type("Worker", (Worker,), {"shutdown_timeout": shutdown_timeout})
+
+
 def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None) -> faust.App:
     """Build the Faust app for ``settings`` (already validated by ``Settings.from_env``)."""
     from agents import otp as otp_agents
@@ -77,7 +84,6 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         topic_allow_declare=True,
-        reply_create_topic=True,
         consumer_auto_offset_reset="earliest",
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -87,9 +93,17 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             "client_max_size": settings.api_max_body_bytes,
         },
         web_transport="tcp://",
+        # Faust's built-in views would serve table contents and topology without any auth.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         producer_linger=0.001,
         broker_commit_interval=1.0,
-        stream_wait_empty=False,
+        # On rebalance and shutdown, wait until every event in flight is acknowledged (our
+        # tasks ack after handling) before partitions move and offsets are committed.
+        stream_wait_empty=True,
+        Worker=worker_class(settings.shutdown_timeout_seconds),
         table_standby_replicas=0,
         logging_config=logging_config(settings.log_level, settings.log_format),
     )
@@ -110,6 +124,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             f"{settings.app_id}-templates-changelog",
             settings.topic_partitions,
             settings.template_default_language,
+            template_results_topic(settings),
         ),
         channels=channels if channels is not None else build_channels(settings),
     )

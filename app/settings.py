@@ -259,6 +259,12 @@ SPEC: dict[str, Setting] = {
         _float(0.2, 3600),
         "how often expired entries are deleted",
     ),
+    "shutdown_timeout_seconds": Setting(
+        ("SHUTDOWN_TIMEOUT_SECONDS",),
+        "30",
+        _float(1, 600),
+        "on SIGTERM, finish in-flight requests and exit within this time",
+    ),
     "max_request_bytes": Setting(
         ("MAX_REQUEST_BYTES",),
         "65536",
@@ -346,6 +352,7 @@ class Settings:
     otp_max_sends: int
     otp_send_window_seconds: int
     otp_sweep_interval_seconds: float
+    shutdown_timeout_seconds: float
     max_request_bytes: int
     smtp_host: str
     smtp_port: int

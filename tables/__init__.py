@@ -56,6 +56,7 @@ class Topics:
     dlq: faust.TopicT
     otp_commands: faust.TopicT
     template_commands: faust.TopicT
+    template_results: faust.TopicT
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         # partition, in order, next to that identifier's row of the ``otps`` table.
         otp_commands=_raw_topic(app, otp_commands_topic(settings), **internal),
         # Template writes keyed by name:language, co-partitioned with the ``templates`` table.
-        template_commands=app.topic(template_commands_topic(settings), key_type=str, **internal),
+        template_commands=_raw_topic(app, template_commands_topic(settings), **internal),
+        # Write results for the HTTP views; read by every worker outside the consumer group.
+        template_results=_raw_topic(app, template_results_topic(settings)),
     )
 
 

@@ -7,6 +7,12 @@ So, as Kafka Streams' GlobalKTable does, each worker runs its own consumer *outs
 consumer group, assigned every partition of the compacted changelog, and keeps a map it serves
 reads from. Writes still go through one agent (one writer per key); the changelog stays the one
 source of truth, and a new worker rebuilds the map from Kafka alone.
+
+The same consumer reads the single-partition ``template-results`` topic, from its end, to hand
+each HTTP view the answer of the write it asked for (:meth:`expect`). Faust's ``agent.ask``
+would do this, but its reply topic joins the consumer group, so with several workers a reply
+can be assigned to a worker that is not waiting for it, and an answered request stays
+unacknowledged forever, which blocks shutdown.
 """
 
 from __future__ import annotations
@@ -54,15 +60,40 @@ class TemplateCache:
     """Every template, by (name, language), kept current from the changelog topic."""
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, partitions: int, default_language: str
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        partitions: int,
+        default_language: str,
+        results_topic: str,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.partitions = partitions
         self.default_language = default_language
+        self.results_topic = results_topic
         self._entries: dict[str, CachedTemplate] = {}
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.ready = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+
+    # -- write results -----------------------------------------------------------------------
+    def expect(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
+        """A future for the result of the write ``request_id``; call before sending it."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def _deliver_result(self, value: bytes | None) -> None:
+        if not value:
+            return
+        result = codec.loads(value)
+        future = self._waiting.pop(result.get("id", ""), None)
+        if future is not None and not future.done():
+            future.set_result(result)
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, name: str, language: str | None = None) -> CachedTemplate | None:
@@ -110,8 +141,11 @@ class TemplateCache:
         try:
             await self._wait_for_topic(consumer)
             tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-            consumer.assign(tps)
+            results = TopicPartition(self.results_topic, 0)
+            consumer.assign([*tps, results])
             await consumer.seek_to_beginning(*tps)
+            await consumer.seek_to_end(results)
+            await consumer.position(results)  # resolve "end" now: no result is missed later
             end = await consumer.end_offsets(tps)
             pending = {tp for tp in tps if end[tp] > 0}
             while True:
@@ -119,9 +153,11 @@ class TemplateCache:
                     log.info("template cache ready: %d templates", len(self._entries))
                     self.ready.set()
                 batches = await consumer.getmany(timeout_ms=200, max_records=1000)
-                for records in batches.values():
+                for tp, records in batches.items():
                     for record in records:
-                        if record.key is not None:
+                        if tp == results:
+                            self._deliver_result(record.value)
+                        elif record.key is not None:
                             self.apply(record.key.decode(), record.value)
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:
@@ -132,5 +168,5 @@ class TemplateCache:
     async def _wait_for_topic(self, consumer: AIOKafkaConsumer) -> None:
         """The changelog is created by Faust when the table starts (with the table's partition
         count, which Faust checks); wait for it to exist."""
-        while self.topic not in await consumer.topics():
+        while not {self.topic, self.results_topic} <= await consumer.topics():
             await asyncio.sleep(0.2)

@@ -1,19 +1,22 @@
 """Template REST API: thin views over the validation core, the writer agent and the read model.
 
 Reads are served from this worker's read model (every worker holds every template). Writes are
-validated here, then handed to ``write_template`` (the table's single writer) with ``ask`` and a
-timeout; the answer is applied to the local read model at once, so a client that got ``201``
-can ``GET`` the template from the same worker immediately.
+validated here, then sent to ``write_template`` (the table's single writer) with a request id;
+the view waits, with a timeout, for the answer on the results topic and applies it to the local
+read model at once, so a client that got ``201`` can ``GET`` the template from the same worker
+immediately.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+from uuid import uuid4
 
 import faust
 from aiohttp import web
 
+from app import codec
 from app.core import render
 from app.core import templates as model
 from web.errors import ApiError, json_response
@@ -22,11 +25,19 @@ from web.http import authorize, query_bool, read_json
 
 def register(ctx: Any) -> None:
     app, settings, cache = ctx.app, ctx.settings, ctx.cache
-    writer = ctx.agents["write_template"]
     auth_enabled = settings.notify_api_auth == "enabled"
 
-    def guard(request: web.Request) -> None:
+    async def guard(request: web.Request) -> None:
+        """Authenticate, then make sure this worker's read model has caught up: before that, a
+        read could miss a template and a write could miss its answer."""
         authorize(request, settings.notify_api_token, auth_enabled)
+        if not cache.ready.is_set():
+            try:
+                await asyncio.wait_for(
+                    cache.ready.wait(), timeout=settings.api_write_timeout_seconds
+                )
+            except TimeoutError:
+                raise ApiError(503, "templates are still loading; retry") from None
 
     def language_of(request: web.Request) -> str:
         language = request.query.get("language") or settings.template_default_language
@@ -53,13 +64,16 @@ def register(ctx: Any) -> None:
             raise _invalid(exc) from None
 
     async def write(op: str, key: str, template: dict[str, Any] | None = None) -> dict[str, Any]:
-        command = {"op": op, "key": key, "template": template}
+        request_id = uuid4().hex
+        answer = cache.expect(request_id)
+        command = {"id": request_id, "op": op, "key": key, "template": template}
         try:
-            result = await asyncio.wait_for(
-                writer.ask(value=command, key=key), timeout=settings.api_write_timeout_seconds
-            )
+            await ctx.topics.template_commands.send(key=key.encode(), value=codec.dumps(command))
+            result = await asyncio.wait_for(answer, timeout=settings.api_write_timeout_seconds)
         except TimeoutError:
             raise ApiError(503, "the template store did not answer in time; retry") from None
+        finally:
+            cache.forget(request_id)
         status = result["status"]
         if status in (200, 201):
             cache.apply(key, result["template"])
@@ -76,7 +90,7 @@ def register(ctx: Any) -> None:
     @app.page("/api/template", name="template_collection")
     class TemplateCollection(faust.web.View):
         async def get(self, request: web.Request) -> web.Response:
-            guard(request)
+            await guard(request)
             wanted_type = request.query.get("type")
             if wanted_type is not None and wanted_type not in model.TYPES:
                 raise ApiError(
@@ -96,7 +110,7 @@ def register(ctx: Any) -> None:
             return json_response({"items": items, "count": len(items)})
 
         async def post(self, request: web.Request) -> web.Response:
-            guard(request)
+            await guard(request)
             template, _ = await body_of(request)
             key = model.template_key(template["name"], template["language"])
             result = await write("create", key, template)
@@ -112,11 +126,11 @@ def register(ctx: Any) -> None:
     @app.page("/api/template/{name}", name="template_item")
     class TemplateItem(faust.web.View):
         async def get(self, request: web.Request, name: str) -> web.Response:
-            guard(request)
+            await guard(request)
             return json_response(lookup(name_of(name), language_of(request)))
 
         async def put(self, request: web.Request, name: str) -> web.Response:
-            guard(request)
+            await guard(request)
             name, language = name_of(name), language_of(request)
             template, _ = await body_of(request)
             if template["name"] != name or template["language"] != language:
@@ -128,7 +142,7 @@ def register(ctx: Any) -> None:
             return json_response(result["template"])
 
         async def delete(self, request: web.Request, name: str) -> web.Response:
-            guard(request)
+            await guard(request)
             name, language = name_of(name), language_of(request)
             result = await write("delete", model.template_key(name, language))
             if result["status"] == 404:
@@ -138,7 +152,7 @@ def register(ctx: Any) -> None:
     @app.page("/api/template/{name}/preview", name="template_preview")
     class TemplatePreview(faust.web.View):
         async def post(self, request: web.Request, name: str) -> web.Response:
-            guard(request)
+            await guard(request)
             name, language = name_of(name), language_of(request)
             payload = await read_json(request, settings.api_max_body_bytes)
             if not isinstance(payload, dict) or not isinstance(payload.get("data", {}), dict):

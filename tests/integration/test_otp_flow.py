@@ -430,3 +430,11 @@ async def test_metrics_count_what_was_sent(
     assert value(after, "otp_ready") == 1 and value(after, "otp_recovery_in_progress") == 0
     assert value(after, "otp_templates") >= 4
     assert any(name == "otp_consumer_lag" for name, _ in after)
+
+
+async def test_faust_builtin_views_are_not_exposed(worker: Worker):
+    """Faust would serve table contents (/table/otps/) and routing without auth: switched off."""
+    for path in ("/table/", "/table/otps/", "/router/", "/router/topics"):
+        status, body = await Api(worker.url, token=None).call("GET", path)
+        assert status == 404, (path, body)
+        assert body["error"]

@@ -1,0 +1,39 @@
+"""The Faust worker class the service runs, with a hard bound on shutdown time.
+
+On SIGTERM Faust stops consuming, waits for the events in flight to be acknowledged
+(``stream_wait_empty``), commits, flushes the producer and closes clients. Each of those waits
+is bounded only loosely (a provider can take ``DELIVERY_TIMEOUT_SECONDS``, a broker can be
+gone), and an orchestrator that sent SIGTERM expects the process gone within its grace period.
+So a watchdog thread ends the process after ``SHUTDOWN_TIMEOUT_SECONDS``; whatever was not
+committed by then is redelivered to the next owner of the partition (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+import faust
+
+log = logging.getLogger(__name__)
+
+FORCED_EXIT_CODE = 3
+
+
+class Worker(faust.Worker):
+    shutdown_timeout: float = 30.0
+    _watchdog: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.shutdown_timeout, self._force_exit)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super()._schedule_shutdown(signum)
+
+    def _force_exit(self) -> None:
+        log.critical("shutdown took longer than %.0f s: exiting now", self.shutdown_timeout)
+        logging.shutdown()
+        os._exit(FORCED_EXIT_CODE)
