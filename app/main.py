@@ -14,7 +14,12 @@ from typing import Any
 import faust
 
 from app.channels.base import Channel, UnconfiguredChannel
+from app.channels.fcm import FcmChannel, ServiceAccount
+from app.channels.kafka import KafkaChannel
+from app.channels.retry import RetryPolicy
 from app.channels.smtp import SmtpChannel
+from app.channels.twilio import TwilioChannel
+from app.channels.webhook import WebhookChannel
 from app.core.otp import OtpPolicy
 from app.logs import logging_config
 from app.metrics import Metrics
@@ -43,7 +48,10 @@ class Context:
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
-    return {
+    """One channel per FlowX channel name, each with its provider's client (opened lazily)."""
+    policy = RetryPolicy(timeout=settings.delivery_timeout_seconds)
+    concurrency = settings.delivery_max_concurrency
+    channels: dict[str, Channel] = {
         "MAIL": SmtpChannel(
             host=settings.smtp_host,
             port=settings.smtp_port,
@@ -55,10 +63,57 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
             timeout=settings.smtp_timeout_seconds,
             pool_size=settings.smtp_pool_size,
             ca_file=settings.smtp_ca_file,
+            policy=policy,
+            max_concurrency=concurrency,
         ),
         "SMS": UnconfiguredChannel("SMS"),
         "PUSH": UnconfiguredChannel("PUSH"),
     }
+    if settings.sms_provider == "twilio":
+        channels["SMS"] = TwilioChannel(
+            account_sid=settings.twilio_account_sid or "",
+            auth_token=settings.twilio_auth_token or "",
+            from_number=settings.twilio_from,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            base_url=settings.twilio_base_url,
+            policy=policy,
+            max_concurrency=concurrency,
+        )
+    elif settings.sms_provider == "webhook":
+        channels["SMS"] = WebhookChannel(
+            "SMS",
+            url=settings.sms_webhook_url or "",
+            headers=settings.sms_webhook_headers,
+            policy=policy,
+            max_concurrency=concurrency,
+        )
+    elif settings.sms_provider == "kafka":
+        channels["SMS"] = KafkaChannel(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=settings.topic_notification_external_out,
+            topic_partitions=settings.topic_partitions,
+            topic_replication_factor=settings.topic_replication_factor,
+            policy=policy,
+            max_concurrency=concurrency,
+        )
+    if settings.push_provider == "fcm":
+        channels["PUSH"] = FcmChannel(
+            project_id=settings.fcm_project_id or "",
+            account=ServiceAccount.load(settings.fcm_credentials_file or ""),
+            base_url=settings.fcm_base_url,
+            token_url=settings.fcm_token_url,
+            policy=policy,
+            max_concurrency=concurrency,
+        )
+    elif settings.push_provider == "webhook":
+        channels["PUSH"] = WebhookChannel(
+            "PUSH",
+            url=settings.push_webhook_url or "",
+            headers=settings.push_webhook_headers,
+            policy=policy,
+            max_concurrency=concurrency,
+        )
+    return channels
 
 
 def worker_class(shutdown_timeout: float) -> type:
@@ -100,6 +155,10 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         web_stats_enabled=False,
         producer_linger=0.001,
         broker_commit_interval=1.0,
+        # A worker that dies (kill -9, lost host) is noticed after this long and its partitions
+        # move to the others; Faust's default of 60 s is a minute without answers.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         # On rebalance and shutdown, wait until every event in flight is acknowledged (our
         # tasks ack after handling) before partitions move and offsets are committed.
         stream_wait_empty=True,

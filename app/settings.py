@@ -8,6 +8,7 @@ read a traceback to learn that ``WEB_PORT=70000`` is out of range.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -113,6 +114,74 @@ def _alphabet(raw: str) -> str:
         raise ValueError("must be 'numeric', 'alphanumeric' or >= 10 distinct ASCII characters")
     if not value.isalnum():
         raise ValueError("must contain only letters and digits")
+    return value
+
+
+def _optional_choice(*allowed: str) -> Callable[[str], str | None]:
+    """Like :func:`_choice`, but empty (or ``none``) means "not configured"."""
+    pick = _choice(*allowed)
+
+    def parse(raw: str) -> str | None:
+        if raw.strip().lower() in ("", "none"):
+            return None
+        return pick(raw)
+
+    return parse
+
+
+def _optional_url(raw: str) -> str | None:
+    """An http(s) URL without a trailing slash; the value is never echoed (it may hold a token)."""
+    value = raw.strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"(https?)://([^/?#\s]+)([^\s]*)", value, flags=re.IGNORECASE)
+    if not match or match.group(2).startswith(("@", ":")):
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value.rstrip("/")
+
+
+def _url(raw: str) -> str:
+    value = _optional_url(raw)
+    if value is None:
+        raise ValueError("must not be empty")
+    return value
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", "connection"}
+
+
+def _optional_headers(raw: str) -> tuple[tuple[str, str], ...] | None:
+    """A JSON object of header names to string values; values are never echoed (secrets)."""
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ValueError(
+            'must be a JSON object of header names to values, e.g. {"X-Api-Key": "..."}'
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError('must be a JSON object, e.g. {"X-Api-Key": "..."}')
+    headers: list[tuple[str, str]] = []
+    for name, value in data.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid HTTP header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"header {name!r} is set by the service and cannot be configured")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"the value of header {name!r} must be a one-line string")
+        headers.append((name, value))
+    return tuple(headers)
+
+
+def _optional_id(raw: str) -> str | None:
+    """An identifier that goes into a URL path (account SID, project id)."""
+    value = raw.strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", value):
+        raise ValueError("must contain only letters, digits, '.', '_' and '-'")
     return value
 
 
@@ -314,6 +383,98 @@ SPEC: dict[str, Setting] = {
         _text,
         "sender display name",
     ),
+    "sms_provider": Setting(
+        ("SMS_PROVIDER",),
+        None,
+        _optional_choice("twilio", "webhook", "kafka"),
+        "twilio, webhook or kafka; unset: SMS requests are refused",
+    ),
+    "twilio_account_sid": Setting(
+        ("TWILIO_ACCOUNT_SID",), None, _optional_id, "Twilio Account SID (AC...)"
+    ),
+    "twilio_auth_token": Setting(
+        ("TWILIO_AUTH_TOKEN",), None, _optional_text, "Twilio auth token", secret=True
+    ),
+    "twilio_from": Setting(
+        ("TWILIO_FROM",), None, _optional_text, "sender: E.164 number, short code or sender id"
+    ),
+    "twilio_messaging_service_sid": Setting(
+        ("TWILIO_MESSAGING_SERVICE_SID",),
+        None,
+        _optional_id,
+        "Twilio Messaging Service (MG...); wins over TWILIO_FROM",
+    ),
+    "twilio_base_url": Setting(
+        ("TWILIO_BASE_URL",), "https://api.twilio.com", _url, "Twilio API base URL"
+    ),
+    "sms_webhook_url": Setting(
+        ("SMS_WEBHOOK_URL",),
+        None,
+        _optional_url,
+        "endpoint receiving SMS as JSON (SMS_PROVIDER=webhook)",
+        secret=True,
+    ),
+    "sms_webhook_headers": Setting(
+        ("SMS_WEBHOOK_HEADERS",),
+        None,
+        _optional_headers,
+        'extra headers as a JSON object, e.g. {"X-Api-Key": "..."}',
+        secret=True,
+    ),
+    "topic_notification_external_out": Setting(
+        ("KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT",),
+        "ai.flowx.plugin.notification.external.out.v1",
+        _topic,
+        "topic SMS are forwarded to (SMS_PROVIDER=kafka)",
+    ),
+    "push_provider": Setting(
+        ("PUSH_PROVIDER",),
+        None,
+        _optional_choice("fcm", "webhook"),
+        "fcm or webhook; unset: PUSH requests are refused",
+    ),
+    "fcm_project_id": Setting(("FCM_PROJECT_ID",), None, _optional_id, "Firebase project id"),
+    "fcm_credentials_file": Setting(
+        ("FCM_CREDENTIALS_FILE",),
+        None,
+        _optional_text,
+        "path of the Google service-account key file (JSON)",
+    ),
+    "fcm_base_url": Setting(
+        ("FCM_BASE_URL",), "https://fcm.googleapis.com", _url, "FCM API base URL"
+    ),
+    "fcm_token_url": Setting(
+        ("FCM_TOKEN_URL",),
+        None,
+        _optional_url,
+        "OAuth2 token endpoint (default: the key file's token_uri)",
+    ),
+    "push_webhook_url": Setting(
+        ("PUSH_WEBHOOK_URL",),
+        None,
+        _optional_url,
+        "endpoint receiving push notifications as JSON (PUSH_PROVIDER=webhook)",
+        secret=True,
+    ),
+    "push_webhook_headers": Setting(
+        ("PUSH_WEBHOOK_HEADERS",),
+        None,
+        _optional_headers,
+        'extra headers as a JSON object, e.g. {"X-Api-Key": "..."}',
+        secret=True,
+    ),
+    "delivery_timeout_seconds": Setting(
+        ("DELIVERY_TIMEOUT_SECONDS",),
+        "15",
+        _float(0.5, 300),
+        "time budget of one notification, every retry included",
+    ),
+    "delivery_max_concurrency": Setting(
+        ("DELIVERY_MAX_CONCURRENCY",),
+        "16",
+        _int(1, 1024),
+        "sends in flight at once per provider",
+    ),
 }
 
 ENV_VARS: frozenset[str] = frozenset(name for spec in SPEC.values() for name in spec.names)
@@ -364,6 +525,24 @@ class Settings:
     smtp_ca_file: str | None
     mail_from_email: str
     mail_from_name: str
+    sms_provider: str | None
+    twilio_account_sid: str | None
+    twilio_auth_token: str | None
+    twilio_from: str | None
+    twilio_messaging_service_sid: str | None
+    twilio_base_url: str
+    sms_webhook_url: str | None
+    sms_webhook_headers: tuple[tuple[str, str], ...] | None
+    topic_notification_external_out: str
+    push_provider: str | None
+    fcm_project_id: str | None
+    fcm_credentials_file: str | None
+    fcm_base_url: str
+    fcm_token_url: str | None
+    push_webhook_url: str | None
+    push_webhook_headers: tuple[tuple[str, str], ...] | None
+    delivery_timeout_seconds: float
+    delivery_max_concurrency: int
 
     @classmethod
     def from_env(
@@ -397,6 +576,7 @@ class Settings:
         settings = cls(**values)
         if check_secrets:
             settings.check_secrets()
+            settings.check_channels()
         return settings
 
     def check_secrets(self) -> None:
@@ -415,6 +595,37 @@ class Settings:
             raise ConfigError(
                 "SMTP_PASSWORD", "SMTP_USERNAME and SMTP_PASSWORD must be set together"
             )
+
+    def check_channels(self) -> None:
+        """Each chosen SMS/PUSH provider has what it needs; never echo a credential."""
+        if self.sms_provider == "twilio":
+            for name, value in (
+                ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+                ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
+            ):
+                if not value:
+                    raise ConfigError(name, "is required when SMS_PROVIDER=twilio")
+            if not (self.twilio_from or self.twilio_messaging_service_sid):
+                raise ConfigError(
+                    "TWILIO_FROM",
+                    "TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when "
+                    "SMS_PROVIDER=twilio",
+                )
+        if self.sms_provider == "webhook" and not self.sms_webhook_url:
+            raise ConfigError("SMS_WEBHOOK_URL", "is required when SMS_PROVIDER=webhook")
+        if self.push_provider == "webhook" and not self.push_webhook_url:
+            raise ConfigError("PUSH_WEBHOOK_URL", "is required when PUSH_PROVIDER=webhook")
+        if self.push_provider == "fcm":
+            if not self.fcm_project_id:
+                raise ConfigError("FCM_PROJECT_ID", "is required when PUSH_PROVIDER=fcm")
+            if not self.fcm_credentials_file:
+                raise ConfigError("FCM_CREDENTIALS_FILE", "is required when PUSH_PROVIDER=fcm")
+            from app.channels.fcm import ServiceAccount
+
+            try:
+                ServiceAccount.load(self.fcm_credentials_file)
+            except ValueError as exc:
+                raise ConfigError("FCM_CREDENTIALS_FILE", str(exc)) from None
 
     def unmatched_out_topics(self) -> list[str]:
         """Reply topics the engine would never read (their names miss ENGINE_TOPIC_PATTERN)."""

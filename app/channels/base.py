@@ -7,8 +7,13 @@ whatever the provider (SMTP, an HTTP API, a Kafka topic), failure comes back as 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+# E.164: "+", a country code that does not start with 0, 8 to 15 digits in all.
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+MAX_DEVICE_TOKEN = 4096
 
 
 @dataclass(frozen=True)
@@ -24,13 +29,37 @@ class Notification:
 
 
 class DeliveryError(Exception):
-    """Sending failed. ``transient`` says whether trying again later may succeed."""
+    """Sending failed. ``transient`` says whether trying again later may succeed.
 
-    def __init__(self, provider: str, status: str, *, transient: bool = False) -> None:
+    ``retry_after`` is the provider's own hint (HTTP ``Retry-After``) in seconds, if it gave one.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        status: str,
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{provider} delivery failed: {status}")
         self.provider = provider
         self.status = status
         self.transient = transient
+        self.retry_after = retry_after
+
+
+def plain_text(notification: Notification) -> str:
+    """The body as plain text: SMS and push show no HTML (``text`` is set for HTML bodies)."""
+    return notification.text if notification.text is not None else notification.body
+
+
+def redact(text: str, secrets: tuple[str, ...] | list[str]) -> str:
+    """``text`` with every secret value replaced by ``***`` (defence in depth for errors)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
 
 
 class Channel(Protocol):
@@ -60,3 +89,21 @@ class UnconfiguredChannel:
 
     async def close(self) -> None:
         return None
+
+
+def check_phone(recipient: str) -> str | None:
+    """None for an E.164 number (``+40712345678``), else why not."""
+    if not _E164.fullmatch(recipient):
+        return "recipient must be a phone number in E.164 format (+ and 8 to 15 digits)"
+    return None
+
+
+def check_device_token(recipient: str) -> str | None:
+    """None for a plausible push device token: non-empty, printable, no spaces, bounded."""
+    if not recipient:
+        return "recipient must be a device token, got an empty string"
+    if len(recipient) > MAX_DEVICE_TOKEN:
+        return f"recipient must be a device token of at most {MAX_DEVICE_TOKEN} characters"
+    if any(ch.isspace() or not ch.isprintable() for ch in recipient):
+        return "recipient must be a device token without spaces or control characters"
+    return None

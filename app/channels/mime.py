@@ -43,7 +43,7 @@ def build_mail(
 ) -> bytes:
     """One message: ``text`` alone, or ``text`` with an ``html`` alternative."""
     headers = (
-        f"From: {formataddr((from_name, from_email), charset='utf-8')}\r\n"
+        f"From: {formataddr((' '.join(from_name.split()), from_email), charset='utf-8')}\r\n"
         f"To: {to}\r\n"
         f"Subject: {_header(subject or '')}\r\n"
         f"Date: {formatdate(localtime=False)}\r\n"

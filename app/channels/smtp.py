@@ -3,6 +3,10 @@
 Opening an SMTP session (TCP, greeting, EHLO, STARTTLS, AUTH) costs several round trips; doing
 it once per OTP would dominate the cost of a send. Connections are opened lazily, reused while
 the server keeps them, reopened once when it has dropped them, and closed on shutdown.
+
+Each send runs through the shared retry helper (:mod:`app.channels.retry`): SMTP 4xx replies
+(greylisting, "try again later"), timeouts and connection failures are retried within
+``DELIVERY_TIMEOUT_SECONDS``; 5xx replies (unknown mailbox, rejected) are final.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ import asyncio
 import re
 import ssl
 import time
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid
 
 import aiosmtplib
 
 from app.channels.base import DeliveryError, Notification
+from app.channels.mime import build_mail
+from app.channels.retry import Delivery, RetryPolicy
 
 PROVIDER = "smtp"
 # One plain address: no display name, no list, no CR/LF (header injection), no spaces.
@@ -32,6 +36,10 @@ def check_address(recipient: str) -> str | None:
     if len(recipient) > 254 or not _ADDRESS.fullmatch(recipient):
         return "recipient must be one e-mail address (user@domain)"
     return None
+
+
+class _RecipientRefused(DeliveryError):
+    """The server refused the address; the session itself stays usable."""
 
 
 class _Connection:
@@ -58,13 +66,16 @@ class SmtpChannel:
         timeout: float,
         pool_size: int,
         ca_file: str | None = None,
+        policy: RetryPolicy | None = None,
+        max_concurrency: int = 16,
     ) -> None:
         self._host = host
         self._port = port
         self._security = security
         self._username = username
         self._password = password
-        self._from = formataddr((from_name, from_email))
+        self._from_name = from_name
+        self._from_email = from_email
         self._from_domain = from_email.rpartition("@")[2] or "localhost"
         self._timeout = timeout
         self._ca_file = ca_file
@@ -72,24 +83,23 @@ class SmtpChannel:
         self._slots = asyncio.Semaphore(pool_size)
         self._all: list[_Connection] = []
         self.connections_opened = 0
+        self.delivery = Delivery(PROVIDER, policy or RetryPolicy(), max_concurrency)
 
     def check_recipient(self, recipient: str) -> str | None:
         return check_address(recipient)
 
-    def build_message(self, notification: Notification) -> EmailMessage:
+    def build_message(self, notification: Notification) -> bytes:
         """HTML body with a plain-text alternative, so every mail client shows the code."""
-        msg = EmailMessage()
-        msg["From"] = self._from
-        msg["To"] = notification.recipient
-        msg["Subject"] = notification.subject or ""
-        msg["Date"] = formatdate(localtime=False)
-        msg["Message-ID"] = make_msgid(domain=self._from_domain)
-        if notification.text is not None:
-            msg.set_content(notification.text)
-            msg.add_alternative(notification.body, subtype="html")
-        else:
-            msg.set_content(notification.body)
-        return msg
+        html = notification.body if notification.text is not None else None
+        return build_mail(
+            from_name=self._from_name,
+            from_email=self._from_email,
+            to=notification.recipient,
+            subject=notification.subject,
+            html=html,
+            text=notification.text if notification.text is not None else notification.body,
+            message_id_domain=self._from_domain,
+        )
 
     def _new_client(self) -> aiosmtplib.SMTP:
         tls_context = None
@@ -116,58 +126,80 @@ class SmtpChannel:
 
     async def send(self, notification: Notification) -> None:
         message = self.build_message(notification)
-        async with self._slots:
-            try:
-                conn = self._idle.get_nowait()
-            except asyncio.QueueEmpty:
-                conn = _Connection(self._new_client())
-                self._all.append(conn)
-            try:
-                await self._send_on(conn, message)
-            finally:
-                conn.last_used = time.monotonic()
-                self._idle.put_nowait(conn)
 
-    async def _send_on(self, conn: _Connection, message: EmailMessage) -> None:
+        async def attempt(timeout: float) -> None:
+            async with self._slots:
+                try:
+                    conn = self._idle.get_nowait()
+                except asyncio.QueueEmpty:
+                    conn = _Connection(self._new_client())
+                    self._all.append(conn)
+                reusable = False
+                try:
+                    await self._send_on(conn, notification.recipient, message)
+                    reusable = True
+                except _RecipientRefused:
+                    reusable = True  # the client reset the envelope: the session is fine
+                    raise
+                finally:
+                    if not reusable:
+                        # Failed or cancelled mid-conversation (attempt timeout): the session's
+                        # state is unknown, so it is dropped, never handed to the next send.
+                        self._abort(conn)
+                    conn.last_used = time.monotonic()
+                    self._idle.put_nowait(conn)
+
+        await self.delivery.run(attempt)
+
+    async def _send_on(self, conn: _Connection, recipient: str, message: bytes) -> None:
         for attempt in (1, 2):
             try:
                 await self._ready(conn)
-                await conn.client.send_message(message)
+                await conn.client.sendmail(self._from_email, [recipient], message)
                 return
             except aiosmtplib.SMTPServerDisconnected:
                 # A kept-open session the server closed meanwhile: reopen once, then give up.
-                await self._quietly_close(conn)
+                self._abort(conn)
                 if attempt == 2:
                     raise DeliveryError(PROVIDER, "server disconnected", transient=True) from None
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 codes = sorted({r.code for r in exc.recipients})
-                raise DeliveryError(
-                    PROVIDER, f"recipient refused ({', '.join(map(str, codes))})", transient=False
+                raise _RecipientRefused(
+                    PROVIDER,
+                    f"recipient refused ({', '.join(map(str, codes))})",
+                    transient=all(400 <= c < 500 for c in codes),
                 ) from None
             except aiosmtplib.SMTPAuthenticationError as exc:
-                await self._quietly_close(conn)
-                raise DeliveryError(PROVIDER, f"{exc.code} authentication failed") from None
+                raise DeliveryError(
+                    PROVIDER, f"{exc.code} authentication failed", transient=400 <= exc.code < 500
+                ) from None
             except aiosmtplib.SMTPResponseException as exc:
-                await self._quietly_close(conn)
                 raise DeliveryError(
                     PROVIDER,
-                    f"{exc.code} {_first_line(exc.message)}",
+                    f"{exc.code} {_first_line(exc.message)}".strip(),
                     transient=400 <= exc.code < 500,
                 ) from None
             except (aiosmtplib.SMTPTimeoutError, TimeoutError):
-                await self._quietly_close(conn)
                 raise DeliveryError(PROVIDER, "timeout", transient=True) from None
+            except ssl.SSLCertVerificationError:
+                raise DeliveryError(PROVIDER, "TLS certificate verification failed") from None
             except (aiosmtplib.SMTPConnectError, OSError) as exc:
-                await self._quietly_close(conn)
-                reason = type(exc).__name__
+                cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+                if isinstance(cause, ssl.SSLCertVerificationError):
+                    raise DeliveryError(PROVIDER, "TLS certificate verification failed") from None
                 raise DeliveryError(
                     PROVIDER,
-                    f"cannot connect to {self._host}:{self._port} ({reason})",
+                    f"cannot connect to {self._host}:{self._port} ({type(cause).__name__})",
                     transient=True,
                 ) from None
             except aiosmtplib.SMTPException as exc:
-                await self._quietly_close(conn)
                 raise DeliveryError(PROVIDER, type(exc).__name__, transient=True) from None
+
+    def _abort(self, conn: _Connection) -> None:
+        """Drop a session without the QUIT round trip (safe while being cancelled)."""
+        if conn.client.is_connected:
+            conn.client.close()
+        conn.client = self._new_client()
 
     async def _quietly_close(self, conn: _Connection) -> None:
         client = conn.client

@@ -62,6 +62,7 @@ def test_round_trip_any_text(subject, body, name):
         )
     )
     assert msg["Subject"] == " ".join(subject.split())
+    assert msg["From"].addresses[0].display_name == " ".join(name.split())
     html = msg.get_body(preferencelist=("html",)).get_payload(decode=True).decode("utf-8")
     plain = msg.get_body(preferencelist=("plain",)).get_payload(decode=True).decode("utf-8")
     assert html == body and plain == body

@@ -1,0 +1,226 @@
+"""SMS over Twilio and PUSH over FCM end to end: real broker, real worker, real HTTP providers.
+
+One worker process serves every test of this module; it talks to a Twilio fake and to a Google
+OAuth2 + FCM fake, both real HTTP servers in this test process, and the tests read the codes
+the way a user would: from the messages the providers received.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app import codec
+from tests.conftest import SmtpSink
+from tests.fakes.google import GoogleFake
+from tests.fakes.server import Reply
+from tests.fakes.twilio import TwilioFake
+from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+
+pytestmark = pytest.mark.integration
+
+SMS_TEMPLATE = {
+    "name": "otpSMS",
+    "type": "SMS",
+    "strategyType": "SMS",
+    "active": True,
+    "language": "en",
+    "subject": None,
+    "body": "OTP [(${otpValue})]",
+    "context": [],
+    "params": [{"key": "otpValue", "mandatory": True}],
+}
+PUSH_TEMPLATE = {
+    "name": "otpPush",
+    "type": "PUSH",
+    "active": True,
+    "language": "en",
+    "subject": "Your sign-in code",
+    "body": "Code [(${otpValue})] for [(${clientId})]",
+    "context": [],
+    "params": [{"key": "otpValue", "mandatory": True}, {"key": "clientId", "mandatory": True}],
+}
+HEADERS = [("fxContext", b"main"), ("Fx-Organization-Id", b"org-1")]
+DEVICE = "fcm-device-token:APA91b_e2e"
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[TwilioFake]:
+    with TwilioFake() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[GoogleFake]:
+    with GoogleFake(project_id="otp-e2e") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def suffix() -> str:
+    return unique("chan")
+
+
+@pytest.fixture(scope="module")
+def worker(
+    kafka_bootstrap: str, twilio: TwilioFake, google: GoogleFake, suffix: str, tmp_path_factory
+) -> Iterator[Worker]:
+    base: Path = tmp_path_factory.mktemp("channels-worker")
+    sink = SmtpSink()  # MAIL stays configured; nothing here sends mail
+    env = worker_env(
+        kafka_bootstrap,
+        suffix,
+        sink.port,
+        SMS_PROVIDER="twilio",
+        TWILIO_ACCOUNT_SID=twilio.account_sid,
+        TWILIO_AUTH_TOKEN=twilio.auth_token,
+        TWILIO_FROM="+15017122661",
+        TWILIO_BASE_URL=twilio.url,
+        PUSH_PROVIDER="fcm",
+        FCM_PROJECT_ID=google.project_id,
+        FCM_CREDENTIALS_FILE=str(google.service_account_file(base)),
+        FCM_BASE_URL=google.url,
+        DELIVERY_TIMEOUT_SECONDS="5",
+    )
+    w = Worker(env=env, data_dir=base / "data", log_path=base / "worker.log").start()
+    w.wait_ready_sync()
+    yield w
+    w.stop()
+
+
+async def create_templates(worker: Worker) -> None:
+    api = Api(worker.url)
+    for template in (SMS_TEMPLATE, PUSH_TEMPLATE):
+        status, body = await api.call("POST", "/api/template", template)
+        assert status in (201, 409), body
+
+
+def generate(pid: int, client: str, channel: str, recipient: str) -> dict:
+    return {
+        "processInstanceId": pid,
+        "templateName": "otpSMS" if channel == "SMS" else "otpPush",
+        "channel": channel,
+        "recipient": recipient,
+        "clientId": client,
+    }
+
+
+async def generate_then_validate(
+    kafka_bootstrap: str, suffix: str, request: dict, read_code
+) -> dict:
+    """Send a generate, read the code at the provider, validate it; return the generate reply."""
+    topics = topic_env(suffix)
+    pid, client, channel = request["processInstanceId"], request["clientId"], request["channel"]
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+    ):
+        await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], request, headers=HEADERS)
+        [sent] = await gen_out.wait_for(lambda v: v["processInstanceId"] == pid)
+        reply = codec.loads(sent.value)
+        assert reply["otpSent"] is True, reply
+        assert dict(sent.headers) == dict(HEADERS)
+        validate = {"processInstanceId": pid, "clientId": client, "channel": channel}
+        await kafka.send(
+            topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": read_code()}, headers=HEADERS
+        )
+        [valid] = await val_out.wait_for(lambda v: v["processInstanceId"] == pid)
+        assert codec.loads(valid.value) == {**validate, "otpValid": True, "error": None}
+        return reply
+
+
+async def test_sms_over_twilio_then_validate(
+    worker: Worker, twilio: TwilioFake, kafka_bootstrap: str, suffix: str
+):
+    await create_templates(worker)
+    number = "+40711000001"
+
+    def code() -> str:
+        [message] = twilio.to(number)
+        match = re.fullmatch(r"OTP (\d{6})", message["body"])
+        assert match, message
+        return match.group(1)
+
+    reply = await generate_then_validate(
+        kafka_bootstrap, suffix, generate(501, "sms-client-1", "SMS", number), code
+    )
+    assert reply == {
+        "processInstanceId": 501,
+        "clientId": "sms-client-1",
+        "channel": "SMS",
+        "otpSent": True,
+        "error": None,
+    }
+    assert twilio.to(number)[0]["from"] == "+15017122661"
+
+
+async def test_push_over_fcm_then_validate(
+    worker: Worker, google: GoogleFake, kafka_bootstrap: str, suffix: str
+):
+    await create_templates(worker)
+    google.send_script.then(Reply(503, {"error": {"code": 503, "status": "UNAVAILABLE"}}))
+
+    def code() -> str:
+        [message] = google.to(DEVICE)
+        assert message["title"] == "Your sign-in code"
+        match = re.fullmatch(r"Code (\d{6}) for push-client-1", message["body"])
+        assert match, message
+        return match.group(1)
+
+    await generate_then_validate(
+        kafka_bootstrap, suffix, generate(502, "push-client-1", "PUSH", DEVICE), code
+    )
+    # The 503 was retried inside the worker: two sends seen, one message delivered.
+    assert len(google.seen("/messages:send")) >= 2 and len(google.to(DEVICE)) == 1
+
+
+async def test_provider_refusals_become_error_replies(
+    worker: Worker, twilio: TwilioFake, google: GoogleFake, kafka_bootstrap: str, suffix: str
+):
+    await create_templates(worker)
+    topics = topic_env(suffix)
+    cases = {
+        511: (
+            generate(511, "bad-number", "SMS", "0711000001"),
+            "recipient must be a phone number in E.164 format",
+        ),
+        512: (
+            generate(512, "refused-number", "SMS", "+15550001111"),
+            "twilio delivery failed: HTTP 400 (21211 Invalid 'To' Phone Number: +15550001111)",
+        ),
+        513: (
+            generate(513, "gone-device", "PUSH", "unregistered-device"),
+            "fcm delivery failed: HTTP 404 (UNREGISTERED: Requested entity was not found.)",
+        ),
+        514: (
+            generate(514, "spaced-device", "PUSH", "has space"),
+            "recipient must be a device token without spaces",
+        ),
+    }
+    twilio_before = len(twilio.requests)
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+    ):
+        for request, _ in cases.values():
+            await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], request)
+        replies = await gen_out.wait_for(lambda v: v["processInstanceId"] in cases, count=4)
+        for record in replies:
+            reply = codec.loads(record.value)
+            assert reply["otpSent"] is False
+            assert reply["error"].startswith(cases[reply["processInstanceId"]][1]), reply
+            assert twilio.auth_token not in reply["error"]
+        # Only the E.164-valid number reached Twilio, once (a 400 is not retried).
+        assert len(twilio.requests) == twilio_before + 1
+        # A failed delivery stores no code: validating for that client finds none.
+        await kafka.send(
+            topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
+            {"processInstanceId": 515, "clientId": "refused-number", "channel": "SMS", "otp": "1"},
+        )
+        [reply] = await val_out.wait_for(lambda v: v["processInstanceId"] == 515)
+        assert codec.loads(reply.value)["error"] == "no code was generated for this client"
