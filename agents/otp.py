@@ -175,7 +175,7 @@ def register(ctx: Any) -> dict[str, Any]:
             await send_reply(GENERATE, body, headers, received_ms)
 
         previous = load(key)
-        if otp.issued_by(previous, source):
+        if otp.replayed(previous, source) == otp.SENT:
             # Redelivered after a crash: the code went out and was stored; answer as before.
             await answer(True, None)
             return

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 DIGITS = "0123456789"
+SENT = "sent"
+# Requests remembered per identifier: more than a send window's generates plus a code's
+# attempts, so any redelivery that can still arrive is recognised.
+HISTORY_SIZE = 24
 
 
 @dataclass(frozen=True)
@@ -89,12 +93,11 @@ class OtpRecord:
     attempts: int = 0
     status: Status = Status.PENDING
     sends: tuple[float, ...] = field(default_factory=tuple)
-    # Idempotency under at-least-once delivery: the request (topic/partition/offset) that
-    # issued this code, and the last validation that changed it with its outcome, so a
-    # redelivered request is answered as the first time instead of being applied twice.
-    source: str | None = None
-    validated_by: str | None = None
-    validated_outcome: str | None = None
+    # Idempotency under at-least-once delivery: the last requests (topic/partition/offset of
+    # the engine's record) that changed this row, with their outcome, so a redelivered request
+    # is answered as the first time instead of being applied twice. Redeliveries can arrive
+    # after later requests for the same identifier, hence a short history, not just the last.
+    history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         """Short keys: this is written to RocksDB and the changelog once per request."""
@@ -107,9 +110,7 @@ class OtpRecord:
             "a": self.attempts,
             "s": self.status.value,
             "n": list(self.sends),
-            "src": self.source,
-            "vb": self.validated_by,
-            "vo": self.validated_outcome,
+            "h": [list(item) for item in self.history],
         }
 
     @classmethod
@@ -123,9 +124,7 @@ class OtpRecord:
             attempts=int(data.get("a", 0)),
             status=Status(data.get("s", Status.PENDING.value)),
             sends=tuple(float(t) for t in data.get("n", ())),
-            source=data.get("src"),
-            validated_by=data.get("vb"),
-            validated_outcome=data.get("vo"),
+            history=tuple((str(src), str(outcome)) for src, outcome in data.get("h", ())),
         )
 
 
@@ -180,14 +179,25 @@ def issue(
         issued_at=now,
         expires_at=now + policy.ttl_seconds,
         sends=(*recent_sends(previous, policy, now), now),
-        source=source,
+        history=_remember(previous, source, SENT),
     )
     return code, record
 
 
-def issued_by(record: OtpRecord | None, source: str | None) -> bool:
-    """True when ``record``'s code was issued by this very request (a redelivery)."""
-    return record is not None and source is not None and record.source == source
+def replayed(record: OtpRecord | None, source: str | None) -> str | None:
+    """The outcome recorded for this request if it was handled before (a redelivery)."""
+    if record is None or source is None:
+        return None
+    return next((outcome for src, outcome in record.history if src == source), None)
+
+
+def _remember(
+    record: OtpRecord | None, source: str | None, outcome: str
+) -> tuple[tuple[str, str], ...]:
+    history = record.history if record is not None else ()
+    if source is None:
+        return history
+    return (*history, (source, outcome))[-HISTORY_SIZE:]
 
 
 def verify(
@@ -206,14 +216,16 @@ def verify(
     The comparison is constant-time. A right code is consumed (single use); a wrong one costs
     an attempt, and the ``max_attempts``-th wrong one locks the code until a new one is issued.
     A guess for another channel than the code was sent on is simply wrong: the MAC binds both.
-    A redelivered request (same ``source`` as the validation that last changed the record)
-    gets the outcome it got the first time, so a ``true`` never turns into ``false``.
+    A redelivered request (a ``source`` already in the record's history) gets the outcome it got
+    the first time and changes nothing, so a ``true`` never turns into ``false`` and a wrong
+    guess is never counted twice.
     """
-    if record is not None and source is not None and record.validated_by == source:
-        return Outcome(record.validated_outcome), record
+    earlier = replayed(record, source)
+    if earlier is not None and earlier != SENT:
+        return Outcome(earlier), record
     outcome, updated = _verify(policy, secret, record, identifier, channel, code, now)
-    if updated is not None and updated is not record and source is not None:
-        updated = replace(updated, validated_by=source, validated_outcome=outcome.value)
+    if updated is not None and updated is not record:
+        updated = replace(updated, history=_remember(updated, source, outcome.value))
     return outcome, updated
 
 

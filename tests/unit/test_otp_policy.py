@@ -199,17 +199,36 @@ def test_redelivered_wrong_guess_costs_one_attempt():
     assert record.attempts == 1
 
 
-def test_issued_by_recognises_a_redelivered_generate():
-    _, record = otp.issue(
-        POLICY,
-        SECRET,
-        None,
-        identifier="c1",
-        channel="MAIL",
-        process_instance_id=1,
-        now=1.0,
-        source="in/3/5",
-    )
-    assert otp.issued_by(record, "in/3/5")
-    assert not otp.issued_by(record, "in/3/6") and not otp.issued_by(None, "in/3/5")
+def test_replayed_recognises_redelivered_generates_even_after_later_ones():
+    record = None
+    for n in range(3):
+        _, record = otp.issue(
+            POLICY,
+            SECRET,
+            record,
+            identifier="c1",
+            channel="MAIL",
+            process_instance_id=n,
+            now=1.0 + n,
+            source=f"in/3/{n}",
+        )
+    assert [otp.replayed(record, f"in/3/{n}") for n in range(3)] == [otp.SENT] * 3
+    assert otp.replayed(record, "in/3/9") is None and otp.replayed(None, "in/3/0") is None
     assert OtpRecord.from_dict(record.to_dict()) == record
+
+
+def test_history_is_bounded():
+    _, record = issue(code="424242")
+    for n in range(otp.HISTORY_SIZE + 10):
+        _, record = otp.verify(
+            OtpPolicy(max_attempts=100),
+            SECRET,
+            record,
+            identifier="c1",
+            channel="MAIL",
+            code="000000",
+            now=1001.0,
+            source=f"in/0/{n}",
+        )
+    assert len(record.history) == otp.HISTORY_SIZE
+    assert otp.replayed(record, "in/0/0") is None
