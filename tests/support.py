@@ -56,6 +56,7 @@ class Worker:
     log_path: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    ready_statuses: list[int] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -76,8 +77,12 @@ class Worker:
         return self
 
     async def wait_ready(self, timeout: float = 90.0) -> float:
-        """Seconds until ``/ready`` answers 200; fails with the log tail if the worker died."""
+        """Seconds until ``/ready`` answers 200; fails with the log tail if the worker died.
+
+        Every status seen on the way is kept in ``ready_statuses``.
+        """
         started = time.monotonic()
+        self.ready_statuses = []
         async with aiohttp.ClientSession() as session:
             while time.monotonic() - started < timeout:
                 assert self.proc is not None
@@ -87,6 +92,7 @@ class Worker:
                     )
                 try:
                     async with session.get(f"{self.url}/ready") as resp:
+                        self.ready_statuses.append(resp.status)
                         if resp.status == 200:
                             return time.monotonic() - started
                 except aiohttp.ClientError:

@@ -31,6 +31,25 @@ def code_in(message, length: int) -> str:
     return match.group(1)
 
 
+def recovery_start_offsets(log: str, changelog: str) -> list[list[int]]:
+    """Per recovery in the log, the offsets where reading ``changelog`` started (-1: beginning)."""
+    tables = []
+    for line in log.splitlines():
+        if "Reading Starts At - Active" not in line:
+            continue
+        rows = codec.loads(line)["message"].splitlines()
+        offsets, current = [], None
+        for row in rows:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            if len(cells) != 3 or not cells[2].lstrip("-").isdigit():
+                continue
+            current = cells[0] if cells[0] != "〃" else current
+            if current == changelog:
+                offsets.append(int(cells[2]))
+        tables.append(offsets)
+    return tables
+
+
 def gen(pid: int, client: str) -> dict:
     return {
         "processInstanceId": pid,
@@ -122,6 +141,7 @@ async def test_restart_keeps_codes_and_nothing_is_in_clear(
             worker.stop()
             worker.start()  # same DATA_DIR: RocksDB kept
             print(f"restart with RocksDB kept: ready in {await worker.wait_ready():.1f}s")
+            assert 503 in worker.ready_statuses, worker.ready_statuses  # not ready while recovering
             await kafka.send(
                 topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], val(100, clients[0], codes[clients[0]])
             )
@@ -141,6 +161,16 @@ async def test_restart_keeps_codes_and_nothing_is_in_clear(
             assert all(codec.loads(r.value)["otpValid"] for r in replies), [
                 r.value for r in replies
             ]
+
+        # Recovery read the changelog from where RocksDB left off when it was kept, from the
+        # beginning when it was deleted (Faust logs where each partition's reading starts).
+        starts = recovery_start_offsets(
+            worker.log_path.read_text(), f"{topics['APP_ID']}-otps-changelog"
+        )
+        first, kept, deleted = starts[0], starts[1], starts[2]
+        assert set(first) == {-1}
+        assert any(offset >= 0 for offset in kept), kept
+        assert set(deleted) == {-1}, deleted
 
         # No code in clear: not in RocksDB, not in the changelog, not in the worker's log.
         haystacks = {p: p.read_bytes() for p in worker.data_dir.rglob("*") if p.is_file()}
