@@ -174,18 +174,26 @@ def register(ctx: Any) -> dict[str, Any]:
             )
             await send_reply(GENERATE, body, headers, received_ms)
 
+        async def refuse(error: str) -> None:
+            """No code kept, nothing sent; the refusal is remembered for a redelivery."""
+            otps[key] = codec.dumps(
+                otp.remember(previous, source, otp.REFUSED + error, now).to_dict()
+            )
+            await answer(False, error)
+
         previous = load(key)
-        if otp.replayed(previous, source) == otp.SENT:
-            # Redelivered after a crash: the code went out and was stored; answer as before.
-            await answer(True, None)
+        earlier = otp.replayed(previous, source)
+        if earlier is not None:
+            # Redelivered (a crash, a rebalance): answer exactly as the first time.
+            await answer(earlier == otp.SENT, otp.refused(earlier))
             return
+        now = time.time()
         error = check_generate(req)
         if error is not None:
-            await answer(False, error)
+            await refuse(error)
             return
         entry = ctx.cache.resolve(req.template_name, req.language)
         channel = ctx.channels[req.channel]
-        now = time.time()
         try:
             code, record = otp.issue(
                 ctx.policy,
@@ -198,12 +206,12 @@ def register(ctx: Any) -> dict[str, Any]:
                 source=source,
             )
         except RateLimited as exc:
-            await answer(False, str(exc))
+            await refuse(str(exc))
             return
         try:
             rendered = render.render(entry.compiled, {**req.params, "otpValue": code})
         except render.RenderError as exc:
-            await answer(False, f"template '{req.template_name}' could not be rendered: {exc}")
+            await refuse(f"template '{req.template_name}' could not be rendered: {exc}")
             return
         notification = Notification(
             channel=req.channel,
@@ -219,7 +227,7 @@ def register(ctx: Any) -> dict[str, Any]:
             await channel.send(notification)
         except DeliveryError as exc:
             metrics.sends.labels(req.channel, "failed").inc()
-            await answer(False, str(exc))
+            await refuse(str(exc))
             return
         metrics.sends.labels(req.channel, "delivered").inc()
         otps[key] = codec.dumps(record.to_dict())

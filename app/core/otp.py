@@ -19,6 +19,7 @@ from typing import Any
 
 DIGITS = "0123456789"
 SENT = "sent"
+REFUSED = "refused:"
 # Requests remembered per identifier: more than a send window's generates plus a code's
 # attempts, so any redelivery that can still arrive is recognised.
 HISTORY_SIZE = 24
@@ -63,6 +64,7 @@ class Outcome(enum.StrEnum):
         return _OUTCOME_ERRORS[self]
 
 
+_OUTCOMES = frozenset(o.value for o in Outcome)
 _OUTCOME_ERRORS: dict[Outcome, str | None] = {
     Outcome.VALID: None,
     Outcome.INVALID: "invalid code",
@@ -191,6 +193,24 @@ def replayed(record: OtpRecord | None, source: str | None) -> str | None:
     return next((outcome for src, outcome in record.history if src == source), None)
 
 
+def remember(record: OtpRecord | None, source: str, outcome: str, now: float) -> OtpRecord:
+    """``record`` with this request's outcome added to its history.
+
+    Refusals are remembered too, so a redelivered refused request gets the same refusal; an
+    identifier without a row gets one that holds only history (no code), swept like any other.
+    """
+    if record is None:
+        record = OtpRecord(
+            digest="", channel="", process_instance_id=None, issued_at=now, expires_at=now
+        )
+    return replace(record, history=_remember(record, source, outcome))
+
+
+def refused(outcome: str | None) -> str | None:
+    """The error of a remembered refusal, or None if ``outcome`` is not one."""
+    return outcome[len(REFUSED) :] if outcome and outcome.startswith(REFUSED) else None
+
+
 def _remember(
     record: OtpRecord | None, source: str | None, outcome: str
 ) -> tuple[tuple[str, str], ...]:
@@ -221,11 +241,11 @@ def verify(
     guess is never counted twice.
     """
     earlier = replayed(record, source)
-    if earlier is not None and earlier != SENT:
+    if earlier in _OUTCOMES:
         return Outcome(earlier), record
     outcome, updated = _verify(policy, secret, record, identifier, channel, code, now)
-    if updated is not None and updated is not record:
-        updated = replace(updated, history=_remember(updated, source, outcome.value))
+    if source is not None:
+        updated = remember(updated, source, outcome.value, now)
     return outcome, updated
 
 
@@ -238,8 +258,8 @@ def _verify(
     code: str,
     now: float,
 ) -> tuple[Outcome, OtpRecord | None]:
-    if record is None:
-        return Outcome.UNKNOWN, None
+    if record is None or not record.digest:
+        return Outcome.UNKNOWN, record
     if record.status is Status.CONSUMED:
         return Outcome.CONSUMED, record
     if record.status is Status.LOCKED:

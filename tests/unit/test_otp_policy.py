@@ -232,3 +232,44 @@ def test_history_is_bounded():
         )
     assert len(record.history) == otp.HISTORY_SIZE
     assert otp.replayed(record, "in/0/0") is None
+
+
+def test_refusals_are_remembered_without_a_code():
+    row = otp.remember(None, "in/1/1", otp.REFUSED + "template 'x' not found", now=50.0)
+    assert row.digest == "" and otp.refused(otp.replayed(row, "in/1/1")) == "template 'x' not found"
+    # A row that holds only history knows no code, and is swept like any other.
+    outcome, row = otp.verify(
+        POLICY,
+        SECRET,
+        row,
+        identifier="c1",
+        channel="MAIL",
+        code="123456",
+        now=51.0,
+        source="v/0/1",
+    )
+    assert outcome is Outcome.UNKNOWN and otp.replayed(row, "v/0/1") == "unknown"
+    assert otp.deletable(row, POLICY, 50.0 + POLICY.send_window_seconds)
+    assert otp.refused(otp.SENT) is None and otp.refused(None) is None
+
+
+def test_every_validation_is_remembered_for_its_redelivery():
+    outcome, row = otp.verify(
+        POLICY, SECRET, None, identifier="c1", channel="MAIL", code="1", now=1.0, source="v/0/1"
+    )
+    assert outcome is Outcome.UNKNOWN
+    _, row = otp.issue(
+        POLICY,
+        SECRET,
+        row,
+        identifier="c1",
+        channel="MAIL",
+        process_instance_id=1,
+        now=2.0,
+        code="777777",
+        source="g/0/1",
+    )
+    again, _ = otp.verify(
+        POLICY, SECRET, row, identifier="c1", channel="MAIL", code="777777", now=3.0, source="v/0/1"
+    )
+    assert again is Outcome.UNKNOWN  # the redelivery keeps its first answer
