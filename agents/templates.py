@@ -20,19 +20,40 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+REQUEST_FIELD = "_request"
+
+
+def public(template: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The template as API clients see it: without the service's private fields."""
+    if template is None:
+        return None
+    return {k: v for k, v in template.items() if not k.startswith("_")}
+
+
 def apply_command(
     current: dict[str, Any] | None, command: dict[str, Any]
 ) -> tuple[int, dict[str, Any] | None]:
     """Decide one write: (HTTP status, template to store or None to delete/leave).
 
-    Pure, so the status rules are tested without Kafka.
+    Pure, so the status rules are tested without Kafka. The stored template remembers the id
+    of the write that produced it (``_request``): the same command delivered again (at-least-
+    once, after a rebalance) is answered as the first time instead of bumping ``version``.
     """
     op = command["op"]
+    request_id = command.get("id")
+    if current is not None and request_id and current.get(REQUEST_FIELD) == request_id:
+        return (201 if op == "create" else 200), current
     if op == "create":
         if current is not None:
             return 409, current
         now = _now()
-        return 201, {**command["template"], "version": 1, "createdAt": now, "updatedAt": now}
+        return 201, {
+            **command["template"],
+            "version": 1,
+            "createdAt": now,
+            "updatedAt": now,
+            **({REQUEST_FIELD: request_id} if request_id else {}),
+        }
     if op == "replace":
         if current is None:
             return 404, None
@@ -41,6 +62,7 @@ def apply_command(
             "version": int(current.get("version", 0)) + 1,
             "createdAt": current.get("createdAt"),
             "updatedAt": _now(),
+            **({REQUEST_FIELD: request_id} if request_id else {}),
         }
     if op == "delete":
         return (204, None) if current is not None else (404, None)
@@ -62,7 +84,7 @@ def register(ctx: Any) -> dict[str, Any]:
                 table[key] = codec.dumps(template)
             elif status == 204:
                 del table[key]
-            result = {"id": command.get("id"), "status": status, "template": template}
+            result = {"id": command.get("id"), "status": status, "template": public(template)}
         except (KeyError, ValueError, TypeError) as exc:
             result = {"id": command.get("id"), "status": 400, "template": None, "error": str(exc)}
         await ctx.topics.template_results.send(key=event.key, value=codec.dumps(result))

@@ -121,6 +121,7 @@ class TemplateCache:
             self._entries.pop(key, None)
             return
         data = codec.loads(value) if isinstance(value, bytes | bytearray) else value
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # private fields
         current = self._entries.get(key)
         if current is not None and int(data.get("version", 0)) < current.version:
             return

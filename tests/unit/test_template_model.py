@@ -423,3 +423,18 @@ def test_unknown_op_refused() -> None:
         apply_command(None, {"op": "upsert", "key": "k", "template": TEMPLATE})
     with pytest.raises(KeyError):
         apply_command(None, {"key": "k"})
+
+
+def test_a_redelivered_write_is_answered_as_the_first_time():
+    from agents.templates import apply_command, public
+
+    template = {"name": "t", "language": "en", "type": "SMS", "body": "x"}
+    status, stored = apply_command(None, {"op": "create", "id": "r1", "template": template})
+    assert status == 201 and stored["version"] == 1
+    status, again = apply_command(stored, {"op": "create", "id": "r1", "template": template})
+    assert status == 201 and again == stored
+    status, replaced = apply_command(stored, {"op": "replace", "id": "r2", "template": template})
+    assert status == 200 and replaced["version"] == 2
+    status, replay = apply_command(replaced, {"op": "replace", "id": "r2", "template": template})
+    assert status == 200 and replay["version"] == 2
+    assert "_request" not in public(replay) and public(replay)["version"] == 2
