@@ -36,6 +36,19 @@ format: $(STAMP)
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
 
+## bench: the OTP pipeline against raw aiokafka and Faust echo baselines (README, Performance);
+## options as make or environment variables: BENCH_REQUESTS, BENCH_RATES, BENCH_WORKERS,
+## BENCH_CHANNELS, BENCH_STEP_SECONDS, BENCH_BASELINE_RATES, BENCH_PARTITIONS (bench/run.py -h)
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	@echo "installing the bench extras into $(VENV) ..."
+	@$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	@$(PY) bench/run.py
+
 clean:
 	-scripts/kafka-local stop
 	rm -rf .local
