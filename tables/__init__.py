@@ -28,10 +28,7 @@ def template_results_topic(settings: Settings) -> str:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic a worker consumes or answers on, as created when missing.
-
-    Changelog topics are left to Faust, which creates them compacted.
-    """
+    """Every topic a worker consumes, answers on or keeps its tables in, created when missing."""
     n, rf = settings.topic_partitions, settings.topic_replication_factor
     names = [
         settings.topic_generate_in,
@@ -44,7 +41,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
     # Write results are read by every worker from one partition and matter for seconds only.
     results = TopicSpec(template_results_topic(settings), 1, rf, {"retention.ms": "3600000"})
-    return [*(TopicSpec(name, n, rf) for name in names), results]
+    # The tables' changelogs, compacted as Faust would create them: if a worker is assigned
+    # partitions before Faust's own creation is visible, it fails every write with
+    # PartitionsMismatch until restarted.
+    changelogs = [
+        TopicSpec(f"{settings.app_id}-{table}-changelog", n, rf, {"cleanup.policy": "compact"})
+        for table in ("templates", "otps")
+    ]
+    return [*(TopicSpec(name, n, rf) for name in names), results, *changelogs]
 
 
 @dataclass(frozen=True)
