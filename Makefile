@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format workers bench clean
+.PHONY: install run test chaos lint format workers bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ workers: $(STAMP)
 ## test: the whole suite against a real Kafka broker on its own port
 test: $(STAMP)
 	@scripts/run-tests $(PYTEST_ARGS)
+
+## chaos: three workers, 2,000 requests, a kill -9 and a SIGTERM under load (not in `make test`)
+chaos: $(STAMP)
+	@scripts/run-tests -m chaos -s
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check .

@@ -20,7 +20,7 @@ from app import codec
 from tests.conftest import SmtpSink
 from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 REQUESTS = 2000
 IDENTIFIERS = 500
@@ -104,7 +104,7 @@ async def test_three_workers_kill_and_sigterm(
             def answered() -> int:
                 return len({codec.loads(r.value)["processInstanceId"] for r in gen_out.records})
 
-            await wait_until(lambda: answered() >= REQUESTS, 240, "a reply to every generate")
+            await wait_until(lambda: answered() >= REQUESTS, 90, "a reply to every generate")
             await replacement.wait_ready()
             await asyncio.sleep(2)  # let late duplicates (redeliveries) arrive before counting
 
