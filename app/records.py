@@ -8,11 +8,11 @@ read, so the agent can answer the engine instead of dead-lettering the message.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from app import codec
+from app.core.templates import LANGUAGE_RE
 
 CHANNELS = ("MAIL", "SMS", "PUSH")
 RESERVED_PARAMS = frozenset({"otpValue"})
@@ -27,7 +27,6 @@ _ENVELOPE = frozenset(
         "contentParams",
     }
 )
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*")
 
 
 class RequestError(ValueError):
@@ -135,7 +134,7 @@ def parse_generate(raw: bytes | None, max_bytes: int) -> GenerateRequest:
         raise RequestError("otpValue", "is reserved: the service generates the code", pid)
     language = data.get("language")
     if language is not None and (
-        not isinstance(language, str) or not _LANGUAGE.fullmatch(language)
+        not isinstance(language, str) or not LANGUAGE_RE.fullmatch(language)
     ):
         raise RequestError("language", "must be a language tag such as 'en' or 'pt-BR'", pid)
     return GenerateRequest(
