@@ -148,6 +148,9 @@ async def test_restart_keeps_codes_and_nothing_is_in_clear(
             await kafka.send(
                 topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], val(101, clients[1], codes[clients[1]])
             )
+            # Answered before the next restart: SIGTERM with requests in flight is `make chaos`'s
+            # subject (see README, Operations); this test is about state surviving restarts.
+            await val_out.wait_for(lambda v: v["processInstanceId"] in (100, 101), count=2)
 
             assert worker.stop() is not None
             shutil.rmtree(worker.data_dir)
