@@ -22,6 +22,9 @@ from app import codec
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
+# The seed's two templates, verbatim (examples/ holds them for the README and the bench too).
+SEED_MAIL = codec.loads((ROOT / "examples" / "otpMail.json").read_bytes())
+SEED_SMS = codec.loads((ROOT / "examples" / "otpSMS.json").read_bytes())
 SECRET = "test-hmac-secret-0123456789"
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.test_otp_flow import SEED_MAIL
-from tests.support import ROOT, Api, free_port
+from tests.support import ROOT, SEED_MAIL, Api, free_port
 
 pytestmark = pytest.mark.integration
 

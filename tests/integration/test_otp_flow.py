@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SmtpSink
-from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from tests.support import (
+    SEED_MAIL,
+    SEED_SMS,
+    Api,
+    Collector,
+    Kafka,
+    Worker,
+    topic_env,
+    unique,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
-SEED_MAIL = {
-    "name": "otpMail",
-    "type": "MAIL",
-    "active": True,
-    "language": "en",
-    "subject": "otp for [(${clientId})]",
-    "body": "<!DOCTYPE html><html xmlns:th='<http://www.thymeleaf.org>'><head><meta http-equiv='Content-Type' content='text/html; charset=UTF-8' /></head><body><p>Yay, an otp was generated for you:</p><p th:text='${otpValue}'></p></body></html>",
-    "context": [],
-    "params": [{"key": "clientId", "mandatory": True}, {"key": "otpValue", "mandatory": True}],
-}
 CODE_IN_MAIL = re.compile(r"<p>(\d{6})</p>")
 
 
@@ -122,19 +122,6 @@ async def test_generate_mail_then_validate(
         replies = await val_out.wait_for(lambda v: v["processInstanceId"] == 12345, count=2)
         again = codec.loads(replies[1].value)
         assert again["otpValid"] is False and again["error"] == "code already used"
-
-
-SEED_SMS = {
-    "name": "otpSMS",
-    "type": "SMS",
-    "strategyType": "SMS",
-    "active": True,
-    "context": [],
-    "language": "en",
-    "subject": None,
-    "body": "OTP [(${otpValue})]",
-    "params": [{"key": "otpValue", "mandatory": True}],
-}
 
 
 async def ensure_templates(api: Api) -> None:

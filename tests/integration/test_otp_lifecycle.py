@@ -11,8 +11,16 @@ import pytest
 
 from app import codec
 from tests.conftest import SmtpSink
-from tests.integration.test_otp_flow import SEED_MAIL
-from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from tests.support import (
+    SEED_MAIL,
+    Api,
+    Collector,
+    Kafka,
+    Worker,
+    topic_env,
+    unique,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,17 @@ from app import codec
 from tests.conftest import SmtpSink
 from tests.fakes.server import HANG
 from tests.fakes.webhook import WebhookFake
-from tests.integration.test_otp_flow import SEED_MAIL, SEED_SMS
-from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from tests.support import (
+    SEED_MAIL,
+    SEED_SMS,
+    Api,
+    Collector,
+    Kafka,
+    Worker,
+    topic_env,
+    unique,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 

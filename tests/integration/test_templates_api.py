@@ -26,7 +26,18 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import ROOT, SECRET, TOKEN, Api, Worker, free_port, unique, worker_env
+from tests.support import (
+    ROOT,
+    SECRET,
+    SEED_MAIL,
+    SEED_SMS,
+    TOKEN,
+    Api,
+    Worker,
+    free_port,
+    unique,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,27 +46,6 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SERVER_FIELDS = {"version", "createdAt", "updatedAt"}
 
 # The two templates of the FlowX "Generate OTP" page, verbatim.
-SEED_MAIL: dict[str, Any] = {
-    "name": "otpMail",
-    "type": "MAIL",
-    "active": True,
-    "language": "en",
-    "subject": "otp for [(${clientId})]",
-    "body": "<!DOCTYPE html><html xmlns:th='<http://www.thymeleaf.org>'><head><meta http-equiv='Content-Type' content='text/html; charset=UTF-8' /></head><body><p>Yay, an otp was generated for you:</p><p th:text='${otpValue}'></p></body></html>",
-    "context": [],
-    "params": [{"key": "clientId", "mandatory": True}, {"key": "otpValue", "mandatory": True}],
-}
-SEED_SMS: dict[str, Any] = {
-    "name": "otpSMS",
-    "type": "SMS",
-    "strategyType": "SMS",
-    "active": True,
-    "context": [],
-    "language": "en",
-    "subject": None,
-    "body": "OTP [(${otpValue})]",
-    "params": [{"key": "otpValue", "mandatory": True}],
-}
 
 
 # --------------------------------------------------------------------------- helpers
