@@ -144,6 +144,24 @@ class Worker:
             self.proc.wait(10)
 
 
+def config_refusal(env: dict[str, str], timeout: float = 60.0) -> str:
+    """Run ``python -m app worker`` with exactly ``env``; it must refuse to start the way an
+    operator should see it (exit 2, one line on stderr, no traceback). Returns that line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
 def worker_env(bootstrap: str, suffix: str, smtp_port: int, **extra: str) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
