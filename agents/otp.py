@@ -149,7 +149,7 @@ def register(ctx: Any) -> dict[str, Any]:
                 await dead_letter(event, INTERNAL_ERROR)
 
         async def ingest_agent(stream: Any) -> None:
-            await for_each_event(stream, forward)
+            await for_each_event(stream, app.consumer.admit, forward)
 
         return ingest_agent
 
@@ -308,8 +308,9 @@ def register(ctx: Any) -> dict[str, Any]:
     async def process_otp(stream: Any) -> None:
         await ctx.cache.ready.wait()
         stream.enable_acks = False  # each event is acked by its task once handled
+        admit = app.consumer.admit
         async for event in stream.events():
-            await dispatcher.dispatch(stream, event, process)
+            await dispatcher.dispatch(stream, admit, event, process)
 
     async def internal_error(event: Any, command: dict[str, Any]) -> None:
         request = command.get("r") or {}

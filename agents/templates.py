@@ -91,6 +91,6 @@ def register(ctx: Any) -> dict[str, Any]:
 
     @app.agent(ctx.topics.template_commands, name="write_template")
     async def write_template(commands: Any) -> None:
-        await for_each_event(commands, handle)
+        await for_each_event(commands, app.consumer.admit, handle)
 
     return {"write_template": write_template}

@@ -20,11 +20,13 @@ from app.channels.retry import RetryPolicy
 from app.channels.smtp import SmtpChannel
 from app.channels.twilio import TwilioChannel
 from app.channels.webhook import WebhookChannel
+from app.consumer import LedgerApp
 from app.core.otp import OtpPolicy
 from app.logs import logging_config
 from app.metrics import Metrics
+from app.offsets import OffsetLedger
 from app.settings import Settings
-from tables import template_results_topic
+from tables import otp_commands_topic, template_commands_topic, template_results_topic
 from tables.template_cache import TemplateCache
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     from web import register_views
     from web.errors import error_middleware
 
-    app = faust.App(
+    app = LedgerApp(
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
         store="rocksdb://",
@@ -165,6 +167,15 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         Worker=worker_class(settings.shutdown_timeout_seconds),
         table_standby_replicas=0,
         logging_config=logging_config(settings.log_level, settings.log_format),
+    )
+    # The source topics whose commits follow handled records exactly (``app.offsets``).
+    app.offset_ledger = OffsetLedger(
+        [
+            settings.topic_generate_in,
+            settings.topic_validate_in,
+            otp_commands_topic(settings),
+            template_commands_topic(settings),
+        ]
     )
     ctx = Context(
         settings=settings,

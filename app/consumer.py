@@ -1,0 +1,243 @@
+"""The Kafka consumer the app runs: Faust's, with the commits of our source topics made exact.
+
+Faust commits the offsets its streams acknowledge, and around rebalances it can commit past a
+record that no agent handled (see ``app.offsets``). For the topics an ``OffsetLedger`` owns,
+this consumer takes the committed position from the ledger instead: records are admitted in
+offset order, starting at the group's committed offset once the partition is assigned and its
+table recovered, and only a gap-free run of handled records is committed. Everything else
+(table changelogs, the commit timer, the commit on revoke and on shutdown, the producer flush
+before a commit) stays Faust's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode import Service
+
+from app.offsets import Claim, OffsetLedger, Refusal
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Seconds an admission may wait on the consumer thread (see ``_ask_thread``).
+THREAD_CALL_TIMEOUT = 2.0
+# Seconds between checks for a partition stuck behind a hole (see ``_watch_for_holes``).
+HOLE_CHECK_INTERVAL = 2.0
+
+
+class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
+    """Faust's "last offset read" per partition, blind for ledger-owned topics.
+
+    Faust's fetch loop drops any record below the last offset it read, and treats a jump as
+    handled. After a re-read (``seek``) the rest of an earlier batch moves that mark forward
+    again and the re-read records are dropped: the hole never fills. For ledger-owned topics
+    the ledger does that filtering itself (duplicates are refused by offset), so Faust is told
+    it has read nothing.
+    """
+
+    def __init__(self, owns: Callable[[str], bool]) -> None:
+        super().__init__(lambda: None)
+        self._owns = owns
+
+    def __getitem__(self, tp: Any) -> Any:
+        if self._owns(tp.topic):
+            return None
+        return super().__getitem__(tp)
+
+
+class LedgerConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer; partitions of ledger-owned topics commit from the ledger."""
+
+    @property
+    def ledger(self) -> OffsetLedger:
+        return self.app.offset_ledger  # type: ignore[attr-defined,no-any-return]
+
+    # Replaced (never mutated) on every seek, so a shared class-level default is safe.
+    _seek_committed: Mapping[Any, int | None] = {}
+    _rereads: set[asyncio.Future[None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rereads = set()
+        self._read_offset = _ReadOffsets(lambda topic: self.ledger.owns(topic))
+
+    # -- where a generation starts ------------------------------------------------------------
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Remember what the group had committed when Faust last positioned the partitions."""
+        committed = await super().seek_to_committed()
+        self._seek_committed = dict(committed)
+        return committed
+
+    async def _start_offset(self, tp: TP) -> int:
+        committed = self._seek_committed.get(tp)
+        if committed is None:
+            committed = self._committed_offset.get(tp)
+        if committed is None or committed < 0:
+            # Nothing committed yet: the group starts at the beginning (auto_offset_reset).
+            committed = (await self._ask_thread(self.earliest_offsets(tp))).get(tp) or 0
+        return committed
+
+    async def _ask_thread(self, call: Awaitable[T]) -> T:
+        """Bounded: while a rebalance runs, the consumer thread waits for the event we hold.
+
+        Unbounded, that is a deadlock (the revoke waits for in-flight events, the event waits
+        for the thread); timing out lets the event go, to be read again.
+        """
+        return await asyncio.wait_for(call, THREAD_CALL_TIMEOUT)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust waits for the events in flight and commits; then this generation is over."""
+        try:
+            await super().on_partitions_revoked(revoked)
+        finally:
+            self.ledger.reset()
+            self._seek_committed = {}
+
+    # -- admission ------------------------------------------------------------------------------
+    async def admit(self, message: Any) -> Claim | None:
+        """A claim if ``message`` is to be handled now, else None (it will be read again).
+
+        Nothing is admitted while a rebalance is running (Faust resumes its streams during
+        table recovery, with events fetched in the previous generation still queued) nor for a
+        partition this worker does not own any more.
+        """
+        tp = message.tp
+        ledger = self.ledger
+        if not self._open(tp):
+            return None
+        if not ledger.started(tp):
+            try:
+                start = await self._start_offset(tp)
+            except TimeoutError:
+                return None
+            if not self._open(tp):
+                return None
+            if not ledger.started(tp):
+                ledger.start(tp, start)
+        verdict = ledger.admit(tp, message.offset)
+        if verdict is Refusal.HOLE and ledger.should_reread(tp, time.monotonic()):
+            # In the background: this event is let go now (it will be read again).
+            task = asyncio.ensure_future(self._reread(tp, message.offset))
+            self._rereads.add(task)
+            task.add_done_callback(self._rereads.discard)
+        return verdict if isinstance(verdict, Claim) else None
+
+    def _open(self, tp: TP) -> bool:
+        return not self.app.rebalancing and tp in self.assignment()
+
+    async def _reread(self, tp: TP, arrived: int) -> None:
+        """A record before ``arrived`` went missing on its way to the stream: read it again."""
+        expected = self.ledger.expected(tp)
+        if expected is None:
+            return
+        try:
+            earliest = (await self._ask_thread(self.earliest_offsets(tp))).get(tp) or 0
+        except Exception:
+            log.warning("%s: could not read the earliest offset", tp, exc_info=True)
+            return
+        if self.ledger.expected(tp) != expected:
+            return  # the hole filled meanwhile, or the generation ended
+        if expected < earliest:
+            log.warning(
+                "%s: offsets %d..%d were deleted by retention before being handled",
+                tp,
+                expected,
+                earliest - 1,
+            )
+            self.ledger.skip_to(tp, earliest)
+            return
+        log.warning(
+            "%s: offset %d arrived before %d; reading again from %d",
+            tp,
+            arrived,
+            expected,
+            expected,
+        )
+        try:
+            # In the consumer's own thread (a plain ``seek`` from this one is not seen by the
+            # fetcher), and Faust's read position moves back with it, so the records re-read
+            # are not dropped as already seen.
+            await self._ask_thread(self.seek_wait({tp: expected}))
+        except Exception:  # not assigned any more: the next owner starts from the commit
+            log.warning("%s: could not seek back to %d", tp, expected, exc_info=True)
+
+    @Service.task
+    async def _watch_for_holes(self) -> None:
+        """Re-read a partition whose fetch position ran ahead of the ledger and stays there.
+
+        A record refused while a rebalance ran is read again only if a later one shows the
+        hole, or if the partition is re-positioned; the last record before a quiet spell has
+        neither. Ahead-and-stalled across two checks means a hole (or a stream blocked for
+        that long, where a re-read costs only duplicates the ledger refuses).
+        """
+        stalled: dict[TP, int] = {}
+        while not self.should_stop:
+            await self.sleep(HOLE_CHECK_INTERVAL)
+            if self.app.rebalancing:
+                stalled = {}
+                continue
+            for tp in list(self.assignment()):
+                if not self.ledger.owns(tp.topic) or self.app.rebalancing:
+                    continue
+                try:
+                    if not self.ledger.started(tp):
+                        start = await self._start_offset(tp)
+                        if self.app.rebalancing or self.ledger.started(tp):
+                            continue
+                        self.ledger.start(tp, start)
+                    position = await self._ask_thread(self.position(tp))
+                except Exception:
+                    continue
+                expected = self.ledger.expected(tp)
+                if position is None or expected is None or position <= expected:
+                    stalled.pop(tp, None)
+                elif stalled.get(tp) != expected:
+                    stalled[tp] = expected
+                elif self.ledger.should_reread(tp, time.monotonic()):
+                    await self._reread(tp, position)
+
+    # -- what Faust commits for ledger-owned partitions ---------------------------------------
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        seen = set()
+        for tp in super()._filter_tps_with_pending_acks(topics):
+            seen.add(tp)
+            yield tp
+        for tp in self.ledger.partitions():
+            if tp not in seen and (topics is None or tp in topics or tp.topic in topics):
+                yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if not self.ledger.owns(tp.topic):
+            return super()._new_offset(tp)
+        # Faust's own list of acknowledged offsets is not used for these partitions.
+        self._acked.pop(tp, None)
+        self._acked_index.pop(tp, None)
+        return self.ledger.committable(tp)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust treats a jump in fetched offsets as "handled"; the ledger never does.
+        if not self.ledger.owns(tp.topic):
+            await super()._add_gap(tp, offset_from, offset_to)
+
+
+class LedgerApp(faust.App):
+    """``faust.App`` whose Kafka transport builds a :class:`LedgerConsumer`.
+
+    ``offset_ledger`` names the topics whose commits the ledger decides; set it before the
+    consumer is first used.
+    """
+
+    offset_ledger: OffsetLedger = OffsetLedger(())
+
+    def _new_transport(self) -> Any:
+        transport = super()._new_transport()
+        transport.Consumer = LedgerConsumer
+        return transport
