@@ -134,7 +134,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         return not self.app.rebalancing and tp in self.assignment()
 
     async def _reread(self, tp: TP, arrived: int) -> None:
-        """A record before ``arrived`` went missing on its way to the stream: read it again."""
+        """A record before ``arrived`` (an offset seen, or the fetch position) went missing."""
         expected = self.ledger.expected(tp)
         if expected is None:
             return
@@ -155,16 +155,15 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             self.ledger.skip_to(tp, earliest)
             return
         log.warning(
-            "%s: offset %d arrived before %d; reading again from %d",
+            "%s: offset %d went missing (seen up to %d); reading again from %d",
             tp,
-            arrived,
             expected,
+            arrived,
             expected,
         )
         try:
-            # In the consumer's own thread (a plain ``seek`` from this one is not seen by the
-            # fetcher), and Faust's read position moves back with it, so the records re-read
-            # are not dropped as already seen.
+            # In the consumer's own thread: a plain ``seek`` from this one is not seen by the
+            # fetcher. (Faust's "already read" filter is off for these topics, see _ReadOffsets.)
             await self._ask_thread(self.seek_wait({tp: expected}))
         except Exception:  # not assigned any more: the next owner starts from the commit
             log.warning("%s: could not seek back to %d", tp, expected, exc_info=True)
