@@ -15,15 +15,16 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from mode import Service
+from mode import Service, ServiceT
 
 from app.offsets import Claim, OffsetLedger, Refusal
+from app.recovery_guard import RecoveryGuard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -203,6 +204,26 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 elif self.ledger.should_reread(tp, time.monotonic()):
                     await self._reread(tp, position)
 
+    def fetch_state(self, tp: TP) -> str:
+        """Where fetching ``tp`` stands, for a log line about a partition that went quiet."""
+        faust_state = (
+            "paused"
+            if tp in self._paused_partitions
+            else "active"
+            if tp in (self._active_partitions or ())
+            else "not fetched"
+        )
+        try:
+            assignment = self._thread._ensure_consumer()._subscription.subscription.assignment
+            state = assignment.state_value(tp)
+            fetcher = (
+                f"position {state.position if state.has_valid_position else 'unset'}"
+                f"{', paused' if state.paused else ''}"
+            )
+        except Exception as exc:  # internals of aiokafka: best effort only
+            fetcher = f"unknown ({exc.__class__.__name__})"
+        return f"{faust_state}, fetcher {fetcher}"
+
     # -- what Faust commits for ledger-owned partitions ---------------------------------------
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         seen = set()
@@ -231,10 +252,19 @@ class LedgerApp(faust.App):
     """``faust.App`` whose Kafka transport builds a :class:`LedgerConsumer`.
 
     ``offset_ledger`` names the topics whose commits the ledger decides; set it before the
-    consumer is first used.
+    consumer is first used. With ``recovery_stall_seconds`` set, a ``RecoveryGuard`` runs from
+    the start (services added with ``app.service`` only start after the first recovery, and the
+    first one can stall too).
     """
 
     offset_ledger: OffsetLedger = OffsetLedger(())
+    recovery_stall_seconds: float | None = None
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        services = list(super().on_init_dependencies())
+        if self.recovery_stall_seconds is not None and not (self.producer_only or self.client_only):
+            services.append(RecoveryGuard(self, self.recovery_stall_seconds, loop=self.loop))
+        return services
 
     def _new_transport(self) -> Any:
         transport = super()._new_transport()

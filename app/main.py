@@ -177,6 +177,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             template_commands_topic(settings),
         ]
     )
+    app.recovery_stall_seconds = settings.recovery_stall_seconds
     ctx = Context(
         settings=settings,
         app=app,

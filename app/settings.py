@@ -334,6 +334,12 @@ SPEC: dict[str, Setting] = {
         _float(1, 600),
         "on SIGTERM, finish in-flight requests and exit within this time",
     ),
+    "recovery_stall_seconds": Setting(
+        ("RECOVERY_STALL_SECONDS",),
+        "30",
+        _float(1, 3600),
+        "table recovery without progress this long re-reads; twice this long, the worker exits",
+    ),
     "max_request_bytes": Setting(
         ("MAX_REQUEST_BYTES",),
         "65536",
@@ -514,6 +520,7 @@ class Settings:
     otp_send_window_seconds: int
     otp_sweep_interval_seconds: float
     shutdown_timeout_seconds: float
+    recovery_stall_seconds: float
     max_request_bytes: int
     smtp_host: str
     smtp_port: int

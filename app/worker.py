@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+from typing import Any
 
 import faust
 
@@ -25,6 +26,20 @@ FORCED_EXIT_CODE = 3
 class Worker(faust.Worker):
     shutdown_timeout: float = 30.0
     _watchdog: threading.Timer | None = None
+
+    def __init__(self, app: faust.App, *args: Any, **kwargs: Any) -> None:
+        super().__init__(app, *args, **kwargs)
+        app.otp_worker = self  # type: ignore[attr-defined]  # for ``fail`` (app.recovery_guard)
+
+    def fail(self, reason: BaseException) -> None:
+        """Stop as a failed process: the SIGTERM shutdown (bounded the same way), exit status 1.
+
+        A status of 1 (mode re-raises ``crash_reason`` once the loop is closed) is what makes
+        an orchestrator or ``restart: on-failure`` start the worker again.
+        """
+        log.critical("worker failing: %s", reason)
+        self.crash_reason = reason
+        self._schedule_shutdown(signal.SIGTERM)
 
     def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if self._watchdog is None:
