@@ -46,6 +46,25 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+STALL_EXIT = "exiting so the group moves these partitions"
+
+
+async def ready_restarting_on_stall(worker: Worker, restarts: list[Worker]) -> None:
+    """``wait_ready``; a worker that gave up a stalled table recovery (exit 1, see
+    ``app.stall``) is started again, as ``restart: on-failure`` or an orchestrator would."""
+    for _ in range(3):
+        try:
+            await worker.wait_ready(timeout=150)
+            return
+        except AssertionError:
+            assert worker.proc is not None
+            if worker.proc.poll() != 1 or STALL_EXIT not in worker.log_path.read_text():
+                raise
+            restarts.append(worker)
+            worker.start()
+    raise AssertionError(f"{worker.log_path}: recovery stalled three times")
+
+
 async def test_three_workers_kill_and_sigterm(
     kafka_bootstrap: str, smtp_sink: SmtpSink, tmp_path: Path
 ):
@@ -65,8 +84,9 @@ async def test_three_workers_kill_and_sigterm(
         )
 
     workers = [new_worker(f"w{i}").start() for i in range(3)]
+    restarts: list[Worker] = []
     try:
-        await asyncio.gather(*(w.wait_ready() for w in workers))
+        await asyncio.gather(*(ready_restarting_on_stall(w, restarts) for w in workers))
         status, body = await Api(workers[0].url).call("POST", "/api/template", TEMPLATE)
         assert status == 201, body
         async with (
@@ -104,8 +124,9 @@ async def test_three_workers_kill_and_sigterm(
             def answered() -> int:
                 return len({codec.loads(r.value)["processInstanceId"] for r in gen_out.records})
 
-            await wait_until(lambda: answered() >= REQUESTS, 90, "a reply to every generate")
-            await replacement.wait_ready()
+            # 180 s: room for a stalled recovery to be given up (2 x RECOVERY_STALL_SECONDS).
+            await wait_until(lambda: answered() >= REQUESTS, 180, "a reply to every generate")
+            await ready_restarting_on_stall(replacement, restarts)
             await asyncio.sleep(2)  # let late duplicates (redeliveries) arrive before counting
 
             replies = defaultdict(list)
@@ -162,12 +183,16 @@ async def test_three_workers_kill_and_sigterm(
                 validations.setdefault(reply["processInstanceId"], reply)
             valid = sum(1 for r in validations.values() if r["otpValid"])
 
+        logs = [w.log_path.read_text() for w in workers]
+        rereads = sum(log.count("; reading again:") for log in logs)
+        given_up = sum(log.count(STALL_EXIT) for log in logs)
         print(
             f"\nscaling: {REQUESTS} generate requests, {len(gen_out.records)} replies "
             f"({duplicates} duplicates, all identical); worker killed after {killed_at} replies; "
             f"{sum(mails_per_request.values())} mails, {second_mails} requests with a second mail; "
             f"{valid}/{IDENTIFIERS} codes validated; SIGTERM'd worker exited {exit_code} "
-            f"in {stop_seconds:.1f}s"
+            f"in {stop_seconds:.1f}s; stalled recoveries: {rereads} re-read, {given_up} given up "
+            f"({len(restarts)} restarted)"
         )
         failed = [r for r in validations.values() if not r["otpValid"]]
         assert valid == IDENTIFIERS, "\n".join(map(str, failed[:5]))
