@@ -54,6 +54,11 @@ class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
         return super().__getitem__(tp)
 
 
+def first_offsets(records: Mapping[Any, Any]) -> dict[Any, int]:
+    """The first offset of each partition's records in a fetched batch."""
+    return {tp: min(r.offset for r in batch) for tp, batch in records.items() if batch}
+
+
 class LedgerConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer; partitions of ledger-owned topics commit from the ledger."""
 
@@ -101,6 +106,30 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         finally:
             self.ledger.reset()
             self._seek_committed = {}
+
+    # -- records Faust would throw away ---------------------------------------------------------
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        """Faust's fetch, except that a batch Faust is about to discard is read again.
+
+        A fetch still in flight when a rebalance stops the flow can return after table
+        recovery has positioned the changelog partitions. Faust then drops the whole batch and
+        seeks back to the committed offsets, which changelogs do not have: their records were
+        never seen by the recovery, which waited for them forever (the recovery stall of
+        ``make chaos``, about one run in thirty). Seeking each partition back to its first
+        dropped record makes the next fetch return them again.
+        """
+        records, active = await super()._wait_next_records(timeout)
+        if records and not self.flow_active:
+            assigned = self.assignment()
+            first = {tp: offset for tp, offset in first_offsets(records).items() if tp in assigned}
+            if first:
+                log.info("fetched while the flow was stopped, reading again: %s", first)
+                try:
+                    await self._ask_thread(self.seek_wait(first))
+                except Exception:
+                    log.warning("could not seek back to %s", first, exc_info=True)
+            return {}, active
+        return records, active
 
     # -- admission ------------------------------------------------------------------------------
     async def admit(self, message: Any) -> Claim | None:
