@@ -28,7 +28,7 @@ workers: $(STAMP)
 test: $(STAMP)
 	@scripts/run-tests $(PYTEST_ARGS)
 
-## chaos: three workers, 2,000 requests, a kill -9 and a SIGTERM under load (not in `make test`)
+## chaos: only the scaling test (three workers, a kill -9 and a SIGTERM under load), counts printed
 chaos: $(STAMP)
 	@scripts/run-tests -m chaos -s
 
