@@ -60,7 +60,7 @@ async def test_stalled_recovery_exits_with_failure(
         log = worker.log_path.read_text()
         print(f"stalled recovery: worker exited {worker.proc.returncode} after {elapsed:.1f}s")
         assert worker.proc.returncode == 1, worker.log_tail()
-        assert "table recovery made no progress for 2 s; reading again" in log
+        assert re.search(r"table recovery made no progress for \d+ s; reading again", log)
         # Which partition, how far it got, and where the fetcher stands (for the operator).
         assert re.search(
             rf"{changelog}\[0\] applied up to \d+ of \d+ \(active, fetcher position", log
