@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,9 @@ class TemplateCache:
         self.results_topic = results_topic
         self._entries: dict[str, CachedTemplate] = {}
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Keys deleted by this worker's view whose tombstone has not been read yet, with the
+        # version deleted (see ``apply``).
+        self._deleted: dict[str, int] = {}
         self.ready = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -111,16 +115,36 @@ class TemplateCache:
         return len(self._entries)
 
     # -- writes ------------------------------------------------------------------------------
-    def apply(self, key: str, value: bytes | dict[str, Any] | None) -> None:
-        """Apply one changelog record (None is a tombstone) or a write this worker just made.
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one changelog record (None is a tombstone).
 
-        A record older than what the map holds is skipped, so a write applied at once by the
-        view that made it is not undone by the changelog catching up a moment later.
+        A record older than what the map holds is skipped, so a write this worker's view
+        applied at once (``apply_own``) is not undone by the changelog catching up a moment
+        later. Likewise, after a delete applied at once, records up to the deleted version are
+        skipped until the delete's own tombstone arrives: a tombstone carries no version, and
+        without this the record before it would bring the template back for a moment.
         """
         if value is None:
             self._entries.pop(key, None)
+            self._deleted.pop(key, None)
             return
-        data = codec.loads(value) if isinstance(value, bytes | bytearray) else value
+        data = codec.loads(value)
+        deleted = self._deleted.get(key)
+        if deleted is not None and int(data.get("version", 0)) <= deleted:
+            return
+        self._set(key, data)
+
+    def apply_own(self, key: str, template: dict[str, Any] | None) -> None:
+        """Apply a write this worker just made (``None``: a delete), ahead of the changelog."""
+        if template is None:
+            gone = self._entries.pop(key, None)
+            # Not knowing the version (the map had not caught up yet), skip every record until
+            # the tombstone: all of them are older than the delete.
+            self._deleted[key] = gone.version if gone is not None else sys.maxsize
+            return
+        self._set(key, template)
+
+    def _set(self, key: str, data: dict[str, Any]) -> None:
         data = {k: v for k, v in data.items() if not k.startswith("_")}  # private fields
         current = self._entries.get(key)
         if current is not None and int(data.get("version", 0)) < current.version:

@@ -76,9 +76,9 @@ def register(ctx: Any) -> None:
             cache.forget(request_id)
         status = result["status"]
         if status in (200, 201):
-            cache.apply(key, result["template"])
+            cache.apply_own(key, result["template"])
         elif status == 204:
-            cache.apply(key, None)
+            cache.apply_own(key, None)
         return result
 
     def lookup(name: str, language: str) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""The template read model: the changelog in order, and this worker's own writes ahead of it."""
+
+from __future__ import annotations
+
+from app import codec
+from app.core.templates import template_key
+from tables.template_cache import TemplateCache
+
+KEY = template_key("otpMail", "en")
+
+
+def cache() -> TemplateCache:
+    return TemplateCache("127.0.0.1:1", "templates-changelog", 4, "en", "template-results")
+
+
+def template(version: int, subject: str = "s") -> dict:
+    return {
+        "name": "otpMail",
+        "language": "en",
+        "type": "MAIL",
+        "subject": subject,
+        "body": "<p th:text='${otpValue}'></p>",
+        "params": [],
+        "version": version,
+    }
+
+
+def record(version: int, subject: str = "s") -> bytes:
+    return codec.dumps({**template(version, subject), "_requestId": "r"})
+
+
+def versions(c: TemplateCache) -> list[int]:
+    return [t["version"] for t in c.all()]
+
+
+def test_changelog_in_order_and_private_fields_dropped() -> None:
+    c = cache()
+    c.apply(KEY, record(1))
+    c.apply(KEY, record(2, "new"))
+    [stored] = c.all()
+    assert stored["version"] == 2 and stored["subject"] == "new"
+    assert "_requestId" not in stored
+    c.apply(KEY, None)
+    assert c.all() == []
+
+
+def test_own_write_is_not_undone_by_the_changelog_catching_up() -> None:
+    c = cache()
+    c.apply(KEY, record(1))
+    c.apply_own(KEY, template(2, "mine"))
+    c.apply(KEY, record(1))  # still in flight when the view applied v2
+    assert versions(c) == [2]
+    c.apply(KEY, record(2, "mine"))
+    assert c.get("otpMail", "en").data["subject"] == "mine"
+
+
+def test_own_delete_is_not_undone_by_an_older_record_in_flight() -> None:
+    c = cache()
+    c.apply(KEY, record(1))
+    c.apply_own(KEY, template(2))
+    c.apply_own(KEY, None)  # the view deleted v2 before the changelog delivered it
+    c.apply(KEY, record(2))  # the changelog catches up: v2, then the tombstone
+    assert c.all() == []
+    c.apply(KEY, None)
+    assert c.all() == []
+
+
+def test_recreate_after_delete() -> None:
+    c = cache()
+    c.apply(KEY, record(1))
+    c.apply(KEY, record(2))
+    c.apply_own(KEY, None)
+    c.apply_own(KEY, template(1, "again"))  # a new template starts at version 1
+    assert c.get("otpMail", "en").data["subject"] == "again"
+    c.apply(KEY, None)  # the delete's tombstone
+    c.apply(KEY, record(1, "again"))  # the re-create's record, after the tombstone
+    assert c.get("otpMail", "en").data["subject"] == "again"
+
+
+def test_delete_before_the_map_caught_up_skips_everything_until_the_tombstone() -> None:
+    c = cache()
+    c.apply_own(KEY, None)
+    c.apply(KEY, record(7))
+    assert c.all() == []
+    c.apply(KEY, None)
+    c.apply(KEY, record(1, "new"))
+    assert versions(c) == [1]
