@@ -79,10 +79,9 @@ class RecoveryGuard(Service):
 
     def _describe(self, behind: dict[Any, int]) -> str:
         highwaters = self.app.tables.recovery.active_highwaters
-        consumer = self.app.consumer
-        describe = getattr(consumer, "fetch_state", lambda tp: "")
+        consumer = self.app.consumer  # a LedgerConsumer
         return "; ".join(
             f"{tp.topic}[{tp.partition}] applied up to {offset} of {highwaters.get(tp)} "
-            f"({describe(tp)})"
+            f"({consumer.fetch_state(tp)})"
             for tp, offset in sorted(behind.items())
         )

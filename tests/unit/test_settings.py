@@ -59,6 +59,7 @@ def test_flowx_aliases():
         ("KAFKA_TOPIC_OTP_GENERATE_OUT", "bad topic", "topic name"),
         ("LOG_LEVEL", "loud", "DEBUG"),
         ("OTP_ALPHABET", "abc", "distinct"),
+        ("RECOVERY_STALL_SECONDS", "0", "between 1 and 3600"),
     ],
 )
 def test_bad_values_name_the_variable(variable, value, words):
