@@ -141,17 +141,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         """
         tp = message.tp
         ledger = self.ledger
-        if not self._open(tp):
+        if not self._open(tp) or not await self._ensure_started(tp):
             return None
-        if not ledger.started(tp):
-            try:
-                start = await self._start_offset(tp)
-            except TimeoutError:
-                return None
-            if not self._open(tp):
-                return None
-            if not ledger.started(tp):
-                ledger.start(tp, start)
         verdict = ledger.admit(tp, message.offset)
         if verdict is Refusal.HOLE and ledger.should_reread(tp, time.monotonic()):
             # In the background: this event is let go now (it will be read again).
@@ -162,6 +153,24 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     def _open(self, tp: TP) -> bool:
         return not self.app.rebalancing and tp in self.assignment()
+
+    async def _ensure_started(self, tp: TP) -> bool:
+        """Start ``tp``'s generation at the group's committed offset unless it has one.
+
+        False if the offset could not be read in time or the partition stopped being ours
+        while it was read (a rebalance ran meanwhile).
+        """
+        if self.ledger.started(tp):
+            return True
+        try:
+            start = await self._start_offset(tp)
+        except TimeoutError:
+            return False
+        if not self._open(tp):
+            return False
+        if not self.ledger.started(tp):  # another caller may have started it meanwhile
+            self.ledger.start(tp, start)
+        return True
 
     async def _reread(self, tp: TP, arrived: int) -> None:
         """A record before ``arrived`` (an offset seen, or the fetch position) went missing."""
@@ -217,11 +226,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 if not self.ledger.owns(tp.topic) or self.app.rebalancing:
                     continue
                 try:
-                    if not self.ledger.started(tp):
-                        start = await self._start_offset(tp)
-                        if self.app.rebalancing or self.ledger.started(tp):
-                            continue
-                        self.ledger.start(tp, start)
+                    if not await self._ensure_started(tp):
+                        continue
                     position = await self._ask_thread(self.position(tp))
                 except Exception:
                     continue
