@@ -21,10 +21,13 @@ from typing import Any
 from agents import KeyedDispatcher, for_each_event
 from app import codec, records
 from app.channels.base import DeliveryError, Notification
-from app.core import otp, render
+from app.core import otp, receivers, render
 from app.core.otp import OtpRecord, Outcome, RateLimited
+from app.core.receivers import ReceiverQuota
 from app.logs import request_context
 from app.records import GenerateRequest, RequestError, ValidateRequest
+from app.runtime import fetch
+from app.settings import PRODUCER_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
 INTERNAL_ERROR = "internal error while handling the request"
 # Requests handled at once by one worker (across identifiers); bounds memory and open sends.
 MAX_IN_FLIGHT = 512
+# Room left in a producer request for what a dead letter adds around the original record.
+DLQ_HEADROOM = 4096
 
 
 def _source(event: Any) -> list[Any]:
@@ -99,22 +104,55 @@ def register(ctx: Any) -> dict[str, Any]:
             kind, make(pid, client, channel, False, error), headers, received_ms, outcome
         )
 
-    async def dead_letter(event: Any, reason: str) -> None:
+    async def dead_letter(event: Any, reason: str, category: str = "internal") -> None:
+        """Copy the record as it came (key, value, every header) with why and from where.
+
+        Never raises: a record too large to copy (or refused by the broker) becomes a stub that
+        names its source and size, and if even that fails the loss is logged and counted. The
+        caller's offset moves on either way; a dead letter that stops its partition would be
+        the poison it was meant to remove.
+        """
         message = event.message
         source = f"{message.topic}/{message.partition}/{message.offset}"
-        headers = dict(event.headers or {})
-        headers["x-dlq-reason"] = reason.encode()
-        headers["x-dlq-source"] = source.encode()
-        await topics.dlq.send(key=event.key, value=event.value, headers=headers)
+        marks = [("x-dlq-reason", reason.encode()), ("x-dlq-source", source.encode())]
+        headers = [*records.header_list(message.headers), *marks]
+        size = records.record_size(event.key, event.value, headers)
+        copied = False
+        if size <= PRODUCER_MAX_REQUEST_BYTES - DLQ_HEADROOM:
+            try:
+                await topics.dlq.send(key=event.key, value=event.value, headers=headers)
+                copied = True
+            except Exception as exc:  # the broker may refuse what the producer took
+                log.warning("could not copy %s to the DLQ (%s)", source, exc.__class__.__name__)
+        if not copied:
+            stub = {"dlqStub": True, "source": source, "size": size, "reason": reason}
+            try:
+                await topics.dlq.send(
+                    key=None,
+                    value=codec.dumps(stub),
+                    headers=[*marks, ("x-dlq-size", str(size).encode())],
+                )
+            except Exception:
+                metrics.dead_letters.labels(message.topic, "lost").inc()
+                log.error("could not dead-letter %s, not even as a stub", source, exc_info=True)
+                return
         metrics.requests.labels(message.topic, "dead_letter").inc()
+        metrics.dead_letters.labels(message.topic, category if copied else "stub").inc()
         log.warning("dead-lettered: %s", reason, extra={"source": source})
 
     async def refuse(event: Any, exc: RequestError, kind: str) -> None:
-        """An unparseable request: answer the engine if we can tell whom, else dead-letter it."""
-        if exc.process_instance_id is None:
-            await dead_letter(event, str(exc))
+        """An unparseable request: answer the engine if we can tell whom, else dead-letter it.
+
+        The reply carries the request's headers; headers too large for a reply of their own
+        make the request one that cannot be answered.
+        """
+        unanswerable = records.record_size(None, None, event.headers) > settings.max_request_bytes
+        if exc.process_instance_id is None or unanswerable:
+            await dead_letter(event, str(exc), "malformed")
             return
         salvaged = records.salvage_reply_fields(event.value)
+        if len(event.value or b"") > records.MAX_SALVAGE_BYTES:
+            salvaged = {}
         await error_reply(
             kind,
             exc.process_instance_id,
@@ -129,8 +167,16 @@ def register(ctx: Any) -> dict[str, Any]:
     # -- ingest: parse, check, re-key by clientId --------------------------------------------
     def ingest(kind: str, parse: Any) -> Any:
         async def forward(event: Any) -> None:
+            message = event.message
             try:
+                problem = fetch.undecodable(message.topic, message.partition, message.offset)
+                if problem is not None:
+                    await dead_letter(event, f"undecodable record: {problem}", "undecodable")
+                    return
+                size = records.record_size(event.key, event.value, event.headers)
                 try:
+                    if size > settings.max_request_bytes:
+                        raise records.oversized(event.value, size, settings.max_request_bytes)
                     request = parse(event.value, settings.max_request_bytes)
                 except RequestError as exc:
                     await refuse(event, exc, kind)
@@ -139,16 +185,19 @@ def register(ctx: Any) -> dict[str, Any]:
                     "k": kind,
                     "r": asdict(request),
                     "src": _source(event),
-                    "ts": event.message.timestamp,
+                    "ts": message.timestamp,
                 }
-                await topics.otp_commands.send(
-                    key=request.key.encode(), value=codec.dumps(command), headers=event.headers
-                )
+                topic, key = topics.otp_commands, request.key.encode()
+                if isinstance(request, GenerateRequest) and counts_receiver(request):
+                    topic = topics.receiver_commands
+                    key = receiver_key(request).encode()
+                await topic.send(key=key, value=codec.dumps(command), headers=event.headers)
             except Exception:  # the stream must go on, see module docstring
                 log.exception("unexpected failure ingesting %s", _source(event))
                 await dead_letter(event, INTERNAL_ERROR)
 
         async def ingest_agent(stream: Any) -> None:
+            await ctx.cache.ready.wait()  # the receiver check below reads templates
             await for_each_event(stream, app.consumer.admit, forward)
 
         return ingest_agent
@@ -159,6 +208,76 @@ def register(ctx: Any) -> dict[str, Any]:
     ingest_validate = app.agent(topics.validate_in, name="ingest_validate")(
         ingest(VALIDATE, records.parse_validate)
     )
+
+    # -- receivers: one send quota per address or number, whatever the clientId --------------
+    receiver_rows = ctx.tables.receivers
+
+    def counts_receiver(req: GenerateRequest) -> bool:
+        """Only requests that can end in a send spend the receiver's quota; the others go
+        straight to ``process_otp``, which refuses them (and remembers it) as before."""
+        return settings.otp_max_sends_per_receiver > 0 and check_generate(req) is None
+
+    def receiver_key(req: GenerateRequest) -> str:
+        return receivers.receiver_key(ctx.secret, req.channel, req.recipient)
+
+    async def count_receiver(event: Any) -> None:
+        command: dict[str, Any] = {}
+        try:
+            command = codec.loads(event.value)
+            key = event.key
+            raw = receiver_rows.get(key)
+            quota = ReceiverQuota.from_dict(codec.loads(raw)) if raw is not None else None
+            if command.get("k") == EXPIRE:
+                if quota is not None and receivers.expired(
+                    quota, time.time(), settings.otp_send_window_seconds
+                ):
+                    del receiver_rows[key]
+                return
+            source = "/".join(map(str, command.get("src", ())))
+            updated, refusal = receivers.admit(
+                quota,
+                source,
+                now=time.time(),
+                max_sends=settings.otp_max_sends_per_receiver,
+                window_seconds=settings.otp_send_window_seconds,
+            )
+            if updated != quota:
+                receiver_rows[key] = codec.dumps(updated.to_dict())
+            request = GenerateRequest(**command["r"])
+            if refusal is not None:
+                metrics.fraud_refusals.labels("receiver_limit").inc()
+                await error_reply(
+                    GENERATE,
+                    request.process_instance_id,
+                    request.client_id,
+                    request.channel,
+                    refusal,
+                    event.headers,
+                    command.get("ts"),
+                    "not_sent",
+                )
+                return
+            await topics.otp_commands.send(
+                key=request.key.encode(), value=event.value, headers=event.headers
+            )
+        except Exception:  # the stream must go on, see module docstring
+            log.exception("unexpected failure counting %s", _source(event))
+            await internal_error(event, command)
+
+    @app.agent(topics.receiver_commands, name="count_receivers")
+    async def count_receivers(stream: Any) -> None:
+        await for_each_event(stream, app.consumer.admit, count_receiver)
+
+    @app.timer(interval=settings.otp_sweep_interval_seconds, name="sweep_receivers")
+    async def sweep_receivers() -> None:
+        now = time.time()
+        for key, raw in list(receiver_rows.items()):
+            try:
+                quota = ReceiverQuota.from_dict(codec.loads(raw))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if receivers.expired(quota, now, settings.otp_send_window_seconds):
+                await topics.receiver_commands.send(key=key, value=codec.dumps({"k": EXPIRE}))
 
     # -- process: the state machine per identifier --------------------------------------------
     def load(key: bytes) -> OtpRecord | None:
@@ -190,6 +309,9 @@ def register(ctx: Any) -> dict[str, Any]:
         now = time.time()
         error = check_generate(req)
         if error is not None:
+            allowed = settings.sms_allowed_countries
+            if req.channel == "SMS" and error == receivers.country_refusal(req.recipient, allowed):
+                metrics.fraud_refusals.labels("country").inc()
             await refuse(error)
             return
         entry = ctx.cache.resolve(req.template_name, req.language)
@@ -204,6 +326,7 @@ def register(ctx: Any) -> dict[str, Any]:
                 process_instance_id=req.process_instance_id,
                 now=now,
                 source=source,
+                transaction=req.transaction,
             )
         except RateLimited as exc:
             await refuse(str(exc))
@@ -249,7 +372,15 @@ def register(ctx: Any) -> dict[str, Any]:
         missing = render.missing_mandatory(data.get("params", []), {**req.params, "otpValue": "0"})
         if missing:
             return f"missing mandatory parameter(s): {', '.join(missing)}"
-        return ctx.channels[req.channel].check_recipient(req.recipient)
+        if req.transaction is not None and not {"amount", "payee"} <= entry.compiled.variables:
+            return (
+                f"template '{req.template_name}' does not show the amount and payee: a payment "
+                "code must name the transaction it authorises"
+            )
+        refusal = ctx.channels[req.channel].check_recipient(req.recipient)
+        if refusal is None and req.channel == "SMS":
+            refusal = receivers.country_refusal(req.recipient, settings.sms_allowed_countries)
+        return refusal
 
     async def validate(
         key: bytes, req: ValidateRequest, source: str, headers: Any, received_ms: int | None
@@ -264,6 +395,7 @@ def register(ctx: Any) -> dict[str, Any]:
             code=req.otp,
             now=time.time(),
             source=source,
+            transaction=req.transaction,
         )
         if updated is not None and updated != record:
             otps[key] = codec.dumps(updated.to_dict())
@@ -290,10 +422,10 @@ def register(ctx: Any) -> dict[str, Any]:
             source = "/".join(map(str, command.get("src", ())))
             received_ms = command.get("ts")
             if kind == GENERATE:
-                request = GenerateRequest(**command["r"])
+                request = GenerateRequest(**_with_transaction(command["r"]))
                 await generate(event.key, request, source, event.headers, received_ms)
             elif kind == VALIDATE:
-                request = ValidateRequest(**command["r"])
+                request = ValidateRequest(**_with_transaction(command["r"]))
                 await validate(event.key, request, source, event.headers, received_ms)
             elif kind == EXPIRE:
                 expire(event.key)
@@ -346,4 +478,11 @@ def register(ctx: Any) -> dict[str, Any]:
         "ingest_generate": ingest_generate,
         "ingest_validate": ingest_validate,
         "process_otp": process_otp,
+        "count_receivers": count_receivers,
     }
+
+
+def _with_transaction(fields: dict[str, Any]) -> dict[str, Any]:
+    """A request's fields as read back from JSON, where the transaction pair became a list."""
+    transaction = fields.get("transaction")
+    return {**fields, "transaction": tuple(transaction) if transaction else None}

@@ -17,3 +17,20 @@ def dumps(obj: Any) -> bytes:
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON; raises :data:`JSONDecodeError` (a ``ValueError``) on bad input."""
     return orjson.loads(data)
+
+
+def depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), without recursion.
+
+    orjson writes at most 254 levels; callers bound what they accept well below that.
+    """
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest

@@ -25,8 +25,14 @@ from app.core.otp import OtpPolicy
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
-from app.settings import Settings
-from tables import otp_commands_topic, template_commands_topic, template_results_topic
+from app.runtime import fetch
+from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
+from tables import (
+    otp_commands_topic,
+    receiver_commands_topic,
+    template_commands_topic,
+    template_results_topic,
+)
 from tables.template_cache import TemplateCache
 
 log = logging.getLogger(__name__)
@@ -132,6 +138,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     from web import register_views
     from web.errors import error_middleware
 
+    fetch.install()  # no record can stop a consumer of this process (see app.runtime.fetch)
     app = LedgerApp(
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
@@ -156,6 +163,8 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         web_graph_enabled=False,
         web_stats_enabled=False,
         producer_linger=0.001,
+        # The size MAX_REQUEST_BYTES is checked against (settings): what fits is answered.
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         broker_commit_interval=1.0,
         # A worker that dies (kill -9, lost host) is noticed after this long and its partitions
         # move to the others; Faust's default of 60 s is a minute without answers.
@@ -174,6 +183,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             settings.topic_generate_in,
             settings.topic_validate_in,
             otp_commands_topic(settings),
+            receiver_commands_topic(settings),
             template_commands_topic(settings),
         ]
     )

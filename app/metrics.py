@@ -28,6 +28,19 @@ class Metrics:
             ["channel", "outcome"],
             registry=r,
         )
+        self.dead_letters = Counter(
+            "otp_dead_letters",
+            "Records copied to the DLQ by source topic and why (stub: too large to copy; lost: "
+            "not even a stub could be written)",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.fraud_refusals = Counter(
+            "otp_fraud_refusals",
+            "Generates refused by a fraud control (receiver_limit, country)",
+            ["control"],
+            registry=r,
+        )
         self.validations = Counter(
             "otp_validations", "Validation outcomes", ["outcome"], registry=r
         )

@@ -8,10 +8,15 @@ read, so the agent can answer the engine instead of dead-lettering the message.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from app import codec
+from app.core.otp import Transaction
+from app.core.receivers import AddressError, phone_number
 from app.core.templates import LANGUAGE_RE
 
 CHANNELS = ("MAIL", "SMS", "PUSH")
@@ -27,6 +32,13 @@ _ENVELOPE = frozenset(
         "contentParams",
     }
 )
+# Template parameters nested deeper than this are refused: every encoder on the way (orjson
+# stops at 254 levels) must be able to write the request again.
+MAX_PARAM_DEPTH = 32
+# What a request can be read at all for its processInstanceId when it is over the size limit.
+MAX_SALVAGE_BYTES = 1_048_576
+_AMOUNT_RE = re.compile(r"[0-9]{1,15}(\.[0-9]{1,6})?")
+MAX_PAYEE = 140
 
 
 class RequestError(ValueError):
@@ -48,6 +60,7 @@ class GenerateRequest:
     language: str | None
     client_id: Any
     params: dict[str, Any]
+    transaction: Transaction | None = None
 
     @property
     def key(self) -> str:
@@ -60,17 +73,47 @@ class ValidateRequest:
     client_id: Any
     channel: str
     otp: str
+    transaction: Transaction | None = None
 
     @property
     def key(self) -> str:
         return str(self.client_id)
 
 
+def header_list(headers: Any) -> list[tuple[str, bytes | None]]:
+    """A record's headers as a list (Faust gives a dict or pairs; a dict merges repeated names)."""
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(str(name), value) for name, value in items]
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Any) -> int:
+    """Bytes of a Kafka record's key, value and headers: what a producer's size limit counts."""
+    size = len(key or b"") + len(value or b"")
+    for name, header_value in header_list(headers):
+        size += len(name.encode("utf-8", "surrogateescape")) + len(header_value or b"")
+    return size
+
+
+def oversized(raw: bytes | None, size: int, max_bytes: int) -> RequestError:
+    """The refusal of a request over ``MAX_REQUEST_BYTES``, with its processInstanceId if it
+    can be read: the engine is waiting for an answer, even one that says "too large"."""
+    pid = None
+    if raw is not None and len(raw) <= MAX_SALVAGE_BYTES:
+        try:
+            data = codec.loads(raw)
+            pid = _process_instance_id(data) if isinstance(data, dict) else None
+        except (codec.JSONDecodeError, RequestError):
+            pid = None
+    return RequestError(None, f"message of {size} bytes is over the {max_bytes}-byte limit", pid)
+
+
 def _decode(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     if raw is None:
         raise RequestError(None, "empty message")
     if len(raw) > max_bytes:
-        raise RequestError(None, f"message of {len(raw)} bytes is over the {max_bytes}-byte limit")
+        raise oversized(raw, len(raw), max_bytes)
     try:
         data = codec.loads(raw)
     except codec.JSONDecodeError:
@@ -90,11 +133,86 @@ def _process_instance_id(data: dict[str, Any]) -> Any:
 
 
 def _identifier(value: Any, field: str, pid: Any) -> Any:
+    """An identifier that rate limits and codes are counted under: one spelling per person.
+
+    ``" 42"``, ``"42\t"`` and ``"\u00a042"`` would each get a fresh send quota, so whitespace
+    around it and invisible characters in it are refused, not stripped (stripping would make
+    the engine's and the service's idea of the identifier differ).
+    """
     if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
         raise RequestError(field, "is required (a number or a non-empty string)", pid)
     if len(str(value)) > 200:
         raise RequestError(field, "is longer than 200 characters", pid)
+    if isinstance(value, str):
+        if value != value.strip():
+            raise RequestError(field, "has leading or trailing whitespace", pid)
+        if any(
+            unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in value
+        ):
+            raise RequestError(field, "contains control or invisible characters", pid)
     return value
+
+
+def _client_id(data: dict[str, Any], pid: Any) -> Any:
+    """``clientId`` from the top level, ``contentParams`` or ``data``; all given must agree."""
+    given = [
+        (where, source["clientId"])
+        for where, source in (
+            ("clientId", data),
+            ("contentParams.clientId", data.get("contentParams")),
+            ("data.clientId", data.get("data")),
+        )
+        if isinstance(source, dict) and source.get("clientId") is not None
+    ]
+    if not given:
+        return _identifier(None, "clientId", pid)
+    for where, value in given:
+        _identifier(value, where, pid)
+    first_field, first = given[0]
+    for where, value in given[1:]:
+        if str(value) != str(first):
+            raise RequestError(where, f"differs from {first_field}: give the clientId once", pid)
+    return given[-1][1]
+
+
+def _transaction(data: dict[str, Any], pid: Any) -> Transaction | None:
+    """``(amount, payee)`` of a payment, canonical, so the HMAC is the same for equal values:
+    ``100``, ``"100.0"`` and ``100.00`` are one amount."""
+    amount, payee = data.get("amount"), data.get("payee")
+    if amount is None and payee is None:
+        return None
+    if amount is None or payee is None:
+        missing = "amount" if amount is None else "payee"
+        raise RequestError(missing, "is required when amount or payee is given", pid)
+    if isinstance(amount, bool) or not isinstance(amount, int | float | str):
+        raise RequestError("amount", "must be a number or a decimal string", pid)
+    text = repr(amount) if isinstance(amount, float) else str(amount).strip()
+    if not _AMOUNT_RE.fullmatch(text):
+        raise RequestError("amount", "must be a positive decimal such as 100 or 99.95", pid)
+    try:
+        canonical = format(Decimal(text).normalize(), "f")
+    except InvalidOperation:
+        raise RequestError(
+            "amount", "must be a positive decimal such as 100 or 99.95", pid
+        ) from None
+    if not isinstance(payee, str) or not payee.strip():
+        raise RequestError("payee", "must be a non-empty string", pid)
+    payee = unicodedata.normalize("NFC", payee.strip())
+    if len(payee) > MAX_PAYEE:
+        raise RequestError("payee", f"is longer than {MAX_PAYEE} characters", pid)
+    if any(unicodedata.category(c).startswith("C") for c in payee):
+        raise RequestError("payee", "contains control or invisible characters", pid)
+    return canonical, payee
+
+
+def _recipient(data: dict[str, Any], channel: str, pid: Any) -> str:
+    recipient = _string(data, "recipient", pid, max_len=4096)
+    if channel != "SMS":
+        return recipient
+    try:
+        return phone_number(recipient)
+    except AddressError as exc:
+        raise RequestError("recipient", str(exc), pid) from None
 
 
 def _string(data: dict[str, Any], field: str, pid: Any, *, max_len: int = 320) -> str:
@@ -129,6 +247,8 @@ def parse_generate(raw: bytes | None, max_bytes: int) -> GenerateRequest:
     params = {k: v for k, v in data.items() if k not in _ENVELOPE}
     params.update(_object(data, "contentParams", pid))
     params.update(_object(data, "data", pid))
+    if codec.depth(params) > MAX_PARAM_DEPTH:
+        raise RequestError("data", f"is nested more than {MAX_PARAM_DEPTH} levels deep", pid)
     if RESERVED_PARAMS & params.keys():
         # The service chooses the code; a request must never be able to choose its own.
         raise RequestError("otpValue", "is reserved: the service generates the code", pid)
@@ -137,14 +257,20 @@ def parse_generate(raw: bytes | None, max_bytes: int) -> GenerateRequest:
         not isinstance(language, str) or not LANGUAGE_RE.fullmatch(language)
     ):
         raise RequestError("language", "must be a language tag such as 'en' or 'pt-BR'", pid)
+    channel = _channel(data, pid)
+    client_id = _client_id(data, pid)
+    transaction = _transaction(params, pid)
+    if transaction is not None:
+        params.update(amount=transaction[0], payee=transaction[1])
     return GenerateRequest(
         process_instance_id=pid,
         template_name=_string(data, "templateName", pid, max_len=100),
-        channel=_channel(data, pid),
-        recipient=_string(data, "recipient", pid, max_len=4096),
+        channel=channel,
+        recipient=_recipient(data, channel, pid),
         language=language,
-        client_id=_identifier(params.get("clientId"), "clientId", pid),
-        params=params,
+        client_id=client_id,
+        params={**params, "clientId": client_id},
+        transaction=transaction,
     )
 
 
@@ -163,6 +289,7 @@ def parse_validate(raw: bytes | None, max_bytes: int) -> ValidateRequest:
         client_id=_identifier(data.get("clientId"), "clientId", pid),
         channel=_channel(data, pid),
         otp=otp.strip(),
+        transaction=_transaction(data, pid),
     )
 
 

@@ -21,6 +21,10 @@ FLOWX_VALIDATE_IN = "ai.flowx.plugin.notification.trigger.validate.otp.v1"
 FLOWX_VALIDATE_OUT = "ai.flowx.engine.receive.plugin.notification.validate.otp.results.v1"
 DEFAULT_DLQ = "ai.flowx.plugin.notification.otp.dlq.v1"
 DEFAULT_ENGINE_PATTERN = r"^ai\.flowx\..*engine\.receive\..*"
+# Faust's producer refuses records over 1,000,000 bytes (``producer_max_request_size``); a
+# request must fit in one with room for the dead-letter headers or the reply around it.
+PRODUCER_MAX_REQUEST_BYTES = 1_000_000
+MAX_REQUEST_BYTES_LIMIT = 900_000
 
 
 class ConfigError(ValueError):
@@ -175,6 +179,19 @@ def _optional_headers(raw: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(headers)
 
 
+def _countries(raw: str) -> frozenset[str] | None:
+    """ISO 3166-1 alpha-2 codes; phone numbers are matched to them by their E.164 prefix."""
+    from app.core.receivers import known_region
+
+    codes = frozenset(code.strip().upper() for code in raw.split(",") if code.strip())
+    if not codes:
+        return None
+    unknown = sorted(code for code in codes if not known_region(code))
+    if unknown:
+        raise ValueError(f"unknown ISO 3166 country code(s): {', '.join(unknown)}")
+    return codes
+
+
 def _optional_id(raw: str) -> str | None:
     """An identifier that goes into a URL path (account SID, project id)."""
     value = raw.strip()
@@ -319,6 +336,18 @@ SPEC: dict[str, Setting] = {
     "otp_max_sends": Setting(
         ("OTP_MAX_SENDS",), "5", _int(1, 1000), "codes per identifier per window"
     ),
+    "otp_max_sends_per_receiver": Setting(
+        ("OTP_MAX_SENDS_PER_RECEIVER",),
+        "5",
+        _int(0, 1000),
+        "codes per receiver (address or phone number) per window, whatever the clientId; 0: off",
+    ),
+    "sms_allowed_countries": Setting(
+        ("SMS_ALLOWED_COUNTRIES",),
+        None,
+        _countries,
+        "ISO 3166 codes SMS may go to, comma-separated (e.g. RO,DE); unset: all",
+    ),
     "otp_send_window_seconds": Setting(
         ("OTP_SEND_WINDOW_SECONDS",), "600", _int(1, 7 * 24 * 3600), "window of OTP_MAX_SENDS"
     ),
@@ -343,8 +372,21 @@ SPEC: dict[str, Setting] = {
     "max_request_bytes": Setting(
         ("MAX_REQUEST_BYTES",),
         "65536",
-        _int(256, 8 * 1024 * 1024),
-        "larger Kafka requests are dead-lettered",
+        _int(256, MAX_REQUEST_BYTES_LIMIT),
+        "largest Kafka request acted on (key, value and headers); larger ones get an error "
+        "reply, or a dead letter without a readable processInstanceId",
+    ),
+    "render_timeout_ms": Setting(
+        ("RENDER_TIMEOUT_MS",),
+        "200",
+        _int(10, 60_000),
+        "CPU-time budget of one template render or save-time compile",
+    ),
+    "render_max_output_bytes": Setting(
+        ("RENDER_MAX_OUTPUT_BYTES",),
+        str(1024 * 1024),
+        _int(1024, 64 * 1024 * 1024),
+        "largest text one render may produce (and any string built on the way)",
     ),
     "smtp_host": Setting(
         ("SMTP_HOST", "SIMPLEJAVAMAIL_SMTP_HOST"), "127.0.0.1", _text, "SMTP server"
@@ -517,11 +559,15 @@ class Settings:
     otp_hmac_secret: str | None
     otp_max_attempts: int
     otp_max_sends: int
+    otp_max_sends_per_receiver: int
+    sms_allowed_countries: frozenset[str] | None
     otp_send_window_seconds: int
     otp_sweep_interval_seconds: float
     shutdown_timeout_seconds: float
     recovery_stall_seconds: float
     max_request_bytes: int
+    render_timeout_ms: int
+    render_max_output_bytes: int
     smtp_host: str
     smtp_port: int
     smtp_username: str | None

@@ -19,6 +19,10 @@ def otp_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-otp-commands"
 
 
+def receiver_commands_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-receiver-commands"
+
+
 def template_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-template-commands"
 
@@ -37,6 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         settings.topic_validate_out,
         settings.topic_dlq,
         otp_commands_topic(settings),
+        receiver_commands_topic(settings),
         template_commands_topic(settings),
     ]
     # Write results are read by every worker from one partition and matter for seconds only.
@@ -46,7 +51,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # PartitionsMismatch until restarted.
     changelogs = [
         TopicSpec(f"{settings.app_id}-{table}-changelog", n, rf, {"cleanup.policy": "compact"})
-        for table in ("templates", "otps")
+        for table in ("templates", "otps", "receivers")
     ]
     return [*(TopicSpec(name, n, rf) for name in names), results, *changelogs]
 
@@ -59,6 +64,7 @@ class Topics:
     validate_out: faust.TopicT
     dlq: faust.TopicT
     otp_commands: faust.TopicT
+    receiver_commands: faust.TopicT
     template_commands: faust.TopicT
     template_results: faust.TopicT
 
@@ -67,6 +73,7 @@ class Topics:
 class Tables:
     templates: faust.TableT
     otps: faust.TableT
+    receivers: faust.TableT
 
 
 def _raw_topic(app: faust.App, name: str, **kwargs: object) -> faust.TopicT:
@@ -94,6 +101,9 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         # Requests re-keyed by clientId: generate and validate for one identifier land on one
         # partition, in order, next to that identifier's row of the ``otps`` table.
         otp_commands=_raw_topic(app, otp_commands_topic(settings), **internal),
+        # Generate requests keyed by the receiver's HMAC, next to its row of ``receivers``: the
+        # per-receiver send limit has one owner however many clientIds a caller uses.
+        receiver_commands=_raw_topic(app, receiver_commands_topic(settings), **internal),
         # Template writes keyed by name:language, co-partitioned with the ``templates`` table.
         template_commands=_raw_topic(app, template_commands_topic(settings), **internal),
         # Write results for the HTTP views; read by every worker outside the consumer group.
@@ -116,5 +126,12 @@ def define_tables(app: faust.App, settings: Settings) -> Tables:
             value_type=bytes,
             partitions=settings.topic_partitions,
             help="issued OTPs by clientId: HMAC, expiry, attempts, send times (never the code)",
+        ),
+        receivers=app.Table(
+            "receivers",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.topic_partitions,
+            help="send times per receiver, keyed by the receiver's HMAC (no address in clear)",
         ),
     )

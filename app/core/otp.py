@@ -58,6 +58,7 @@ class Outcome(enum.StrEnum):
     EXPIRED = "expired"
     CONSUMED = "consumed"
     UNKNOWN = "unknown"
+    MISMATCH = "transaction_mismatch"
 
     @property
     def error(self) -> str | None:
@@ -72,7 +73,11 @@ _OUTCOME_ERRORS: dict[Outcome, str | None] = {
     Outcome.EXPIRED: "code expired",
     Outcome.CONSUMED: "code already used",
     Outcome.UNKNOWN: "no code was generated for this client",
+    Outcome.MISMATCH: "code does not match the transaction",
 }
+
+#: ``(amount, payee)`` in canonical form (``app.records``): what a payment code is bound to.
+Transaction = tuple[str, str]
 
 
 class RateLimited(Exception):
@@ -100,6 +105,8 @@ class OtpRecord:
     # is answered as the first time instead of being applied twice. Redeliveries can arrive
     # after later requests for the same identifier, hence a short history, not just the last.
     history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # HMAC of the transaction a payment code was issued for (PSD2 dynamic linking), or "".
+    transaction: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Short keys: this is written to RocksDB and the changelog once per request."""
@@ -113,6 +120,7 @@ class OtpRecord:
             "s": self.status.value,
             "n": list(self.sends),
             "h": [list(item) for item in self.history],
+            **({"t": self.transaction} if self.transaction else {}),
         }
 
     @classmethod
@@ -127,6 +135,7 @@ class OtpRecord:
             status=Status(data.get("s", Status.PENDING.value)),
             sends=tuple(float(t) for t in data.get("n", ())),
             history=tuple((str(src), str(outcome)) for src, outcome in data.get("h", ())),
+            transaction=str(data.get("t", "")),
         )
 
 
@@ -136,9 +145,24 @@ def new_code(policy: OtpPolicy) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(policy.length))
 
 
-def digest(secret: bytes, identifier: str, channel: str, code: str) -> str:
-    """HMAC-SHA256 of the code bound to its identifier and channel (hex)."""
-    message = b"\x1f".join((identifier.encode(), channel.encode(), code.encode()))
+def digest(
+    secret: bytes, identifier: str, channel: str, code: str, transaction: Transaction | None = None
+) -> str:
+    """HMAC-SHA256 of the code bound to its identifier, channel and transaction, if any (hex)."""
+    parts = [identifier.encode(), channel.encode(), code.encode()]
+    if transaction is not None:
+        parts.extend(part.encode() for part in transaction)
+    return hmac.new(secret, b"\x1f".join(parts), hashlib.sha256).hexdigest()
+
+
+def transaction_digest(secret: bytes, identifier: str, transaction: Transaction | None) -> str:
+    """What a record keeps of its transaction: enough to tell "another transaction" apart from
+    "wrong code", nothing that shows the amount or payee (the changelog is readable)."""
+    if transaction is None:
+        return ""
+    message = b"\x1f".join(
+        (b"transaction", identifier.encode(), *(p.encode() for p in transaction))
+    )
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
@@ -167,15 +191,19 @@ def issue(
     now: float,
     code: str | None = None,
     source: str | None = None,
+    transaction: Transaction | None = None,
 ) -> tuple[str, OtpRecord]:
     """Make a new code that replaces any previous one; the send counter carries over.
 
-    Raises :class:`RateLimited` before a code is made, so a refused request changes nothing.
+    A payment's code is bound to its ``transaction`` (amount, payee): it validates only for
+    that same transaction (PSD2's dynamic linking). Raises :class:`RateLimited` before a code
+    is made, so a refused request changes nothing.
     """
     check_send_allowed(previous, policy, now)
     code = new_code(policy) if code is None else code
     record = OtpRecord(
-        digest=digest(secret, identifier, channel, code),
+        digest=digest(secret, identifier, channel, code, transaction),
+        transaction=transaction_digest(secret, identifier, transaction),
         channel=channel,
         process_instance_id=process_instance_id,
         issued_at=now,
@@ -230,6 +258,7 @@ def verify(
     code: str,
     now: float,
     source: str | None = None,
+    transaction: Transaction | None = None,
 ) -> tuple[Outcome, OtpRecord | None]:
     """Check a guess; return the outcome and the record to store (unchanged when nothing moved).
 
@@ -243,7 +272,7 @@ def verify(
     earlier = replayed(record, source)
     if earlier in _OUTCOMES:
         return Outcome(earlier), record
-    outcome, updated = _verify(policy, secret, record, identifier, channel, code, now)
+    outcome, updated = _verify(policy, secret, record, identifier, channel, code, now, transaction)
     if source is not None:
         updated = remember(updated, source, outcome.value, now)
     return outcome, updated
@@ -257,6 +286,7 @@ def _verify(
     channel: str,
     code: str,
     now: float,
+    transaction: Transaction | None,
 ) -> tuple[Outcome, OtpRecord | None]:
     if record is None or not record.digest:
         return Outcome.UNKNOWN, record
@@ -266,13 +296,20 @@ def _verify(
         return Outcome.LOCKED, record
     if now >= record.expires_at:
         return Outcome.EXPIRED, record
-    expected = digest(secret, identifier, channel, code)
-    if hmac.compare_digest(expected, record.digest):
-        return Outcome.VALID, replace(record, status=Status.CONSUMED)
+    # Another transaction is a failed attempt too: it must not become a way to probe codes.
+    wrong = Outcome.INVALID
+    if not hmac.compare_digest(
+        transaction_digest(secret, identifier, transaction), record.transaction
+    ):
+        wrong = Outcome.MISMATCH
+    else:
+        expected = digest(secret, identifier, channel, code, transaction)
+        if hmac.compare_digest(expected, record.digest):
+            return Outcome.VALID, replace(record, status=Status.CONSUMED)
     attempts = record.attempts + 1
     if attempts >= policy.max_attempts:
         return Outcome.LOCKED, replace(record, attempts=attempts, status=Status.LOCKED)
-    return Outcome.INVALID, replace(record, attempts=attempts)
+    return wrong, replace(record, attempts=attempts)
 
 
 def is_expired(record: OtpRecord, now: float) -> bool:

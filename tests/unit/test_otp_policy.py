@@ -279,3 +279,68 @@ def test_every_validation_is_remembered_for_its_redelivery():
         POLICY, SECRET, row, identifier="c1", channel="MAIL", code="777777", now=3.0, source="v/0/1"
     )
     assert again is Outcome.UNKNOWN  # the redelivery keeps its first answer
+
+
+# -- transaction binding (PSD2 dynamic linking) -------------------------------------------------
+
+TXN = ("100", "ACME Ltd")
+
+
+def issue_for(transaction, previous=None):
+    return otp.issue(
+        POLICY,
+        SECRET,
+        previous,
+        identifier="c1",
+        channel="MAIL",
+        process_instance_id=7,
+        now=1000.0,
+        transaction=transaction,
+    )
+
+
+def verify_for(record, code, transaction):
+    return otp.verify(
+        POLICY,
+        SECRET,
+        record,
+        identifier="c1",
+        channel="MAIL",
+        code=code,
+        now=1001.0,
+        transaction=transaction,
+    )
+
+
+def test_payment_code_validates_only_for_its_transaction():
+    code, record = issue_for(TXN)
+    outcome, after = verify_for(record, code, ("100", "Mallory"))
+    assert outcome is Outcome.MISMATCH
+    assert outcome.error == "code does not match the transaction"
+    assert after.attempts == 1  # another transaction is a failed attempt
+    assert verify_for(after, code, ("101", "ACME Ltd"))[0] is Outcome.MISMATCH
+    assert verify_for(after, code, None)[0] is Outcome.MISMATCH
+    assert verify_for(after, code, TXN)[0] is Outcome.VALID
+
+
+def test_plain_code_refuses_a_transaction():
+    code, record = issue_for(None)
+    assert verify_for(record, code, TXN)[0] is Outcome.MISMATCH
+    assert verify_for(record, code, None)[0] is Outcome.VALID
+
+
+def test_mismatches_lock_the_code_like_wrong_guesses():
+    code, record = issue_for(TXN)
+    for _ in range(POLICY.max_attempts - 1):
+        outcome, record = verify_for(record, code, ("1", "x"))
+        assert outcome is Outcome.MISMATCH
+    outcome, record = verify_for(record, code, ("1", "x"))
+    assert outcome is Outcome.LOCKED
+    assert verify_for(record, code, TXN)[0] is Outcome.LOCKED
+
+
+def test_transaction_is_not_readable_from_the_record():
+    _, record = issue_for(("12345.67", "Unique Payee Name"))
+    stored = str(record.to_dict())
+    assert "12345" not in stored and "Unique Payee" not in stored
+    assert OtpRecord.from_dict(record.to_dict()) == record
