@@ -379,6 +379,10 @@ def register(ctx: Any) -> dict[str, Any]:
             )
         refusal = ctx.channels[req.channel].check_recipient(req.recipient)
         if refusal is None and req.channel == "SMS":
+            try:
+                receivers.phone_number(req.recipient)
+            except receivers.AddressError as exc:
+                return str(exc)
             refusal = receivers.country_refusal(req.recipient, settings.sms_allowed_countries)
         return refusal
 

@@ -206,13 +206,15 @@ def _transaction(data: dict[str, Any], pid: Any) -> Transaction | None:
 
 
 def _recipient(data: dict[str, Any], channel: str, pid: Any) -> str:
+    """An SMS number in E.164 however it was written; one that is not a number is kept as
+    sent, for the channel to refuse (and the refusal to be remembered) like any bad address."""
     recipient = _string(data, "recipient", pid, max_len=4096)
     if channel != "SMS":
         return recipient
     try:
         return phone_number(recipient)
-    except AddressError as exc:
-        raise RequestError("recipient", str(exc), pid) from None
+    except AddressError:
+        return recipient
 
 
 def _string(data: dict[str, Any], field: str, pid: Any, *, max_len: int = 320) -> str:

@@ -180,10 +180,15 @@ class TemplateCache:
                 batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, records in batches.items():
                     for record in records:
-                        if tp == results:
-                            self._deliver_result(record.value)
-                        elif record.key is not None:
-                            self.apply(record.key.decode(), record.value)
+                        try:
+                            if tp == results:
+                                self._deliver_result(record.value)
+                            elif record.key is not None:
+                                self.apply(record.key.decode(), record.value)
+                        except (ValueError, TypeError, AttributeError):
+                            # Only this service writes these topics, but a record it cannot
+                            # read must not end the read model of every template.
+                            log.error("%s/%d: unreadable record skipped", tp.topic, record.offset)
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:
                         pending.discard(tp)

@@ -253,7 +253,7 @@ async def test_sms_countries_and_e164_normalisation(
             "otpSent": False,
             "error": "SMS to US is not allowed on this service",
         }
-        assert answers[f"{pid}-bad"]["error"].startswith("recipient: ")
+        assert answers[f"{pid}-bad"]["error"].startswith("recipient must be a phone number")
         [message] = await sent.wait_for(lambda v: v["processInstanceId"] == f"{pid}-ro")
     assert codec.loads(message.value)["to"] == "+40712345678"
 

@@ -1,0 +1,60 @@
+"""Every private aiokafka/Faust hook ``app.runtime`` relies on, by name.
+
+An upgrade that renames or removes one fails here, naming it, instead of changing what a
+worker does in production without a word.
+"""
+
+import inspect
+
+import pytest
+from aiokafka.consumer import fetcher
+from aiokafka.record import default_records
+
+HOOKS = [
+    (fetcher, "PartitionRecords"),
+    (fetcher, "MemoryRecords"),
+    (fetcher, "READ_COMMITTED"),
+    (fetcher.PartitionRecords, "_unpack_records"),
+    (fetcher.PartitionRecords, "_consumer_record"),
+    (fetcher.PartitionRecords, "_consume_aborted_up_to"),
+    (fetcher.PartitionRecords, "_contains_abort_marker"),
+    (default_records, "_DefaultRecordBatchPy"),
+    (default_records._DefaultRecordBatchPy, "LOG_APPEND_TIME"),
+    (default_records._DefaultRecordBatchPy, "_maybe_uncompress"),
+]
+INSTANCE_FIELDS = {
+    "PartitionRecords.__init__": (
+        fetcher.PartitionRecords.__init__,
+        [
+            "self._tp",
+            "self._records",
+            "self.next_fetch_offset",
+            "self._isolation_level",
+            "self._aborted_producers",
+        ],
+    ),
+    "_DefaultRecordBatchPy": (
+        default_records._DefaultRecordBatchPy,
+        ["self._buffer", "self._pos", "self._num_records"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("owner", "name"), HOOKS, ids=[f"{o.__name__}.{n}" for o, n in HOOKS])
+def test_hook_exists(owner, name):
+    assert hasattr(owner, name), f"aiokafka no longer has {owner.__name__}.{name}"
+
+
+@pytest.mark.parametrize("where", list(INSTANCE_FIELDS))
+def test_instance_fields_are_set(where):
+    code, fields = INSTANCE_FIELDS[where]
+    source = inspect.getsource(code)
+    missing = [field for field in fields if field not in source]
+    assert not missing, f"aiokafka's {where} no longer sets {missing}"
+
+
+def test_the_fetcher_builds_partition_records_through_the_module_names():
+    """``install`` swaps module globals: the fetcher must look them up at call time."""
+    source = inspect.getsource(fetcher.Fetcher)
+    for call in ("MemoryRecords(part_data[-1])", "PartitionRecords("):
+        assert call in source, f"aiokafka's Fetcher no longer calls {call}"
