@@ -175,7 +175,9 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         stream_wait_empty=True,
         Worker=worker_class(settings.shutdown_timeout_seconds),
         table_standby_replicas=0,
-        logging_config=logging_config(settings.log_level, settings.log_format),
+        logging_config=logging_config(
+            settings.log_level, settings.log_format, secrets=settings.secret_values()
+        ),
     )
     # The source topics whose commits follow handled records exactly (``app.offsets``).
     app.offset_ledger = OffsetLedger(

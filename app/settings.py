@@ -680,6 +680,20 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError("FCM_CREDENTIALS_FILE", str(exc)) from None
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret (tokens, keys, passwords, webhook URLs and header values),
+        for the log redaction: no logger may print one, whatever library it belongs to."""
+        values: list[str] = []
+        for name, spec in SPEC.items():
+            value = getattr(self, name)
+            if not spec.secret or not value:
+                continue
+            if isinstance(value, tuple):
+                values.extend(header_value for _, header_value in value)
+            else:
+                values.append(str(value))
+        return values
+
     def unmatched_out_topics(self) -> list[str]:
         """Reply topics the engine would never read (their names miss ENGINE_TOPIC_PATTERN)."""
         pattern = re.compile(self.engine_topic_pattern)

@@ -96,3 +96,26 @@ def test_every_variable_is_documented_in_readme():
     readme = (ROOT / "README.md").read_text()
     missing = sorted(v for v in ENV_VARS if f"`{v}`" not in readme)
     assert not missing, f"README configuration table lacks {missing}"
+
+
+def test_secret_values_are_every_configured_secret():
+    s = Settings.from_env(
+        {
+            **GOOD,
+            "SMTP_USERNAME": "u",
+            "SMTP_PASSWORD": "smtp-password-1",
+            "SMS_PROVIDER": "webhook",
+            "SMS_WEBHOOK_URL": "https://hook.example/x?token=abc",
+            "SMS_WEBHOOK_HEADERS": '{"X-Api-Key": "key-12345"}',
+        }
+    )
+    values = s.secret_values()
+    for expected in (
+        GOOD["OTP_HMAC_SECRET"],
+        GOOD["NOTIFY_API_TOKEN"],
+        "smtp-password-1",
+        "https://hook.example/x?token=abc",
+        "key-12345",
+    ):
+        assert expected in values
+    assert "u" not in values
