@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test chaos lint format workers bench clean
+.PHONY: install run test chaos lint format workers bench clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing the project into $(VENV) ..."
-	@$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing the project into $(VENV) (versions from constraints.txt) ..."
+	@$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -45,13 +45,21 @@ format: $(STAMP)
 ## BENCH_CHANNELS, BENCH_STEP_SECONDS, BENCH_BASELINE_RATES, BENCH_PARTITIONS (bench/run.py -h)
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-$(BENCH_STAMP): pyproject.toml | $(STAMP)
+$(BENCH_STAMP): pyproject.toml constraints.txt | $(STAMP)
 	@echo "installing the bench extras into $(VENV) ..."
-	@$(PY) -m pip install -q -e '.[dev,bench]'
+	@$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP)
 	@$(PY) bench/run.py
+
+## lock: write constraints.txt from a fresh venv with the newest versions pyproject.toml allows
+lock:
+	@rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	@.venv-lock/bin/python -m pip install -q -e '.[dev,bench]'
+	@{ head -2 constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	@mv constraints.new constraints.txt && rm -rf .venv-lock
+	@echo "constraints.txt updated; run make test before committing it"
 
 clean:
 	-scripts/kafka-local stop

@@ -39,5 +39,28 @@ def test_worker_points_at_compose_services():
 def test_dockerfile_runs_the_worker():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["python", "-m", "app", "worker"]' in dockerfile
+    assert "pip install --no-cache-dir -c constraints.txt ." in dockerfile
     for package in ("app", "agents", "tables", "web"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_installed_versions_are_the_locked_ones():
+    """``make`` installs with ``-c constraints.txt``: what runs is exactly what was tested."""
+    from importlib import metadata
+
+    locked = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            locked[name.lower().replace("_", "-")] = version
+    for name in ("faust-streaming", "mode-streaming", "aiokafka"):
+        assert name in locked, f"constraints.txt does not pin {name}"
+    wrong = {}
+    for name, version in locked.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # an extra this venv was not installed with (bench)
+        if installed != version:
+            wrong[name] = (installed, version)
+    assert not wrong, f"installed differs from constraints.txt (installed, locked): {wrong}"
