@@ -5,20 +5,15 @@ Pure and standalone: the translator rewrites text, it never evaluates anything.
 
 from __future__ import annotations
 
+import heapq
 import re
-from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from app.core.errors import TemplateError
 
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_PATH_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
-_EXPR_RE = re.compile(r"\s*\$\{(?P<expr>.*)\}\s*", re.S)
-_INLINE_RE = re.compile(
-    r"\[\(\s*\$\{(?P<u>[^\n]*?)\}\s*\)\]"  # [(${x})]  unescaped
-    r"|\[\[\s*\$\{(?P<e>[^\n]*?)\}\s*\]\]"  # [[${x}]]  escaped
-)
-_INLINE_LEFTOVER_RE = re.compile(r"\[[(\[]\s*\$\{")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*+"
+_PATH_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*+")
+_INLINE_OPEN_RE = re.compile(r"\[(?P<kind>[(\[])\s*+\$\{")
 #: Words Jinja parses as operators/constants: ``${none}`` would silently print
 #: nothing and ``${not}`` would be a confusing syntax error.
 _JINJA_RESERVED = frozenset(
@@ -26,18 +21,28 @@ _JINJA_RESERVED = frozenset(
     | {"True", "False", "None"}
 )
 
-_ATTR_NAME = r"[^\s\"'<>/=]+"
-_ATTR_VALUE = r"\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+"
-_MARKUP_RE = re.compile(
-    r"<!--.*?-->"
-    r"|<!\[CDATA\[.*?\]\]>"
-    r"|<[!?][^>]*>"
-    r"|</(?P<end>[A-Za-z][^\s/>]*)\s*>"
-    rf"|<(?P<start>[A-Za-z][^\s/<>]*)(?P<attrs>(?:\s+{_ATTR_NAME}(?:\s*=\s*(?:{_ATTR_VALUE}))?)*)"
-    r"\s*(?P<selfclose>/?)>",
-    re.S,
+# Every pattern below is applied with ``match`` at a known position (or searched
+# through a :class:`_NextMatch`) and uses possessive quantifiers over disjoint
+# character classes, so no text is ever re-read by backtracking.  Templates are
+# untrusted and up to 100,000 characters: one super-linear path stalls the event
+# loop for seconds.
+_ATTR_NAME = r"[^\s\"'<>/=]++"
+_ATTR_VALUE = r"\"[^\"]*+\"|'[^']*+'|[^\s\"'=<>`]++"
+_ATTR_RE = re.compile(rf"(?P<ws>\s++)(?P<name>{_ATTR_NAME})(?:\s*+=\s*+(?P<value>{_ATTR_VALUE}))?+")
+_START_NAME = r"<(?P<start>[A-Za-z][^\s/<>]*+)"
+_START_CLOSE = r"\s*+(?P<selfclose>/?)>"
+_START_TAG_RE = re.compile(
+    rf"{_START_NAME}(?P<attrs>(?:\s++{_ATTR_NAME}(?:\s*+=\s*+(?:{_ATTR_VALUE}))?+)*+){_START_CLOSE}"
 )
-_ATTR_RE = re.compile(rf"(?P<ws>\s+)(?P<name>{_ATTR_NAME})(?:\s*=\s*(?P<value>{_ATTR_VALUE}))?")
+_START_NAME_RE = re.compile(_START_NAME)
+_START_CLOSE_RE = re.compile(_START_CLOSE)
+_END_TAG_RE = re.compile(r"</(?P<end>[A-Za-z][^\s/>]*+)\s*+>")
+_CDATA_CLOSE_RE = re.compile(r"\]\]>")
+_INLINE_CLOSE_RE = {
+    "(": re.compile(r"\}\s*+\)\]"),  # [(${x})]  unescaped
+    "[": re.compile(r"\}\s*+\]\]"),  # [[${x}]]  escaped
+}
+_NEWLINE_RE = re.compile(r"\n")
 _RAW_TEXT_ELEMENTS = frozenset({"script", "style", "textarea", "title"})
 _VOID_ELEMENTS = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "keygen", "link"}
@@ -45,10 +50,14 @@ _VOID_ELEMENTS = frozenset(
 )
 _SUPPORTED_TH = ("th:text", "th:utext", "th:if", "th:unless")
 _DROPPED_ATTRS = frozenset({"xmlns:th"})
+_RAW_TEXT_CLOSE_RE = {
+    name: re.compile(rf"</{re.escape(name)}\s*+>", re.I) for name in _RAW_TEXT_ELEMENTS
+}
 
 
-@dataclass(frozen=True)
-class _Tag:
+class _Tag(NamedTuple):
+    """A start or end tag with its source offsets (a tuple: one per tag, built fast)."""
+
     kind: str  # "start" | "end"
     name: str  # lower-cased
     start: int
@@ -68,40 +77,179 @@ def _newlines_kept(removed: str) -> str:
     return "{#" + "\n" * n + "#}" if n else ""
 
 
+class _NextMatch:
+    """The next match of a pattern at or after a position, remembered between calls.
+
+    The scanners ask "where is the next ``]]>`` / ``</script>`` / ``})]``?" from
+    ever-increasing positions, once per opener.  Calling ``re.search`` each time
+    re-reads the same text for every opener, which is quadratic exactly when the
+    terminator is missing (``<script>`` repeated).  A remembered answer stays
+    right for every later position up to the match (and for ever when there was
+    none), so each character is searched about once per pattern.
+    """
+
+    __slots__ = ("_match", "_origin", "_pattern", "_text")
+
+    def __init__(self, pattern: re.Pattern[str], text: str) -> None:
+        self._pattern = pattern
+        self._text = text
+        self._origin = len(text) + 1  # nothing remembered yet
+        self._match: re.Match[str] | None = None
+
+    def search(self, pos: int) -> re.Match[str] | None:
+        match = self._match
+        if self._origin <= pos and (match is None or pos <= match.start()):
+            return match
+        self._origin = pos
+        self._match = match = self._pattern.search(self._text, pos)
+        return match
+
+
+class _StartTags:
+    """Start tags of one source, found in time linear in the source overall.
+
+    The grammar is ``<name (\\s+attr(\\s*=\\s*value)?)* \\s* /? >``.  Its
+    quantifiers are possessive over disjoint character classes, which accepts
+    the same tags as backtracking would (no shorter name or value can be
+    followed by what must come next), so one anchored match reads a tag once.
+
+    What remains is retrying: after a failed tag the scan resumes at the next
+    ``<``, and that ``<`` may sit in a quoted value of the failed one
+    (``<a b="<a" b="<a" ...`` with no ``>``), so every attempt would walk the
+    same attributes to the same dead end.  The outcome from an attribute
+    boundary depends on nothing but the position, so after the first failure,
+    tags starting before the furthest boundary walked are parsed attribute by
+    attribute through a memo of boundary outcomes; each boundary is then
+    walked once.  Tags further on get the one-shot match again.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        #: attribute boundary -> (attributes end, tag end, self-closing) or None
+        self.memo: dict[int, tuple[int, int, bool] | None] = {}
+        self.walked_until = 0
+
+    def match(self, lt: int) -> _Tag | None:
+        """The start tag at ``lt`` (``source[lt] == "<"``), or None if there is none."""
+        if lt >= self.walked_until:
+            tag = _START_TAG_RE.match(self.source, lt)
+            if tag is not None:  # the common case: one call per detail
+                name, _, slash = tag.groups()
+                attrs_start, attrs_end = tag.span("attrs")
+                return _Tag(
+                    "start", name.lower(), lt, tag.end(), slash == "/", attrs_start, attrs_end
+                )
+        return self.walk(lt)
+
+    def walk(self, lt: int) -> _Tag | None:
+        """:meth:`match` attribute by attribute, sharing boundaries with earlier walks."""
+        source = self.source
+        name = _START_NAME_RE.match(source, lt)
+        if name is None:
+            return None
+        run = self.attributes(name.end())
+        if run is None:
+            return None
+        attrs_end, end, self_closing = run
+        return _Tag("start", name["start"].lower(), lt, end, self_closing, name.end(), attrs_end)
+
+    def attributes(self, pos: int) -> tuple[int, int, bool] | None:
+        """Walk the attributes from boundary ``pos``: same outcome as the one-shot match."""
+        memo, source = self.memo, self.source
+        walked: list[int] = []
+        result: tuple[int, int, bool] | None
+        while True:
+            if pos in memo:
+                result = memo[pos]
+                break
+            walked.append(pos)
+            attr = _ATTR_RE.match(source, pos)
+            if attr is None:
+                close = _START_CLOSE_RE.match(source, pos)
+                result = None if close is None else (pos, close.end(), bool(close["selfclose"]))
+                break
+            pos = attr.end()
+        for boundary in walked:
+            memo[boundary] = result
+        self.walked_until = max(self.walked_until, pos)
+        return result
+
+
 def _scan_tags(source: str) -> list[_Tag]:
     """Tokenize the tag stream (start/end tags only; comments etc. are skipped).
 
-    A regex tokenizer rather than ``html.parser`` because we need exact source
-    offsets to rewrite the template in place, and because the text between tags
-    may contain Jinja syntax that must survive untouched.  Contents of raw-text
-    elements (``<script>``, ``<style>``...) are skipped so ``a<b`` in a script
-    is not mistaken for a tag.
+    A hand-written tokenizer rather than ``html.parser`` because we need exact
+    source offsets to rewrite the template in place, and because the text between
+    tags may contain Jinja syntax that must survive untouched.  Contents of
+    raw-text elements (``<script>``, ``<style>``...) are skipped so ``a<b`` in a
+    script is not mistaken for a tag.
+
+    It accepts exactly what the former single regex accepted (comment, CDATA,
+    ``<!...>``/``<?...>``, end tag, start tag, tried in that order at each
+    ``<``) but in time linear in the source: every construct ends with ``>``,
+    so nothing after the last ``>`` can be markup; an unterminated ``<!--`` runs
+    to the end of the input as in HTML; terminators that may be missing are
+    looked up through :class:`_NextMatch`; start tags through :class:`_StartTags`.
     """
     tags: list[_Tag] = []
+    last_gt = source.rfind(">")
+    cdata_close = _NextMatch(_CDATA_CLOSE_RE, source)
+    raw_close: dict[str, _NextMatch] = {}
+    start_tags = _StartTags(source)
     pos = 0
-    while (m := _MARKUP_RE.search(source, pos)) is not None:
-        pos = m.end()
-        if m.group("end") is not None:
-            tags.append(_Tag("end", m.group("end").lower(), m.start(), m.end()))
-        elif m.group("start") is not None:
-            name = m.group("start").lower()
-            tags.append(
-                _Tag(
-                    "start",
-                    name,
-                    m.start(),
-                    m.end(),
-                    self_closing=bool(m.group("selfclose")),
-                    attrs_start=m.start("attrs"),
-                    attrs_end=m.end("attrs"),
-                )
-            )
-            if name in _RAW_TEXT_ELEMENTS and not m.group("selfclose"):
-                close = re.compile(rf"</{re.escape(name)}\s*>", re.I).search(source, pos)
-                if close is not None:
-                    tags.append(_Tag("end", name, close.start(), close.end()))
-                    pos = close.end()
+    while (lt := source.find("<", pos)) != -1 and lt < last_gt:
+        pos = lt + 1  # unless markup is found below, this "<" is text
+        kind = source[lt + 1]  # exists: a ">" follows
+        if kind in "!?":
+            if source.startswith("<!--", lt):
+                close = source.find("-->", lt + 4)
+                if close == -1:
+                    break  # an unterminated comment hides the rest, as in HTML
+                pos = close + 3
+                continue
+            if source.startswith("<![CDATA[", lt):
+                cdata = cdata_close.search(lt + 9)
+                if cdata is not None:
+                    pos = cdata.end()
+                    continue
+            pos = source.find(">", lt + 2) + 1  # found: last_gt > lt + 1
+        elif kind == "/":
+            end_tag = _END_TAG_RE.match(source, lt)
+            if end_tag is not None:
+                tags.append(_Tag("end", end_tag[1].lower(), lt, end_tag.end(), False, 0, 0))
+                pos = end_tag.end()
+        elif (tag := start_tags.match(lt)) is not None:
+            tags.append(tag)
+            pos = tag.end
+            name = tag.name
+            if name in _RAW_TEXT_ELEMENTS and not tag.self_closing:
+                finder = raw_close.get(name)
+                if finder is None:
+                    finder = raw_close[name] = _NextMatch(_RAW_TEXT_CLOSE_RE[name], source)
+                close_tag = finder.search(pos)
+                if close_tag is not None:
+                    tags.append(_Tag("end", name, close_tag.start(), close_tag.end(), False, 0, 0))
+                    pos = close_tag.end()
     return tags
+
+
+def _matching_ends(tags: list[_Tag]) -> list[int]:
+    """Index of the end tag closing each start tag (-1: never closed), in one pass.
+
+    Same rule as counting nested same-name tags forward from each start tag
+    (self-closing ones excluded, stray end tags ignored), but with one stack per
+    tag name instead of one forward scan per ``th:*`` element, which was
+    quadratic in the number of tags.
+    """
+    ends = [-1] * len(tags)
+    open_by_name: dict[str, list[int]] = {}
+    for index, tag in enumerate(tags):
+        if tag.kind == "start":
+            if not tag.self_closing:
+                open_by_name.setdefault(tag.name, []).append(index)
+        elif stack := open_by_name.get(tag.name):
+            ends[stack.pop()] = index
+    return ends
 
 
 class _Translator:
@@ -111,6 +259,10 @@ class _Translator:
         self.field = field
         self.source = source
         self.html = html
+        #: stripped expression / raw th:* value -> Jinja source: templates repeat
+        #: the same few names, and a 100 KB template may hold 5,000 elements
+        self.translated: dict[str, str] = {}
+        self.attr_values: dict[str, str] = {}
 
     def fail(self, offset: int, message: str) -> NoReturn:
         raise TemplateError(self.field, _line_of(self.source, offset), message)
@@ -124,6 +276,9 @@ class _Translator:
         would find the *method* ``dict.items`` before the key ``"items"``.
         """
         expr = raw.strip()
+        known = self.translated.get(expr)
+        if known is not None:
+            return known
         if not _PATH_RE.fullmatch(expr):
             shown = expr if len(expr) <= 40 else expr[:37] + "..."
             self.fail(
@@ -134,18 +289,30 @@ class _Translator:
         head, *rest = expr.split(".")
         if head in _JINJA_RESERVED:
             self.fail(offset, f"variable name '{head}' is a reserved word")
-        return head + "".join(f"[{part!r}]" for part in rest)
+        translated = self.translated[expr] = head + "".join(f"[{part!r}]" for part in rest)
+        return translated
 
     def attr_expression(self, attr: str, value: str | None, offset: int) -> str:
+        """``"${a.b}"`` -> ``a['b']``, with an error naming the attribute otherwise.
+
+        Plain string tests instead of a ``\\s*\\$\\{(.*)\\}\\s*`` regex: same
+        acceptance (``str.strip`` and ``\\s`` agree on what whitespace is), no
+        backtracking over the value.
+        """
         if value is None:
             self.fail(offset, f'{attr} needs a value such as "${{name}}"')
+        known = self.attr_values.get(value)
+        if known is not None:
+            return known
+        raw = value
         if value[:1] in ("'", '"'):
             value = value[1:-1]
-        m = _EXPR_RE.fullmatch(value)
-        if m is None:
+        inner = value.strip()
+        if len(inner) < 3 or not inner.startswith("${") or not inner.endswith("}"):
             shown = value if len(value) <= 40 else value[:37] + "..."
             self.fail(offset, f'{attr}="{shown}" is not supported: use {attr}="${{name}}"')
-        return self.expression(m.group("expr"), offset)
+        translated = self.attr_values[raw] = self.expression(inner[2:-1], offset)
+        return translated
 
     def output(self, expr: str, *, escaped: bool) -> str:
         if escaped or not self.html:
@@ -154,21 +321,17 @@ class _Translator:
 
     # ---- elements
 
-    def matching_end(self, tags: list[_Tag], index: int) -> int:
-        """Index of the end tag closing ``tags[index]``, counting nested same-name tags."""
-        opening = tags[index]
-        depth = 1
-        for j in range(index + 1, len(tags)):
-            tag = tags[j]
-            if tag.name != opening.name:
-                continue
-            if tag.kind == "start" and not tag.self_closing:
-                depth += 1
-            elif tag.kind == "end":
-                depth -= 1
-                if depth == 0:
-                    return j
-        self.fail(opening.start, f"<{opening.name}> with th:* attributes is never closed")
+    def matching_end(self, tags: list[_Tag], ends: list[int], index: int) -> int:
+        """Index of the end tag closing ``tags[index]`` (see :func:`_matching_ends`).
+
+        Looked up, not searched: the error is raised here, when the element is
+        reached, so the first problem in source order is the one reported.
+        """
+        end = ends[index]
+        if end < 0:
+            opening = tags[index]
+            self.fail(opening.start, f"<{opening.name}> with th:* attributes is never closed")
+        return end
 
     def elements(self) -> str:
         """Apply ``th:text/utext/if/unless`` (and drop ``xmlns:th``)."""
@@ -176,9 +339,16 @@ class _Translator:
         if "th" not in src.lower():  # fast path: nothing to do for most SMS bodies
             return src
         tags = _scan_tags(src)
+        ends = _matching_ends(tags)
         out: list[str] = []
         cursor = 0
         pending: dict[int, list[str]] = {}  # end-tag index -> text to emit after it
+        # Min-heap over pending's keys (entries of emitted keys are dropped lazily).
+        # Every pending key is after the current tag: keys before it were emitted
+        # when the loop passed them, and skipping over one is the nesting error
+        # below.  So "some pending key within (i, end]" is "smallest key <= end",
+        # asked in O(log n) rather than by scanning all keys for every element.
+        pending_keys: list[int] = []
         i = 0
         while i < len(tags):
             tag = tags[i]
@@ -187,6 +357,9 @@ class _Translator:
                     out.append(src[cursor : tag.end])
                     out.extend(pending.pop(i))
                     cursor = tag.end
+                i += 1
+                continue
+            if tag.attrs_start == tag.attrs_end:  # no attributes (most tags): nothing to do
                 i += 1
                 continue
             found = self.th_attributes(tag)
@@ -217,11 +390,16 @@ class _Translator:
                 continue
             if content is None:
                 if suffix:
-                    pending.setdefault(self.matching_end(tags, i), []).append(suffix)
+                    end = ends[i] if ends[i] >= 0 else self.matching_end(tags, ends, i)
+                    if end not in pending:
+                        heapq.heappush(pending_keys, end)
+                    pending.setdefault(end, []).append(suffix)
                 i += 1
                 continue
-            end = self.matching_end(tags, i)
-            if any(i < k <= end for k in pending):
+            end = ends[i] if ends[i] >= 0 else self.matching_end(tags, ends, i)
+            while pending_keys and pending_keys[0] not in pending:
+                heapq.heappop(pending_keys)
+            if pending_keys and pending_keys[0] <= end:
                 self.fail(tag.start, f"<{tag.name}> is not properly nested")
             closing = tags[end]
             out.append(self.output(content, escaped="th:text" in th))
@@ -238,60 +416,83 @@ class _Translator:
     def th_attributes(self, tag: _Tag) -> tuple[dict[str, str], str] | None:
         """Parse a start tag; return its th:* directives and the tag without them."""
         src = self.source
-        attrs = src[tag.attrs_start : tag.attrs_end]
+        attrs_start = tag.attrs_start
+        attrs = src[attrs_start : tag.attrs_end]
         if "th" not in attrs.lower():
             return None
         th: dict[str, str] = {}
         kept: list[str] = []
-        last = 0
-        touched = False
-        for m in _ATTR_RE.finditer(attrs):
-            name = m.group("name").lower()
+        last = pos = 0
+        # ``attrs`` was accepted by _StartTags as a run of _ATTR_RE matches, so
+        # anchored matches walk exactly those attributes, once each.
+        while (m := _ATTR_RE.match(attrs, pos)) is not None:
+            start, pos = m.span()
+            ws, raw_name, value = m.groups()
+            name = raw_name.lower()
             if name.startswith("data-th-"):
                 name = "th:" + name[len("data-th-") :]
-            offset = tag.attrs_start + m.start("name")
-            if name in _DROPPED_ATTRS:
-                pass
-            elif name.startswith("th:"):
+            if name.startswith("th:"):
+                offset = attrs_start + start + len(ws)
                 if name not in _SUPPORTED_TH:
                     self.fail(
                         offset,
-                        f"unsupported attribute {m.group('name')}: only "
+                        f"unsupported attribute {raw_name}: only "
                         + ", ".join(_SUPPORTED_TH)
                         + " are supported",
                     )
                 if name in th:
                     self.fail(offset, f"duplicate attribute {name}")
-                th[name] = self.attr_expression(name, m.group("value"), offset)
-            else:
+                th[name] = self.attr_expression(name, value, offset)
+            elif name not in _DROPPED_ATTRS:
                 continue
-            touched = True
-            kept.append(attrs[last : m.start()])
-            kept.append(_newlines_kept(m.group(0)))
-            last = m.end()
-        if not touched:
+            kept.append(attrs[last:start])
+            kept.append(_newlines_kept(attrs[start:pos]))
+            last = pos
+        if not kept:
             return None
         kept.append(attrs[last:])
-        new_tag = src[tag.start : tag.attrs_start] + "".join(kept) + src[tag.attrs_end : tag.end]
+        new_tag = src[tag.start : attrs_start] + "".join(kept) + src[tag.attrs_end : tag.end]
         return th, new_tag
 
     # ---- inline
 
     def inline(self, text: str) -> str:
-        """``[(${x})]`` / ``[[${x}]]`` -> ``{{ ... }}`` (single line, so offsets stay valid)."""
+        """``[(${x})]`` / ``[[${x}]]`` -> ``{{ ... }}`` (single line, so offsets stay valid).
 
-        def repl(m: re.Match[str]) -> str:
-            if m.group("u") is not None:
-                return self.output(self.expression(m.group("u"), m.start()), escaped=False)
-            return self.output(self.expression(m.group("e"), m.start()), escaped=True)
-
+        Same matches as the former ``\\[\\(\\s*\\$\\{([^\\n]*?)\\}\\s*\\)\\]`` regex
+        (the first ``}`` followed by the closer, with no line break before it),
+        found without re-reading the line from every opener: the next closer and
+        the next line break are remembered (:class:`_NextMatch`), so an opener
+        whose line has no closer (``[(${`` repeated) fails in O(1).  Those openers
+        are left in the text and reported as unterminated below, after the
+        complete expressions were checked, in the same order as before.
+        """
         if "[" not in text:
             return text
         # Offsets below index `text`/`result`, which have the same line
         # structure as the original source, so line numbers stay correct.
         self.source = text
-        result = _INLINE_RE.sub(repl, text)
-        leftover = _INLINE_LEFTOVER_RE.search(result)
+        closers = {kind: _NextMatch(pattern, text) for kind, pattern in _INLINE_CLOSE_RE.items()}
+        line_break = _NextMatch(_NEWLINE_RE, text)
+        out: list[str] = []
+        cursor = pos = 0
+        while (opener := _INLINE_OPEN_RE.search(text, pos)) is not None:
+            start, expr_start = opener.span()
+            pos = start + 1  # if this opener has no closer, the next one may
+            kind = opener["kind"]
+            close = closers[kind].search(expr_start)
+            if close is None:
+                continue
+            newline = line_break.search(expr_start)
+            if newline is not None and newline.start() < close.start():
+                continue
+            expr = self.expression(text[expr_start : close.start()], start)
+            out.append(text[cursor:start])
+            out.append(self.output(expr, escaped=kind == "["))
+            cursor = pos = close.end()
+        out.append(text[cursor:])
+        result = "".join(out)
+        leftover = _INLINE_OPEN_RE.search(result)
         if leftover is not None:
             self.source = result
             self.fail(
