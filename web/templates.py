@@ -5,6 +5,11 @@ validated here, then sent to ``write_template`` (the table's single writer) with
 the view waits, with a timeout, for the answer on the results topic and applies it to the local
 read model at once, so a client that got ``201`` can ``GET`` the template from the same worker
 immediately.
+
+Validation (compile and a trial render) and previews run in :class:`app.render_pool.RenderPool`
+child processes under a hard time limit: the template comes straight from the client, and the
+event loop that runs these views also answers ``/health`` and consumes Kafka. A template over
+its budget, or one that does not compile or render, is a ``400`` naming the limit; never a 500.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from aiohttp import web
 from app import codec
 from app.core import render
 from app.core import templates as model
+from app.render_pool import (
+    RenderJobInvalid,
+    RenderPool,
+    RenderPoolBusy,
+    RenderPoolError,
+    RenderPoolUnavailable,
+)
 from web.errors import ApiError, json_response
 from web.http import authorize, query_bool, read_json
 
@@ -26,6 +38,20 @@ from web.http import authorize, query_bool, read_json
 def register(ctx: Any) -> None:
     app, settings, cache = ctx.app, ctx.settings, ctx.cache
     auth_enabled = settings.notify_api_auth == "enabled"
+    pool: RenderPool | None = getattr(ctx, "render_pool", None)
+    if pool is None:  # an app that does not build (and close) one: the views own theirs
+        own = pool = RenderPool(
+            render.RenderLimits(
+                timeout_ms=settings.render_timeout_ms, max_output=settings.render_max_output_bytes
+            )
+        )
+
+        @app.service
+        class RenderPoolCloser(faust.Service):
+            """Stops the template renderer processes when the worker stops."""
+
+            async def on_stop(self) -> None:
+                await own.close()
 
     async def guard(request: web.Request) -> None:
         """Authenticate, then make sure this worker's read model has caught up: before that, a
@@ -52,16 +78,20 @@ def register(ctx: Any) -> None:
         except model.TemplateInvalid as exc:
             raise _invalid(exc) from None
 
-    async def body_of(request: web.Request) -> tuple[dict[str, Any], render.CompiledTemplate]:
+    async def body_of(request: web.Request) -> dict[str, Any]:
+        """The validated template (compiled and trial-rendered in a renderer process)."""
         payload = await read_json(request, settings.api_max_body_bytes)
         try:
-            return model.validate(
+            return await pool.validate(
                 payload,
                 default_language=settings.template_default_language,
                 max_body_chars=settings.template_max_body_chars,
+                otp_length=settings.otp_length,
             )
         except model.TemplateInvalid as exc:
             raise _invalid(exc) from None
+        except RenderPoolError as exc:
+            raise _pool_error(exc, "invalid template", "$") from None
 
     async def write(op: str, key: str, template: dict[str, Any] | None = None) -> dict[str, Any]:
         request_id = uuid4().hex
@@ -111,7 +141,7 @@ def register(ctx: Any) -> None:
 
         async def post(self, request: web.Request) -> web.Response:
             await guard(request)
-            template, _ = await body_of(request)
+            template = await body_of(request)
             key = model.template_key(template["name"], template["language"])
             result = await write("create", key, template)
             if result["status"] == 409:
@@ -132,7 +162,7 @@ def register(ctx: Any) -> None:
         async def put(self, request: web.Request, name: str) -> web.Response:
             await guard(request)
             name, language = name_of(name), language_of(request)
-            template, _ = await body_of(request)
+            template = await body_of(request)
             if template["name"] != name or template["language"] != language:
                 # The URL names the template; a body naming another one is a mistake, not a rename.
                 template = {**template, "name": name, "language": language}
@@ -176,11 +206,21 @@ def register(ctx: Any) -> None:
                     [{"field": f"data.{key}", "message": "is mandatory"} for key in missing],
                 )
             try:
-                rendered = render.render(entry.compiled, data)
+                rendered = await pool.preview(entry.data, data)
+            except render.TemplateError as exc:
+                raise ApiError(
+                    400,
+                    f"template '{name}' does not compile",
+                    [{"field": exc.field, "message": str(exc)}],
+                ) from None
             except render.RenderError as exc:
                 raise ApiError(
-                    400, "template could not be rendered", [{"field": "body", "message": str(exc)}]
+                    400,
+                    "template could not be rendered",
+                    [{"field": exc.field, "message": str(exc)}],
                 ) from None
+            except RenderPoolError as exc:
+                raise _pool_error(exc, "template could not be rendered", "data") from None
             return json_response(
                 {
                     "name": name,
@@ -197,3 +237,13 @@ def register(ctx: Any) -> None:
 
 def _invalid(exc: model.TemplateInvalid) -> ApiError:
     return ApiError(400, "invalid template", [p.to_dict() for p in exc.problems])
+
+
+def _pool_error(exc: RenderPoolError, error: str, request_field: str) -> ApiError:
+    """A renderer that could not answer: the template's fault (over time, out of memory) is a
+    400 naming the limit, as is a request no renderer can be sent (``request_field``); a busy
+    or stopped renderer is the service's, a 503 to retry."""
+    if isinstance(exc, RenderPoolBusy | RenderPoolUnavailable):
+        return ApiError(503, str(exc))
+    field = request_field if isinstance(exc, RenderJobInvalid) else "body"
+    return ApiError(400, error, [{"field": field, "message": str(exc)}])

@@ -1,9 +1,10 @@
 """The notification template model: validate what an operator sends, before anything is stored.
 
-Pure (no Faust, no HTTP): the REST views call it, and so do the tests, directly. A template is
-refused at save time for everything that would otherwise fail later, at send time, in front of
-a user: a body that does not compile, a mandatory parameter the body never uses (FlowX refuses
-those too), a reach into Python internals.
+Pure (no Faust, no HTTP): the REST views call it (through :mod:`app.render_pool`, in a child
+process under a hard time limit), and so do the tests, directly. A template is refused at save
+time for everything that would otherwise fail later, at send time, in front of a user: a body
+that does not compile, a mandatory parameter the body never uses (FlowX refuses those too), a
+reach into Python internals, a render that runs over its budget (:func:`trial_render`).
 """
 
 from __future__ import annotations
@@ -74,12 +75,45 @@ def check_language(language: Any, field: str = "language") -> str:
 
 
 def validate(
-    payload: Any, *, default_language: str, max_body_chars: int
+    payload: Any,
+    *,
+    default_language: str,
+    max_body_chars: int,
+    limits: render.RenderLimits = render.DEFAULT_LIMITS,
 ) -> tuple[dict[str, Any], render.CompiledTemplate]:
     """Check a POST/PUT body; return the template as stored (without server fields) and compiled.
 
     Collects every field problem before answering, so an operator fixes a body in one round.
-    Unknown fields are dropped rather than refused: FlowX clients send extra keys.
+    Unknown fields are dropped rather than refused: FlowX clients send extra keys. ``limits``
+    bounds the compile; :func:`trial_render` is the render-time half of the budget check.
+    """
+    template = check_fields(
+        payload, default_language=default_language, max_body_chars=max_body_chars
+    )
+    html = is_html(template["type"])
+    try:
+        compiled = render.compile_template(
+            template["subject"], template["body"], html=html, limits=limits
+        )
+    except render.TemplateError as exc:
+        raise TemplateInvalid([Problem(exc.field, str(exc))]) from None
+    unused = render.unused_mandatory(template["params"], compiled)
+    if unused:
+        raise TemplateInvalid(
+            [
+                Problem("params", f"mandatory parameter '{key}' is not used by the subject or body")
+                for key in unused
+            ]
+        )
+    return template, compiled
+
+
+def check_fields(payload: Any, *, default_language: str, max_body_chars: int) -> dict[str, Any]:
+    """The part of :func:`validate` that compiles nothing: field types, sizes and shapes.
+
+    Cheap and linear in the body's size, so the API runs it in the worker before a template
+    goes to a renderer process; what it returns is plain JSON that any encoder can carry
+    (``context`` nesting bounded), whatever the client sent.
     """
     if not isinstance(payload, dict):
         raise TemplateInvalid([Problem("$", "the body must be a JSON object")])
@@ -142,20 +176,7 @@ def validate(
     params = _params(payload.get("params", []), problems)
     if problems:
         raise TemplateInvalid(problems)
-
-    try:
-        compiled = render.compile_template(subject, body, html=is_html(ttype))
-    except render.TemplateError as exc:
-        raise TemplateInvalid([Problem(exc.field, str(exc))]) from None
-    unused = render.unused_mandatory(params, compiled)
-    if unused:
-        raise TemplateInvalid(
-            [
-                Problem("params", f"mandatory parameter '{key}' is not used by the subject or body")
-                for key in unused
-            ]
-        )
-    template = {
+    return {
         "name": name,
         "type": ttype,
         "strategyType": strategy,
@@ -166,7 +187,40 @@ def validate(
         "context": context or [],
         "params": params,
     }
-    return template, compiled
+
+
+#: What a trial render puts in every mandatory parameter, and the code it shows.
+SAMPLE_VALUE = "sample"
+SAMPLE_OTP = "1234567890"
+
+
+def sample_data(params: list[dict[str, Any]], otp_length: int) -> dict[str, Any]:
+    """The data of a trial render: mandatory parameters set, ``otpValue`` a sample code."""
+    data: dict[str, Any] = {p["key"]: SAMPLE_VALUE for p in params if p.get("mandatory")}
+    data["otpValue"] = SAMPLE_OTP[: max(1, otp_length)]
+    return data
+
+
+def trial_render(
+    template: dict[str, Any],
+    compiled: render.CompiledTemplate,
+    *,
+    limits: render.RenderLimits,
+    otp_length: int,
+) -> None:
+    """Render a validated template once with sample data; refuse it if that runs over budget.
+
+    Only budget errors (time, loop iterations, output size, a refused method, text that is not
+    valid Unicode) refuse the template: they do not depend on the data's shape, so the template
+    would fail every send. Other render errors (an undefined nested value the sample data lacks)
+    are the data's business and are reported at send time, as before.
+    """
+    try:
+        render.render(compiled, sample_data(template["params"], otp_length), limits=limits)
+    except render.RenderBudgetError as exc:
+        raise TemplateInvalid([Problem(exc.field, str(exc))]) from None
+    except render.RenderError:
+        return
 
 
 def _depth(value: Any) -> int:

@@ -417,3 +417,47 @@ def test_a_redelivered_write_is_answered_as_the_first_time():
     status, replay = apply_command(replaced, {"op": "replace", "id": "r2", "template": template})
     assert status == 200 and replay["version"] == 2
     assert "_request" not in public(replay) and public(replay)["version"] == 2
+
+
+# --------------------------------------------------------------------------- render budget
+
+
+def test_check_fields_is_validate_without_the_compile() -> None:
+    """The API runs the cheap half in the worker and sends its result to a renderer process,
+    which validates it again: the normalized template must validate to itself."""
+    from app.core.templates import check_fields
+
+    for seed in (SEED_MAIL, SEED_SMS):
+        payload = {**copy.deepcopy(seed), "extra": [[[["dropped"]]]]}
+        stored = check_fields(payload, default_language="en", max_body_chars=1000)
+        assert stored == check(copy.deepcopy(seed))[0]
+        assert check(stored)[0] == stored
+    deep: Any = "x"
+    for _ in range(300):  # deeper than orjson encodes: must never reach a renderer process
+        deep = [deep]
+    with pytest.raises(TemplateInvalid) as info:
+        check_fields(sms(context=[deep]), default_language="en", max_body_chars=1000)
+    assert [p.field for p in info.value.problems] == ["context"]
+    # a body that does not compile passes the cheap half: compiling is the renderer's job
+    assert check_fields(sms(body="{{ } }}"), default_language="en", max_body_chars=1000)
+
+
+def test_validate_turns_every_compile_failure_into_a_problem() -> None:
+    for body, message in [
+        ("{{ 1" + "0" * 5000 + " }}", "number literal is too long"),
+        ("{% for i in x %}" * 25 + "{% endfor %}" * 25, "nested too deeply"),
+    ]:
+        found = problems(sms(body=body), max_body_chars=100_000)
+        assert found[0]["field"] == "body" and message in found[0]["message"], found
+
+
+def test_trial_render_refuses_a_template_over_budget() -> None:
+    from app.core.templates import trial_render
+
+    limits = render.RenderLimits()
+    template, compiled = check(sms(body="OTP [(${otpValue})]{{ 'x'|center(5000000) }}"))
+    with pytest.raises(TemplateInvalid) as info:
+        trial_render(template, compiled, limits=limits, otp_length=6)
+    assert "RENDER_MAX_OUTPUT_BYTES=1048576" in info.value.problems[0].message
+    template, compiled = check(sms(body="OTP [(${otpValue})] [(${client.name})]"))
+    trial_render(template, compiled, limits=limits, otp_length=6)  # undefined: the data's business
