@@ -27,7 +27,7 @@ class RawName(str):
         name.raw = raw
         return name
 
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:  # noqa: ARG002
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         return self.raw
 
 
