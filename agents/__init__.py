@@ -7,9 +7,39 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app import records
+from app.flows import Headers, Inbound, Route
 from app.offsets import Claim
+from tables import Topics
 
 log = logging.getLogger(__name__)
+
+
+def inbound(event: Any) -> Inbound:
+    """The handler's view of a Faust event: the record as it was on the topic."""
+    message = event.message
+    return Inbound(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        # The message's own list: Faust's ``event.headers`` is a dict, which merges repeats.
+        headers=records.header_list(message.headers),
+        timestamp=message.timestamp,
+    )
+
+
+class TopicOutbox:
+    """The flows' :class:`~app.flows.Outbox` over this app's Faust topics."""
+
+    def __init__(self, topics: Topics) -> None:
+        self._topics = {route: getattr(topics, route.value) for route in Route}
+
+    async def send(
+        self, route: Route, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        await self._topics[route].send(key=key, value=value, headers=headers)
 
 
 Admit = Callable[[Any], Awaitable[Claim | None]]

@@ -8,11 +8,15 @@ different settings; ``app`` (built on first access from the environment) is the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 
+from agents import KeyedDispatcher, TopicOutbox
+from agents import otp as otp_agents
+from agents import templates as template_agents
 from app.channels.base import Channel, UnconfiguredChannel
 from app.channels.fcm import FcmChannel, ServiceAccount
 from app.channels.kafka import KafkaChannel
@@ -22,37 +26,49 @@ from app.channels.twilio import TwilioChannel
 from app.channels.webhook import WebhookChannel
 from app.consumer import LedgerApp
 from app.core.otp import OtpPolicy
+from app.core.render import RenderLimits
+from app.flows.otp import OtpFlows, OtpLimits
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
+from app.render_pool import RenderPool
 from app.runtime import fetch
 from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
+from app.worker import Worker
 from tables import (
+    Tables,
+    Topics,
+    define_tables,
+    define_topics,
     otp_commands_topic,
     receiver_commands_topic,
     template_commands_topic,
     template_results_topic,
 )
 from tables.template_cache import TemplateCache
+from web import register_views
+from web.errors import error_middleware
 
 log = logging.getLogger(__name__)
+# Requests handled at once by one worker (across identifiers); bounds memory and open sends.
+MAX_IN_FLIGHT = 512
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """Everything an agent or a view needs, built once per app (no module-level state)."""
+    """Everything an agent or a view needs, built once per app, in one go (no module state)."""
 
     settings: Settings
-    app: faust.App
-    policy: OtpPolicy
-    secret: bytes
+    app: LedgerApp
+    topics: Topics
+    tables: Tables
     cache: TemplateCache
     channels: dict[str, Channel]
-    metrics: Metrics = field(default_factory=Metrics)
-    topics: Any = None
-    tables: Any = None
-    agents: Any = None
-    dispatcher: Any = None
+    metrics: Metrics
+    outbox: TopicOutbox
+    dispatcher: KeyedDispatcher
+    flows: OtpFlows
+    render_pool: RenderPool
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
@@ -124,20 +140,23 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     return channels
 
 
-def worker_class(shutdown_timeout: float) -> type:
-    from app.worker import Worker
+def otp_policy(settings: Settings) -> OtpPolicy:
+    return OtpPolicy(
+        length=settings.otp_length,
+        alphabet=settings.otp_alphabet,
+        ttl_seconds=settings.otp_expire_seconds,
+        max_attempts=settings.otp_max_attempts,
+        max_sends=settings.otp_max_sends,
+        send_window_seconds=settings.otp_send_window_seconds,
+    )
 
+
+def worker_class(shutdown_timeout: float) -> type:
     return type("Worker", (Worker,), {"shutdown_timeout": shutdown_timeout})
 
 
 def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None) -> faust.App:
     """Build the Faust app for ``settings`` (already validated by ``Settings.from_env``)."""
-    from agents import otp as otp_agents
-    from agents import templates as template_agents
-    from tables import define_tables, define_topics
-    from web import register_views
-    from web.errors import error_middleware
-
     fetch.install()  # no record can stop a consumer of this process (see app.runtime.fetch)
     app = LedgerApp(
         settings.app_id,
@@ -190,35 +209,54 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         ]
     )
     app.recovery_stall_seconds = settings.recovery_stall_seconds
+    topics, tables = define_topics(app, settings), define_tables(app, settings)
+    cache = TemplateCache(
+        settings.kafka_bootstrap_servers,
+        f"{settings.app_id}-templates-changelog",
+        settings.topic_partitions,
+        settings.template_default_language,
+        template_results_topic(settings),
+    )
+    channels = channels if channels is not None else build_channels(settings)
+    metrics = Metrics()
+    outbox = TopicOutbox(topics)
+    render_limits = RenderLimits(settings.render_timeout_ms, settings.render_max_output_bytes)
     ctx = Context(
         settings=settings,
         app=app,
-        policy=OtpPolicy(
-            length=settings.otp_length,
-            alphabet=settings.otp_alphabet,
-            ttl_seconds=settings.otp_expire_seconds,
-            max_attempts=settings.otp_max_attempts,
-            max_sends=settings.otp_max_sends,
-            send_window_seconds=settings.otp_send_window_seconds,
+        topics=topics,
+        tables=tables,
+        cache=cache,
+        channels=channels,
+        metrics=metrics,
+        outbox=outbox,
+        dispatcher=KeyedDispatcher(MAX_IN_FLIGHT),
+        flows=OtpFlows.build(
+            otps=tables.otps,
+            receiver_rows=tables.receivers,
+            templates=cache,
+            channels=channels,
+            policy=otp_policy(settings),
+            secret=(settings.otp_hmac_secret or "").encode(),
+            limits=OtpLimits(
+                max_request_bytes=settings.max_request_bytes,
+                max_sends_per_receiver=settings.otp_max_sends_per_receiver,
+                send_window_seconds=settings.otp_send_window_seconds,
+                sms_allowed_countries=settings.sms_allowed_countries,
+                generate_in=settings.topic_generate_in,
+                validate_in=settings.topic_validate_in,
+            ),
+            render_limits=render_limits,
+            outbox=outbox,
+            metrics=metrics,
+            clock=time.time,
+            undecodable=fetch.undecodable,
         ),
-        secret=(settings.otp_hmac_secret or "").encode(),
-        cache=TemplateCache(
-            settings.kafka_bootstrap_servers,
-            f"{settings.app_id}-templates-changelog",
-            settings.topic_partitions,
-            settings.template_default_language,
-            template_results_topic(settings),
-        ),
-        channels=channels if channels is not None else build_channels(settings),
+        render_pool=RenderPool(render_limits),
     )
-    ctx.topics = define_topics(app, settings)
-    ctx.tables = define_tables(app, settings)
-    ctx.agents = {
-        **template_agents.register(ctx),
-        **otp_agents.register(ctx),
-    }
+    template_agents.register(ctx)
+    otp_agents.register(ctx)
     register_views(ctx)
-    app.otp_context = ctx  # type: ignore[attr-defined]
 
     @app.task
     async def run_template_cache() -> None:
@@ -235,12 +273,13 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             )
 
     @app.service
-    class ChannelCloser(faust.Service):
-        """Closes the channels' connections when the worker stops."""
+    class Closer(faust.Service):
+        """Closes the channels' connections and the render children when the worker stops."""
 
         async def on_stop(self) -> None:
             for channel in ctx.channels.values():
                 await channel.close()
+            await ctx.render_pool.close()
 
     return app
 

@@ -18,7 +18,7 @@ def refresh_gauges(ctx: Any) -> None:
     metrics.ready.set(1 if state["ready"] else 0)
     metrics.recovering.set(0 if state["checks"]["recoveryComplete"] else 1)
     metrics.templates.set(len(ctx.cache))
-    metrics.in_flight.set(ctx.dispatcher.in_flight if ctx.dispatcher is not None else 0)
+    metrics.in_flight.set(ctx.dispatcher.in_flight)
     metrics.lag.clear()
     try:
         consumer = app.consumer

@@ -444,3 +444,79 @@ async def _any_bytes(
     assert grew == len(records)  # one outcome each, none twice
     alive(worker)
     await committed_to_end(bootstrap, env["APP_ID"], [topic], 30)
+
+
+# -- hostile parameters and templates on the send path -------------------------------------
+
+HELLO_MAIL = {
+    **SEED_MAIL,
+    "name": "helloMail",
+    "subject": "Hi [(${name})]",
+    "body": "<p>Hello [(${name})]</p><p>[(${otpValue})]</p>",
+    "params": [{"key": "otpValue", "mandatory": True}],
+}
+LOOP_MAIL = {
+    **SEED_MAIL,
+    "name": "loopMail",
+    "body": "{% for a in items %}{% for b in items %}x{% endfor %}{% endfor %}<p>[(${otpValue})]</p>",
+    "params": [{"key": "otpValue", "mandatory": True}],
+}
+
+
+async def health_latencies(worker: Worker, stop: asyncio.Event) -> list[float]:
+    """Seconds each ``GET /health`` took, polled until ``stop`` is set."""
+    import aiohttp
+
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            started = time.monotonic()
+            async with session.get(f"{worker.url}/health") as resp:
+                assert resp.status == 200
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)
+    return latencies
+
+
+async def test_hostile_parameters_never_stall_the_worker(
+    worker: Worker, env: dict[str, str], kafka_bootstrap: str, templates: None, sink: SmtpSink
+):
+    api = Api(worker.url)
+    for template in (HELLO_MAIL, LOOP_MAIL):
+        status, body = await api.call("POST", "/api/template", template)
+        assert status in (201, 409), body
+    pid = unique("params")
+    stop = asyncio.Event()
+    poll = asyncio.create_task(health_latencies(worker, stop))
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, env["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as out,
+    ):
+        topic = env["KAFKA_TOPIC_OTP_GENERATE_IN"]
+        started = time.monotonic()
+        # 48 KB of unclosed tags, printed unescaped: the plain-text part must stay linear.
+        await kafka.send(
+            topic, gen(f"{pid}-tags", f"{pid}-a", templateName="helloMail", name="<a " * 16_000)
+        )
+        await kafka.send(
+            topic,
+            gen(f"{pid}-ctl", f"{pid}-b", templateName="helloMail", name="Ann\x00\x1b[31m\x7f"),
+        )
+        # 25 million iterations asked for by the request's own data.
+        await kafka.send(
+            topic, gen(f"{pid}-loop", f"{pid}-c", templateName="loopMail", items=list(range(5000)))
+        )
+        replies = await out.wait_for(lambda v: str(v["processInstanceId"]).startswith(pid), count=3)
+        elapsed = time.monotonic() - started
+    stop.set()
+    latencies = await poll
+    answers = {codec.loads(r.value)["processInstanceId"]: codec.loads(r.value) for r in replies}
+    assert answers[f"{pid}-tags"]["otpSent"] is True, answers
+    assert answers[f"{pid}-ctl"]["otpSent"] is True, answers
+    loop = answers[f"{pid}-loop"]
+    assert loop["otpSent"] is False and "could not be rendered" in loop["error"], loop
+    assert elapsed < 10, elapsed
+    assert latencies and max(latencies) < 1.0, max(latencies)
+    [mail] = sink.to(f"{pid}-b@example.com")
+    assert mail["Subject"] == "Hi Ann[31m"
+    alive(worker)

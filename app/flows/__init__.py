@@ -1,0 +1,114 @@
+"""The flows' handlers: plain classes that parse, decide, deliver, store and reply.
+
+No Faust and no Kafka here. A handler gets one :class:`Inbound` record and its dependencies
+(rows as a mapping, template lookup, channels, policy, clock, an :class:`Outbox`) from its
+constructor, so every rule is tested with a dict and fakes in milliseconds
+(``tests/unit/test_flows_otp.py``); the agents under ``agents/`` only connect streams to them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app import codec, records
+from app.metrics import Metrics
+from app.settings import PRODUCER_MAX_REQUEST_BYTES
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes | None]]
+Clock = Callable[[], float]
+# Room left in a producer request for what a dead letter adds around the original record.
+DLQ_HEADROOM = 4096
+
+
+class Route(enum.Enum):
+    """Where a handler's output goes; the app maps each route to its topic."""
+
+    GENERATE_OUT = "generate_out"
+    VALIDATE_OUT = "validate_out"
+    DLQ = "dlq"
+    OTP_COMMANDS = "otp_commands"
+    RECEIVER_COMMANDS = "receiver_commands"
+    TEMPLATE_RESULTS = "template_results"
+
+
+class Outbox(Protocol):
+    """Produces a record on a route (Faust topics in the app, a list in tests)."""
+
+    def send(
+        self, route: Route, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One consumed record as a handler sees it. ``timestamp`` is in seconds."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp: float | None = None
+
+    @property
+    def source(self) -> str:
+        """``topic/partition/offset``: names the record in dead letters and request history."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+class DeadLetters:
+    """Copies records to the DLQ; never raises (see :meth:`send`)."""
+
+    def __init__(self, outbox: Outbox, metrics: Metrics) -> None:
+        self.outbox = outbox
+        self.metrics = metrics
+
+    async def send(self, record: Inbound, reason: str, category: str = "internal") -> None:
+        """Copy the record as it came (key, value, every header) with why and from where.
+
+        A record too large to copy (or refused by the broker) becomes a stub that names its
+        source and size, and if even that fails the loss is logged and counted. The caller's
+        offset moves on either way: a dead letter that stopped its partition would be the
+        poison it was meant to remove.
+        """
+        marks: Headers = [
+            ("x-dlq-reason", reason.encode()),
+            ("x-dlq-source", record.source.encode()),
+        ]
+        headers = [*record.headers, *marks]
+        size = records.record_size(record.key, record.value, headers)
+        copied = size <= PRODUCER_MAX_REQUEST_BYTES - DLQ_HEADROOM and await self._try(
+            record.key, record.value, headers, record.source
+        )
+        if not copied:
+            stub = {"dlqStub": True, "source": record.source, "size": size, "reason": reason}
+            stub_headers = [*marks, ("x-dlq-size", str(size).encode())]
+            if not await self._try(None, codec.dumps(stub), stub_headers, record.source):
+                self.metrics.dead_letters.labels(record.topic, "lost").inc()
+                log.error("could not dead-letter %s, not even as a stub", record.source)
+                return
+        self.metrics.requests.labels(record.topic, "dead_letter").inc()
+        self.metrics.dead_letters.labels(record.topic, category if copied else "stub").inc()
+        log.warning("dead-lettered: %s", reason, extra={"source": record.source})
+
+    async def _try(
+        self, key: bytes | None, value: bytes | None, headers: Headers, source: str
+    ) -> bool:
+        try:
+            await self.outbox.send(Route.DLQ, key, value, headers)
+        except Exception as exc:  # the broker may refuse what the producer took
+            log.warning("could not write %s to the DLQ (%s)", source, exc.__class__.__name__)
+            return False
+        return True
+
+
+def command_source(command: dict[str, Any]) -> str:
+    """The engine record a command came from (``topic/partition/offset``), for idempotency."""
+    return "/".join(map(str, command.get("src", ())))

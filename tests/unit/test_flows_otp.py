@@ -1,0 +1,472 @@
+"""The OTP handlers with a dict for each table, fake channels and a list as the outbox.
+
+Every refusal of the README's contract, for generate and validate, is here; the broker tests
+keep what only the broker shows (delivery, ordering, headers, restarts, failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from app import codec
+from app.channels.base import DeliveryError, Notification, UnconfiguredChannel, check_phone
+from app.core import render
+from app.core.otp import OtpPolicy
+from app.flows import Inbound, Route
+from app.flows.otp import GENERATE, VALIDATE, OtpFlows, OtpLimits
+from app.metrics import Metrics
+
+SECRET = b"flow-secret-0123456789"
+HEADERS = [("fxContext", b"main"), ("processInstanceUuid", b"u-1")]
+
+
+@dataclass
+class Entry:
+    data: dict[str, Any]
+    compiled: render.CompiledTemplate | None
+
+
+class Templates:
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], Entry] = {}
+
+    def add(self, name: str, ttype: str, body: str, subject: str | None = None, **data: Any):
+        compiled = render.compile_template(subject, body, html=ttype == "MAIL")
+        params = data.pop("params", [{"key": "otpValue", "mandatory": True}])
+        self.entries[(name, data.pop("language", "en"))] = Entry(
+            {"name": name, "type": ttype, "active": True, "params": params, **data}, compiled
+        )
+
+    def resolve(self, name: str, language: str | None) -> Entry | None:
+        return self.entries.get((name, language or "en")) or self.entries.get((name, "en"))
+
+
+@dataclass
+class FakeChannel:
+    check: Any
+    sent: list[Notification] = field(default_factory=list)
+    fail: str | None = None
+
+    def check_recipient(self, recipient: str) -> str | None:
+        return self.check(recipient)
+
+    async def send(self, notification: Notification) -> None:
+        if self.fail:
+            raise DeliveryError("fake", self.fail)
+        self.sent.append(notification)
+
+    async def close(self) -> None:
+        return None
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Route, bytes | None, bytes | None, list[Any]]] = []
+
+    async def send(self, route: Route, key: bytes | None, value: bytes | None, headers: Any):
+        self.sent.append((route, key, value, headers))
+
+    def on(self, route: Route) -> list[Any]:
+        return [codec.loads(v) for r, _, v, _ in self.sent if r is route]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def check_mail(recipient: str) -> str | None:
+    return None if "@" in recipient else "recipient must be an e-mail address"
+
+
+class Service:
+    """The OTP flows over dicts, with a driver that plays the topics in between."""
+
+    def __init__(self, **limits: Any) -> None:
+        self.templates = Templates()
+        self.templates.add("otpMail", "MAIL", "<p>[(${otpValue})]</p>", subject="otp")
+        self.templates.add("otpSMS", "SMS", "OTP [(${otpValue})]")
+        self.mail = FakeChannel(check_mail)
+        self.sms = FakeChannel(check_phone)
+        self.channels = {"MAIL": self.mail, "SMS": self.sms, "PUSH": UnconfiguredChannel("PUSH")}
+        self.otps: dict[bytes, bytes] = {}
+        self.receiver_rows: dict[bytes, bytes] = {}
+        self.outbox = Outbox()
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.undecodable: dict[tuple[str, int, int], str] = {}
+        self.flows = OtpFlows.build(
+            otps=self.otps,
+            receiver_rows=self.receiver_rows,
+            templates=self.templates,
+            channels=self.channels,
+            policy=OtpPolicy(max_sends=3, max_attempts=3, ttl_seconds=60),
+            secret=SECRET,
+            limits=OtpLimits(**limits),
+            render_limits=render.RenderLimits(),
+            outbox=self.outbox,
+            metrics=self.metrics,
+            clock=self.clock,
+            undecodable=lambda t, p, o: self.undecodable.get((t, p, o)),
+        )
+        self.offset = 0
+
+    def record(self, value: bytes | None, topic: str, **kw: Any) -> Inbound:
+        self.offset += 1
+        return Inbound(
+            topic=topic,
+            partition=0,
+            offset=kw.pop("offset", self.offset),
+            key=kw.pop("key", None),
+            value=value,
+            headers=kw.pop("headers", HEADERS),
+            timestamp=self.clock.now - 0.01,
+        )
+
+    async def run(self, kind: str, request: Any, **kw: Any) -> Any:
+        """Ingest one request and play every hop; the reply, or None (dead-lettered)."""
+        value = request if request is None or isinstance(request, bytes) else codec.dumps(request)
+        ingest = self.flows.ingest_generate if kind == GENERATE else self.flows.ingest_validate
+        start = len(self.outbox.sent)
+        await ingest.handle(self.record(value, "in", **kw))
+        pending = self.outbox.sent[start:]
+        while pending:
+            route, key, value, headers = pending.pop(0)
+            start = len(self.outbox.sent)
+            record = Inbound("hop", 0, self.offset, key, value, headers, None)
+            if route is Route.RECEIVER_COMMANDS:
+                await self.flows.receivers.handle(record)
+            elif route is Route.OTP_COMMANDS:
+                await self.flows.processor.handle(record)
+            else:
+                return None if route is Route.DLQ else codec.loads(value)
+            pending += self.outbox.sent[start:]
+        raise AssertionError("no reply")
+
+    async def generate(self, **fields: Any) -> dict[str, Any]:
+        request = {
+            "processInstanceId": 7,
+            "templateName": "otpMail",
+            "channel": "MAIL",
+            "recipient": "ann@example.com",
+            "clientId": "c1",
+            **fields,
+        }
+        return await self.run(GENERATE, request)
+
+    async def validate(self, code: str, **fields: Any) -> dict[str, Any]:
+        request = {"processInstanceId": 8, "clientId": "c1", "channel": "MAIL", "otp": code}
+        return await self.run(VALIDATE, {**request, **fields})
+
+    def last_code(self, channel: FakeChannel | None = None) -> str:
+        body = (channel or self.mail).sent[-1].body
+        return re.search(r"(\d{6})", body).group(1)
+
+
+@pytest.fixture
+def svc() -> Service:
+    return Service()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+
+def test_generate_sends_a_code_and_replies_with_the_request_headers(svc: Service):
+    reply = run(svc.generate())
+    assert reply == {
+        "processInstanceId": 7,
+        "clientId": "c1",
+        "channel": "MAIL",
+        "otpSent": True,
+        "error": None,
+    }
+    [(route, key, _, headers)] = [s for s in svc.outbox.sent if s[0] is Route.GENERATE_OUT]
+    assert key == b"7" and headers == HEADERS
+    [mail] = svc.mail.sent
+    assert mail.recipient == "ann@example.com" and mail.subject == "otp"
+    code = svc.last_code()
+    assert code not in str(svc.otps) and code not in str(svc.outbox.sent)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"templateName": "nope"}, "template 'nope' not found"),
+        (
+            {"channel": "SMS", "recipient": "+40712345678"},
+            "template 'otpMail' is a MAIL template, not SMS",
+        ),
+        ({"recipient": "not-an-address"}, "recipient must be an e-mail address"),
+        (
+            {"channel": "PUSH", "templateName": "otpPush", "recipient": "tok"},
+            "channel PUSH is not configured on this service",
+        ),
+        (
+            {"channel": "SMS", "templateName": "otpSMS", "recipient": "0712345678"},
+            "recipient must be a phone number in E.164 format (+ and 8 to 15 digits)",
+        ),
+        (
+            {"amount": 10, "payee": "ACME"},
+            "template 'otpMail' does not show the amount and payee: a payment code must name "
+            "the transaction it authorises",
+        ),
+    ],
+)
+def test_generate_refusals_store_nothing_and_send_nothing(svc: Service, fields, error):
+    svc.templates.add("otpPush", "PUSH", "[(${otpValue})]")
+    reply = run(svc.generate(**fields))
+    assert reply["otpSent"] is False and reply["error"] == error
+    assert not svc.mail.sent and not svc.sms.sent
+    stored = codec.loads(svc.otps[b"c1"])
+    assert stored["d"] == ""  # the refusal is remembered, no code is kept
+
+
+def test_inactive_and_missing_parameters(svc: Service):
+    svc.templates.add("off", "MAIL", "[(${otpValue})]", subject="s", active=False)
+    svc.templates.add(
+        "named",
+        "MAIL",
+        "[(${firstName})] [(${otpValue})]",
+        subject="s",
+        params=[{"key": "firstName", "mandatory": True}],
+    )
+    assert run(svc.generate(templateName="off"))["error"] == "template 'off' is inactive"
+    assert (
+        run(svc.generate(templateName="named", clientId="c2"))["error"]
+        == "missing mandatory parameter(s): firstName"
+    )
+    assert run(svc.generate(templateName="named", clientId="c3", firstName="Ann"))["otpSent"]
+
+
+def test_a_template_that_no_longer_compiles_is_refused(svc: Service):
+    svc.templates.entries[("otpMail", "en")].compiled = None
+    assert run(svc.generate())["error"] == "template 'otpMail' does not compile"
+
+
+def test_language_falls_back_to_the_default(svc: Service):
+    svc.templates.add("otpMail", "MAIL", "<p>ro [(${otpValue})]</p>", subject="s", language="ro")
+    assert run(svc.generate(language="ro"))["otpSent"]
+    assert svc.mail.sent[-1].body.startswith("<p>ro ")
+    assert run(svc.generate(language="de", clientId="c2"))["otpSent"]
+    assert not svc.mail.sent[-1].body.startswith("<p>ro ")
+
+
+def test_send_limit_per_client(svc: Service):
+    for i in range(3):
+        assert run(svc.generate(processInstanceId=i))["otpSent"]
+    reply = run(svc.generate(processInstanceId=9))
+    assert reply["error"].startswith("too many codes requested: retry in ")
+
+
+def test_provider_failure_is_the_error_and_keeps_no_code(svc: Service):
+    svc.mail.fail = "550 mailbox unavailable"
+    reply = run(svc.generate())
+    assert reply["error"] == "fake delivery failed: 550 mailbox unavailable"
+    assert run(svc.validate("123456"))["error"] == "no code was generated for this client"
+
+
+def test_render_budget_is_an_error_reply(svc: Service):
+    svc.templates.add(
+        "loop",
+        "MAIL",
+        "{% for a in items %}{% for b in items %}x{% endfor %}{% endfor %}[(${otpValue})]",
+        subject="s",
+    )
+    reply = run(svc.generate(templateName="loop", items=list(range(3000))))
+    assert reply["otpSent"] is False and "could not be rendered" in reply["error"]
+
+
+def test_sms_number_is_normalised_and_countries_are_enforced():
+    svc = Service(sms_allowed_countries=frozenset({"RO"}))
+    sms = {"templateName": "otpSMS", "channel": "SMS"}
+    assert run(svc.generate(recipient="0040 712 345 678", **sms))["otpSent"]
+    assert svc.sms.sent[-1].recipient == "+40712345678"
+    reply = run(svc.generate(recipient="+14155550100", clientId="c2", **sms))
+    assert reply["error"] == "SMS to US is not allowed on this service"
+    reply = run(svc.generate(recipient="+999123456789", clientId="c3", **sms))
+    assert reply["error"] == "recipient is not a phone number of any country"
+
+
+def test_receiver_limit_holds_whatever_the_client_id(svc: Service):
+    answers = [
+        run(svc.generate(processInstanceId=i, clientId=f"c{i}", recipient=spelt))
+        for i, spelt in enumerate(["ann@example.com", "ANN@example.com", "ann+x@example.com"] * 3)
+    ]
+    assert sum(a["otpSent"] for a in answers) == 5
+    refused = [a["error"] for a in answers if not a["otpSent"]]
+    assert all(e.startswith("too many codes sent to this receiver: retry in ") for e in refused)
+    assert b"ann" not in b"".join([*svc.receiver_rows, *svc.receiver_rows.values()])
+
+
+def test_receiver_limit_off():
+    svc = Service(max_sends_per_receiver=0)
+    for i in range(8):
+        assert run(svc.generate(processInstanceId=i, clientId=f"c{i}"))["otpSent"]
+    assert not svc.receiver_rows
+
+
+def test_redelivered_generate_is_answered_as_the_first_time(svc: Service):
+    request = codec.dumps(
+        {
+            "processInstanceId": 7,
+            "templateName": "otpMail",
+            "channel": "MAIL",
+            "recipient": "ann@example.com",
+            "clientId": "c1",
+        }
+    )
+    first = run(svc.run(GENERATE, request, offset=100))
+    again = run(svc.run(GENERATE, request, offset=100))
+    assert first == again and first["otpSent"] and len(svc.mail.sent) == 1
+    refused = run(svc.run(GENERATE, request.replace(b"otpMail", b"nope"), offset=101))
+    assert run(svc.run(GENERATE, request.replace(b"otpMail", b"nope"), offset=101)) == refused
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def dead_letters(svc: Service) -> list[tuple[Any, ...]]:
+    return [s for s in svc.outbox.sent if s[0] is Route.DLQ]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"templateName": "otpMail"}', None])
+def test_unreadable_requests_are_dead_lettered_with_their_headers(svc: Service, raw):
+    assert run(svc.run(GENERATE, raw)) is None
+    [(_, _, value, headers)] = dead_letters(svc)
+    assert headers[: len(HEADERS)] == HEADERS
+    names = [name for name, _ in headers]
+    assert "x-dlq-reason" in names and "x-dlq-source" in names
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"channel": "FAX"}, "channel: must be one of MAIL, SMS, PUSH"),
+        ({"clientId": " c1"}, "clientId: has leading or trailing whitespace"),
+        (
+            {"data": {"clientId": "c2"}},
+            "data.clientId: differs from clientId: give the clientId once",
+        ),
+        ({"otpValue": "123456"}, "otpValue: is reserved: the service generates the code"),
+        ({"language": "not a tag"}, "language: must be a language tag such as 'en' or 'pt-BR'"),
+        ({"amount": 5}, "payee: is required when amount or payee is given"),
+        ({"recipient": ""}, "recipient: is required (a non-empty string)"),
+    ],
+)
+def test_malformed_requests_with_a_process_instance_id_get_an_error_reply(svc, fields, error):
+    reply = run(svc.generate(**fields))
+    assert reply["otpSent"] is False and reply["error"] == error
+
+
+def test_oversized_request_is_answered():
+    svc = Service(max_request_bytes=1024)
+    reply = run(svc.generate(pad="x" * 2000))
+    assert reply["otpSent"] is False and "over the 1024-byte limit" in reply["error"]
+
+
+def test_undecodable_record_is_dead_lettered(svc: Service):
+    svc.undecodable[("in", 0, 1)] = "header 0 name '\\xff' is not valid UTF-8"
+    request = {
+        "processInstanceId": 7,
+        "templateName": "otpMail",
+        "channel": "MAIL",
+        "recipient": "a@example.com",
+        "clientId": "c1",
+    }
+    assert run(svc.run(GENERATE, request)) is None
+    [(_, _, _, headers)] = dead_letters(svc)
+    assert dict(headers)["x-dlq-reason"].startswith(b"undecodable record: header 0")
+
+
+def test_a_dead_letter_too_large_to_copy_is_a_stub(svc: Service):
+    huge = b"x" * 1_000_000
+    run(svc.run(GENERATE, huge))
+    [(_, key, value, headers)] = dead_letters(svc)
+    stub = codec.loads(value)
+    assert key is None and stub["dlqStub"] is True and stub["size"] > 1_000_000
+    assert dict(headers)["x-dlq-size"] == str(stub["size"]).encode()
+
+
+# -- validate -----------------------------------------------------------------------------------
+
+
+def test_validate_right_code_once(svc: Service):
+    run(svc.generate())
+    code = svc.last_code()
+    assert run(svc.validate(code)) == {
+        "processInstanceId": 8,
+        "clientId": "c1",
+        "channel": "MAIL",
+        "otpValid": True,
+        "error": None,
+    }
+    assert run(svc.validate(code))["error"] == "code already used"
+
+
+def test_validate_refusals(svc: Service):
+    assert run(svc.validate("123456"))["error"] == "no code was generated for this client"
+    run(svc.generate())
+    code = svc.last_code()
+    wrong = "000000" if code != "000000" else "111111"
+    assert run(svc.validate(wrong))["error"] == "invalid code"
+    assert run(svc.validate(code, channel="SMS"))["error"] == "invalid code"
+    assert run(svc.validate(wrong))["error"] == (
+        "too many failed attempts: the code is locked, generate a new one"
+    )
+    assert run(svc.validate(code))["otpValid"] is False
+
+
+def test_validate_expired(svc: Service):
+    run(svc.generate())
+    code = svc.last_code()
+    svc.clock.now += 61
+    assert run(svc.validate(code))["error"] == "code expired"
+
+
+def test_validate_payment_code(svc: Service):
+    svc.templates.add(
+        "pay", "MAIL", "<p>[(${amount})] [(${payee})] [(${otpValue})]</p>", subject="s"
+    )
+    run(svc.generate(templateName="pay", amount="12.50", payee="ACME"))
+    code = svc.last_code()
+    assert "12.5 ACME" in svc.mail.sent[-1].body
+    assert run(svc.validate(code, amount="12.51", payee="ACME"))["error"] == (
+        "code does not match the transaction"
+    )
+    assert run(svc.validate(code))["error"] == "code does not match the transaction"
+    assert run(svc.validate(code, amount=12.5, payee="ACME"))["otpValid"] is True
+
+
+def test_malformed_validate(svc: Service):
+    reply = run(svc.validate(""))
+    assert reply["otpValid"] is False and reply["error"] == "otp: is required (a string)"
+
+
+def test_expire_deletes_only_after_the_window(svc: Service):
+    run(svc.generate())
+    processor = svc.flows.processor
+    assert processor.expired_keys() == []
+    svc.clock.now += 60 + 600
+    assert processor.expired_keys() == [b"c1"]
+    processor.expire(b"c1")
+    assert b"c1" not in svc.otps
+
+
+def test_latency_is_observed_in_seconds(svc: Service):
+    run(svc.generate())
+    samples = svc.metrics.registry.get_sample_value(
+        "otp_processing_seconds_sum", {"kind": "generate"}
+    )
+    assert samples is not None and 0 <= samples < 1
