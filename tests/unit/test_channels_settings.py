@@ -13,7 +13,7 @@ from app.channels.kafka import KafkaChannel
 from app.channels.smtp import SmtpChannel
 from app.channels.twilio import TwilioChannel
 from app.channels.webhook import WebhookChannel
-from app.main import build_channels
+from app.channels.factory import build_channels
 from app.settings import ConfigError, Settings
 from tests.fakes.google import GoogleFake
 from tests.support import config_refusal
