@@ -15,7 +15,7 @@ its budget, or one that does not compile or render, is a ``400`` naming the limi
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import faust
@@ -26,63 +26,60 @@ from app.core import render
 from app.core import templates as model
 from app.render_pool import (
     RenderJobInvalid,
-    RenderPool,
     RenderPoolBusy,
     RenderPoolError,
     RenderPoolUnavailable,
 )
+from tables.template_cache import CachedTemplate
 from web.errors import ApiError, json_response
 from web.http import authorize, query_bool, read_json
 
+if TYPE_CHECKING:
+    from app.main import Context
 
-def register(ctx: Any) -> None:
-    app, settings, cache = ctx.app, ctx.settings, ctx.cache
-    auth_enabled = settings.notify_api_auth == "enabled"
-    pool: RenderPool | None = getattr(ctx, "render_pool", None)
-    if pool is None:  # an app that does not build (and close) one: the views own theirs
-        own = pool = RenderPool(
-            render.RenderLimits(
-                timeout_ms=settings.render_timeout_ms, max_output=settings.render_max_output_bytes
-            )
-        )
 
-        @app.service
-        class RenderPoolCloser(faust.Service):
-            """Stops the template renderer processes when the worker stops."""
+class TemplateApi:
+    """The template endpoints' logic, one method per operation; the views only route to it."""
 
-            async def on_stop(self) -> None:
-                await own.close()
+    def __init__(self, ctx: Context) -> None:
+        self.settings = ctx.settings
+        self.cache = ctx.cache
+        self.pool = ctx.render_pool
+        self.commands = ctx.topics.template_commands
+        self.auth_enabled = ctx.settings.notify_api_auth == "enabled"
 
-    async def guard(request: web.Request) -> None:
+    async def guard(self, request: web.Request) -> None:
         """Authenticate, then make sure this worker's read model has caught up: before that, a
         read could miss a template and a write could miss its answer."""
-        authorize(request, settings.notify_api_token, auth_enabled)
-        if not cache.ready.is_set():
+        authorize(request, self.settings.notify_api_token, self.auth_enabled)
+        if not self.cache.ready.is_set():
             try:
                 await asyncio.wait_for(
-                    cache.ready.wait(), timeout=settings.api_write_timeout_seconds
+                    self.cache.ready.wait(), timeout=self.settings.api_write_timeout_seconds
                 )
             except TimeoutError:
                 raise ApiError(503, "templates are still loading; retry") from None
 
-    def language_of(request: web.Request) -> str:
-        language = request.query.get("language") or settings.template_default_language
+    def language_of(self, request: web.Request) -> str:
+        language = request.query.get("language") or self.settings.template_default_language
         try:
             return model.check_language(language)
         except model.TemplateInvalid as exc:
             raise _invalid(exc) from None
 
+    @staticmethod
     def name_of(name: str) -> str:
         try:
             return model.check_name(name)
         except model.TemplateInvalid as exc:
             raise _invalid(exc) from None
 
-    async def body_of(request: web.Request) -> dict[str, Any]:
+    async def body_of(self, request: web.Request) -> dict[str, Any]:
         """The validated template (compiled and trial-rendered in a renderer process)."""
+        settings = self.settings
         payload = await read_json(request, settings.api_max_body_bytes)
         try:
-            return await pool.validate(
+            return await self.pool.validate(
                 payload,
                 default_language=settings.template_default_language,
                 max_body_chars=settings.template_max_body_chars,
@@ -93,146 +90,167 @@ def register(ctx: Any) -> None:
         except RenderPoolError as exc:
             raise _pool_error(exc, "invalid template", "$") from None
 
-    async def write(op: str, key: str, template: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def write(
+        self, op: str, key: str, template: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         request_id = uuid4().hex
-        answer = cache.expect(request_id)
+        answer = self.cache.expect(request_id)
         command = {"id": request_id, "op": op, "key": key, "template": template}
         try:
-            await ctx.topics.template_commands.send(key=key.encode(), value=codec.dumps(command))
-            result = await asyncio.wait_for(answer, timeout=settings.api_write_timeout_seconds)
+            await self.commands.send(key=key.encode(), value=codec.dumps(command))
+            result = await asyncio.wait_for(answer, timeout=self.settings.api_write_timeout_seconds)
         except TimeoutError:
             raise ApiError(503, "the template store did not answer in time; retry") from None
         finally:
-            cache.forget(request_id)
+            self.cache.forget(request_id)
         status = result["status"]
         if status in (200, 201):
-            cache.apply_own(key, result["template"])
+            self.cache.apply_own(key, result["template"])
         elif status == 204:
-            cache.apply_own(key, None)
+            self.cache.apply_own(key, None)
         return result
 
-    def lookup(name: str, language: str) -> dict[str, Any]:
-        entry = cache.get(name, language)
+    def entry(self, name: str, language: str) -> CachedTemplate:
+        entry = self.cache.get(name, language)
         if entry is None:
             raise ApiError(404, f"template '{name}' not found for language '{language}'")
-        return entry.data
+        return entry
+
+    # -- the operations -------------------------------------------------------------------
+    def list(self, request: web.Request) -> dict[str, Any]:
+        wanted_type = request.query.get("type")
+        if wanted_type is not None and wanted_type not in model.TYPES:
+            raise ApiError(
+                400,
+                "invalid query parameter 'type'",
+                [{"field": "type", "message": f"must be one of {', '.join(model.TYPES)}"}],
+            )
+        wanted = {
+            "type": wanted_type,
+            "language": request.query.get("language"),
+            "active": query_bool(request, "active"),
+        }
+        items = [
+            t
+            for t in self.cache.all()
+            if all(value is None or t[field] == value for field, value in wanted.items())
+        ]
+        return {"items": items, "count": len(items)}
+
+    async def create(self, request: web.Request) -> dict[str, Any]:
+        template = await self.body_of(request)
+        key = model.template_key(template["name"], template["language"])
+        result = await self.write("create", key, template)
+        if result["status"] == 409:
+            raise ApiError(
+                409,
+                f"template '{template['name']}' already exists for language "
+                f"'{template['language']}'",
+                [{"field": "name", "message": "use PUT to replace it"}],
+            )
+        return result["template"]
+
+    async def replace(self, request: web.Request, name: str) -> dict[str, Any]:
+        name, language = self.name_of(name), self.language_of(request)
+        template = await self.body_of(request)
+        # The URL names the template; a body naming another one is a mistake, not a rename.
+        template = {**template, "name": name, "language": language}
+        result = await self.write("replace", model.template_key(name, language), template)
+        if result["status"] == 404:
+            raise ApiError(404, f"template '{name}' not found for language '{language}'")
+        return result["template"]
+
+    async def delete(self, request: web.Request, name: str) -> None:
+        name, language = self.name_of(name), self.language_of(request)
+        result = await self.write("delete", model.template_key(name, language))
+        if result["status"] == 404:
+            raise ApiError(404, f"template '{name}' not found for language '{language}'")
+
+    async def preview(self, request: web.Request, name: str) -> dict[str, Any]:
+        name, language = self.name_of(name), self.language_of(request)
+        payload = await read_json(request, self.settings.api_max_body_bytes)
+        if not isinstance(payload, dict) or not isinstance(payload.get("data", {}), dict):
+            raise ApiError(
+                400,
+                "invalid preview request",
+                [{"field": "data", "message": "must be an object of template parameters"}],
+            )
+        entry = self.entry(name, language)
+        if entry.compiled is None:
+            raise ApiError(400, f"template '{name}' does not compile")
+        sample = "1234567890"[: self.settings.otp_length]
+        data = {**payload.get("data", {}), "otpValue": sample}
+        missing = render.missing_mandatory(entry.data.get("params", []), data)
+        if missing:
+            raise ApiError(
+                400,
+                "missing mandatory parameters",
+                [{"field": f"data.{key}", "message": "is mandatory"} for key in missing],
+            )
+        rendered = await self._render_preview(name, entry, data)
+        return {
+            "name": name,
+            "language": language,
+            "type": entry.data["type"],
+            "version": entry.version,
+            "subject": rendered.subject,
+            "body": rendered.body,
+            "text": rendered.text,
+            "otpValue": sample,
+        }
+
+    async def _render_preview(
+        self, name: str, entry: CachedTemplate, data: dict[str, Any]
+    ) -> render.Rendered:
+        try:
+            return await self.pool.preview(entry.data, data)
+        except render.TemplateError as exc:
+            raise ApiError(
+                400,
+                f"template '{name}' does not compile",
+                [{"field": exc.field, "message": str(exc)}],
+            ) from None
+        except render.RenderError as exc:
+            raise ApiError(
+                400, "template could not be rendered", [{"field": exc.field, "message": str(exc)}]
+            ) from None
+        except RenderPoolError as exc:
+            raise _pool_error(exc, "template could not be rendered", "data") from None
+
+
+def register(ctx: Context) -> None:
+    app, api = ctx.app, TemplateApi(ctx)
 
     @app.page("/api/template", name="template_collection")
     class TemplateCollection(faust.web.View):
         async def get(self, request: web.Request) -> web.Response:
-            await guard(request)
-            wanted_type = request.query.get("type")
-            if wanted_type is not None and wanted_type not in model.TYPES:
-                raise ApiError(
-                    400,
-                    "invalid query parameter 'type'",
-                    [{"field": "type", "message": f"must be one of {', '.join(model.TYPES)}"}],
-                )
-            wanted_language = request.query.get("language")
-            wanted_active = query_bool(request, "active")
-            items = [
-                t
-                for t in cache.all()
-                if (wanted_type is None or t["type"] == wanted_type)
-                and (wanted_language is None or t["language"] == wanted_language)
-                and (wanted_active is None or t["active"] == wanted_active)
-            ]
-            return json_response({"items": items, "count": len(items)})
+            await api.guard(request)
+            return json_response(api.list(request))
 
         async def post(self, request: web.Request) -> web.Response:
-            await guard(request)
-            template = await body_of(request)
-            key = model.template_key(template["name"], template["language"])
-            result = await write("create", key, template)
-            if result["status"] == 409:
-                raise ApiError(
-                    409,
-                    f"template '{template['name']}' already exists for language "
-                    f"'{template['language']}'",
-                    [{"field": "name", "message": "use PUT to replace it"}],
-                )
-            return json_response(result["template"], status=201)
+            await api.guard(request)
+            return json_response(await api.create(request), status=201)
 
     @app.page("/api/template/{name}", name="template_item")
     class TemplateItem(faust.web.View):
         async def get(self, request: web.Request, name: str) -> web.Response:
-            await guard(request)
-            return json_response(lookup(name_of(name), language_of(request)))
+            await api.guard(request)
+            return json_response(api.entry(api.name_of(name), api.language_of(request)).data)
 
         async def put(self, request: web.Request, name: str) -> web.Response:
-            await guard(request)
-            name, language = name_of(name), language_of(request)
-            template = await body_of(request)
-            if template["name"] != name or template["language"] != language:
-                # The URL names the template; a body naming another one is a mistake, not a rename.
-                template = {**template, "name": name, "language": language}
-            result = await write("replace", model.template_key(name, language), template)
-            if result["status"] == 404:
-                raise ApiError(404, f"template '{name}' not found for language '{language}'")
-            return json_response(result["template"])
+            await api.guard(request)
+            return json_response(await api.replace(request, name))
 
         async def delete(self, request: web.Request, name: str) -> web.Response:
-            await guard(request)
-            name, language = name_of(name), language_of(request)
-            result = await write("delete", model.template_key(name, language))
-            if result["status"] == 404:
-                raise ApiError(404, f"template '{name}' not found for language '{language}'")
+            await api.guard(request)
+            await api.delete(request, name)
             return web.Response(status=204)
 
     @app.page("/api/template/{name}/preview", name="template_preview")
     class TemplatePreview(faust.web.View):
         async def post(self, request: web.Request, name: str) -> web.Response:
-            await guard(request)
-            name, language = name_of(name), language_of(request)
-            payload = await read_json(request, settings.api_max_body_bytes)
-            if not isinstance(payload, dict) or not isinstance(payload.get("data", {}), dict):
-                raise ApiError(
-                    400,
-                    "invalid preview request",
-                    [{"field": "data", "message": "must be an object of template parameters"}],
-                )
-            entry = cache.get(name, language)
-            if entry is None:
-                raise ApiError(404, f"template '{name}' not found for language '{language}'")
-            if entry.compiled is None:
-                raise ApiError(400, f"template '{name}' does not compile")
-            sample = "1234567890"[: settings.otp_length]
-            data = {**payload.get("data", {}), "otpValue": sample}
-            missing = render.missing_mandatory(entry.data.get("params", []), data)
-            if missing:
-                raise ApiError(
-                    400,
-                    "missing mandatory parameters",
-                    [{"field": f"data.{key}", "message": "is mandatory"} for key in missing],
-                )
-            try:
-                rendered = await pool.preview(entry.data, data)
-            except render.TemplateError as exc:
-                raise ApiError(
-                    400,
-                    f"template '{name}' does not compile",
-                    [{"field": exc.field, "message": str(exc)}],
-                ) from None
-            except render.RenderError as exc:
-                raise ApiError(
-                    400,
-                    "template could not be rendered",
-                    [{"field": exc.field, "message": str(exc)}],
-                ) from None
-            except RenderPoolError as exc:
-                raise _pool_error(exc, "template could not be rendered", "data") from None
-            return json_response(
-                {
-                    "name": name,
-                    "language": language,
-                    "type": entry.data["type"],
-                    "version": entry.version,
-                    "subject": rendered.subject,
-                    "body": rendered.body,
-                    "text": rendered.text,
-                    "otpValue": sample,
-                }
-            )
+            await api.guard(request)
+            return json_response(await api.preview(request, name))
 
 
 def _invalid(exc: model.TemplateInvalid) -> ApiError:
