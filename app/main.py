@@ -19,7 +19,6 @@ from agents import otp as otp_agents
 from agents import templates as template_agents
 from app.channels.base import Channel
 from app.channels.factory import build_channels
-from app.consumer import LedgerApp
 from app.core.otp import OtpPolicy
 from app.core.render import RenderLimits
 from app.flows.otp import OtpFlows, OtpLimits
@@ -28,8 +27,9 @@ from app.metrics import Metrics
 from app.offsets import OffsetLedger
 from app.render_pool import RenderPool
 from app.runtime import fetch
+from app.runtime.consumer import LedgerApp
+from app.runtime.worker import Worker
 from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
-from app.worker import Worker
 from tables import (
     Tables,
     Topics,
@@ -86,7 +86,8 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     fetch.install()  # no record can stop a consumer of this process (see app.runtime.fetch)
     app = LedgerApp(
         settings.app_id,
-        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        # ledger://: Faust's aiokafka transport with our consumer (app.runtime.consumer).
+        broker=[f"ledger://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
         store="rocksdb://",
         datadir=settings.data_dir,
         autodiscover=False,

@@ -4,10 +4,10 @@ Faust restores a worker's tables from their changelogs before it answers anythin
 for that without a time limit. A recovery that stops receiving changelog records holds its
 partitions forever: the worker keeps heartbeating, so the group never moves them, and every
 request routed there goes unanswered. The one cause we found (Faust dropping a batch fetched as
-a rebalance stopped the flow) is fixed in ``app.consumer``; this covers whatever else can stop a
-recovery. Two remedies, the second only if the first fails: read the stalled partitions again
-from where recovery stands, then give the partitions up by exiting (the group hands them to the
-other workers; the orchestrator restarts this one).
+a rebalance stopped the flow) is fixed in ``app.runtime.consumer``; this covers whatever else
+can stop a recovery. Two remedies, the second only if the first fails: read the stalled
+partitions again from where recovery stands, then give the partitions up by exiting (the group
+hands them to the other workers; the orchestrator restarts this one).
 
 Pure: the caller samples the recovery's position and acts on the answer.
 """

@@ -7,22 +7,20 @@ from typing import Any
 import faust
 from aiohttp import web
 
+from app.runtime import recovery
 from web.errors import json_response
 
 
 def readiness(ctx: Any) -> dict[str, Any]:
     """Ready = partitions assigned, table recovery finished, template read model caught up."""
     app = ctx.app
-    recovery = app.tables.recovery
     try:
         assigned = len(app.consumer.assignment())
     except Exception:
         assigned = 0
     checks = {
         "partitionsAssigned": assigned > 0,
-        "recoveryComplete": recovery.completed.is_set()
-        and not app.rebalancing
-        and not recovery.in_recovery,
+        "recoveryComplete": recovery.complete(app),
         "templatesLoaded": ctx.cache.ready.is_set(),
     }
     return {"ready": all(checks.values()), "checks": checks, "templates": len(ctx.cache)}

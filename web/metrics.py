@@ -25,7 +25,7 @@ def refresh_gauges(ctx: Any) -> None:
         assignment = consumer.assignment()
     except Exception:  # no consumer yet: no lag to report
         return
-    committed = getattr(consumer, "_committed_offset", {})
+    committed = consumer.committed_offsets()
     for tp in assignment:
         try:
             highwater = consumer.highwater(tp)

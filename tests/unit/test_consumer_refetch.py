@@ -14,7 +14,7 @@ import pytest
 from faust.transport import consumer as faust_consumer
 from faust.types import TP
 
-from app.consumer import LedgerConsumer, first_offsets
+from app.runtime.consumer import LedgerConsumer, first_offsets
 
 CHANGELOG = TP("otps-changelog", 3)
 SOURCE = TP("generate-in", 3)

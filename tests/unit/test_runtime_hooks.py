@@ -6,9 +6,14 @@ worker does in production without a word.
 
 import inspect
 
+import mode.worker
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher
 from aiokafka.record import default_records
+from faust.tables.recovery import Recovery
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 HOOKS = [
     (fetcher, "PartitionRecords"),
@@ -21,6 +26,24 @@ HOOKS = [
     (default_records, "_DefaultRecordBatchPy"),
     (default_records._DefaultRecordBatchPy, "LOG_APPEND_TIME"),
     (default_records._DefaultRecordBatchPy, "_maybe_uncompress"),
+    # app/runtime/consumer.py: what Faust commits, what it drops, how it fetches
+    (faust_aiokafka.Consumer, "_wait_next_records"),
+    (faust_aiokafka.Consumer, "_new_offset"),
+    (faust_aiokafka.Consumer, "_add_gap"),
+    (faust_aiokafka.Consumer, "_filter_tps_with_pending_acks"),
+    (faust_aiokafka.Consumer, "seek_to_committed"),
+    (faust_aiokafka.Consumer, "seek_wait"),
+    (faust_aiokafka.Consumer, "earliest_offsets"),
+    (faust_aiokafka.Consumer, "on_partitions_revoked"),
+    (faust_aiokafka.Consumer, "flow_active"),
+    (faust_aiokafka.Transport, "Consumer"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
+    # app/runtime/worker.py
+    (mode.worker.Worker, "_schedule_shutdown"),
+    (mode.worker.Worker, "crash_reason"),
+    # app/runtime/recovery.py
+    (Recovery, "active_remaining"),
+    (Recovery, "in_recovery"),
 ]
 INSTANCE_FIELDS = {
     "PartitionRecords.__init__": (
@@ -37,6 +60,19 @@ INSTANCE_FIELDS = {
         default_records._DefaultRecordBatchPy,
         ["self._buffer", "self._pos", "self._num_records"],
     ),
+    "faust Consumer.__init__": (
+        faust_consumer.Consumer.__init__,
+        ["self._acked", "self._acked_index", "self._read_offset", "self._committed_offset"],
+    ),
+    "faust Consumer (partition flow)": (
+        faust_consumer.Consumer,
+        ["self._active_partitions", "self._paused_partitions"],
+    ),
+    "Recovery.__init__": (
+        Recovery.__init__,
+        ["self.active_offsets", "self.active_highwaters", "self.completed"],
+    ),
+    "AIOKafkaConsumer.__init__": (AIOKafkaConsumer.__init__, ["self._subscription"]),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from faust.types import TP as TopicPartition
 
-from app.recovery_guard import RecoveryGuard, RecoveryStalled
+from app.runtime.recovery_guard import RecoveryGuard, RecoveryStalled
 from app.stall import StallAction, StallWatch
 
 A = ("otps-changelog", 0)
@@ -86,7 +86,7 @@ def fake_app(in_recovery: bool, offsets: dict[Any, int], highwaters: dict[Any, i
     return SimpleNamespace(
         tables=SimpleNamespace(recovery=recovery),
         consumer=FakeConsumer(),
-        otp_worker=FakeWorker(),
+        running_worker=FakeWorker(),
     )
 
 
@@ -102,11 +102,11 @@ async def test_guard_rereads_from_the_applied_offset_then_fails_the_worker() -> 
     assert await guard.check(0) is StallAction.NONE
     assert await guard.check(3) is StallAction.REREAD
     assert app.consumer.seeks == [{TP: 0}]  # -1 (nothing applied) reads from the beginning
-    assert app.otp_worker.failures == []
+    assert app.running_worker.failures == []
 
     assert await guard.check(6) is StallAction.GIVE_UP
     assert await guard.check(7) is StallAction.GIVE_UP
-    [reason] = app.otp_worker.failures  # failed once
+    [reason] = app.running_worker.failures  # failed once
     assert isinstance(reason, RecoveryStalled)
     assert "otps-changelog[4] applied up to -1 of 336" in str(reason)
 
@@ -116,4 +116,4 @@ async def test_guard_ignores_a_finished_recovery() -> None:
     guard = RecoveryGuard(app, patience=1)
     for t in range(10):
         assert await guard.check(t) is StallAction.NONE
-    assert app.consumer.seeks == [] and app.otp_worker.failures == []
+    assert app.consumer.seeks == [] and app.running_worker.failures == []

@@ -9,6 +9,7 @@ from typing import Any
 
 from mode import Service
 
+from app.runtime import recovery
 from app.stall import StallAction, StallWatch
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,7 @@ class RecoveryGuard(Service):
 
     def behind(self) -> dict[Any, int]:
         """Applied offset of each changelog partition the running recovery still needs."""
-        recovery = self.app.tables.recovery
-        if not recovery.in_recovery:
-            return {}
-        return {
-            tp: recovery.active_offsets[tp]
-            for tp, remaining in recovery.active_remaining().items()
-            if remaining > 0
-        }
+        return recovery.behind(self.app)
 
     async def check(self, now: float) -> StallAction:
         behind = self.behind()
@@ -70,7 +64,7 @@ class RecoveryGuard(Service):
                 f"table recovery made no progress for {self.watch.stalled_for(now):.0f} s "
                 f"({self._describe(behind)}); exiting so the group moves these partitions"
             )
-            worker = getattr(self.app, "otp_worker", None)
+            worker = self.app.running_worker
             if worker is None:
                 log.critical("%s, but no worker to stop", reason)
             else:
@@ -78,7 +72,7 @@ class RecoveryGuard(Service):
         return action
 
     def _describe(self, behind: dict[Any, int]) -> str:
-        highwaters = self.app.tables.recovery.active_highwaters
+        highwaters = recovery.highwaters(self.app)
         consumer = self.app.consumer  # a LedgerConsumer
         return "; ".join(
             f"{tp.topic}[{tp.partition}] applied up to {offset} of {highwaters.get(tp)} "

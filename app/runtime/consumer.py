@@ -24,7 +24,7 @@ from faust.types import TP
 from mode import Service, ServiceT
 
 from app.offsets import Claim, OffsetLedger, Refusal
-from app.recovery_guard import RecoveryGuard
+from app.runtime.recovery_guard import RecoveryGuard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,6 +239,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 elif self.ledger.should_reread(tp, time.monotonic()):
                     await self._reread(tp, position)
 
+    def committed_offsets(self) -> Mapping[TP, int]:
+        """The offsets this consumer last committed, per partition (Faust's own record)."""
+        return dict(self._committed_offset)
+
     def fetch_state(self, tp: TP) -> str:
         """Where fetching ``tp`` stands, for a log line about a partition that went quiet."""
         faust_state = (
@@ -284,7 +288,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
 
 class LedgerApp(faust.App):
-    """``faust.App`` whose Kafka transport builds a :class:`LedgerConsumer`.
+    """``faust.App`` to run with ``broker="ledger://..."``: its transport builds a
+    :class:`LedgerConsumer` (see :class:`LedgerTransport`).
 
     ``offset_ledger`` names the topics whose commits the ledger decides; set it before the
     consumer is first used. With ``recovery_stall_seconds`` set, a ``RecoveryGuard`` runs from
@@ -294,6 +299,9 @@ class LedgerApp(faust.App):
 
     offset_ledger: OffsetLedger = OffsetLedger(())
     recovery_stall_seconds: float | None = None
+    # The worker running this app (``app.runtime.worker.Worker`` sets it): the stall guard
+    # stops it through ``fail``.
+    running_worker: Any = None
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         services = list(super().on_init_dependencies())
@@ -301,7 +309,9 @@ class LedgerApp(faust.App):
             services.append(RecoveryGuard(self, self.recovery_stall_seconds, loop=self.loop))
         return services
 
-    def _new_transport(self) -> Any:
-        transport = super()._new_transport()
-        transport.Consumer = LedgerConsumer
-        return transport
+
+class LedgerTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with our consumer; registered under the ``ledger://`` scheme
+    through Faust's own extension point (the ``faust.transports`` entry points)."""
+
+    Consumer = LedgerConsumer

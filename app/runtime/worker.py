@@ -18,6 +18,8 @@ from typing import Any
 
 import faust
 
+from app.runtime.consumer import LedgerApp
+
 log = logging.getLogger(__name__)
 
 FORCED_EXIT_CODE = 3
@@ -29,7 +31,8 @@ class Worker(faust.Worker):
 
     def __init__(self, app: faust.App, *args: Any, **kwargs: Any) -> None:
         super().__init__(app, *args, **kwargs)
-        app.otp_worker = self  # type: ignore[attr-defined]  # for ``fail`` (app.recovery_guard)
+        if isinstance(app, LedgerApp):
+            app.running_worker = self  # for ``fail`` (``RecoveryGuard``)
 
     def fail(self, reason: BaseException) -> None:
         """Stop as a failed process: the SIGTERM shutdown (bounded the same way), exit status 1.
