@@ -312,10 +312,6 @@ def _verify(
     return wrong, replace(record, attempts=attempts)
 
 
-def is_expired(record: OtpRecord, now: float) -> bool:
-    return now >= record.expires_at
-
-
 def deletable(record: OtpRecord, policy: OtpPolicy, now: float) -> bool:
     """True once the code has been expired for a whole send window.
 
