@@ -83,10 +83,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         return committed
 
     async def _start_offset(self, tp: TP) -> int:
-        committed = self._seek_committed.get(tp)
+        committed = self._known_start(tp)
         if committed is None:
-            committed = self._committed_offset.get(tp)
-        if committed is None or committed < 0:
             # Nothing committed yet: the group starts at the beginning (auto_offset_reset).
             committed = (await self._ask_thread(self.earliest_offsets(tp))).get(tp) or 0
         return committed
@@ -172,6 +170,35 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             self.ledger.start(tp, start)
         return True
 
+    async def _start_all(self, tps: list[TP]) -> None:
+        """Start every partition in ``tps`` that has no generation yet, with one request.
+
+        A partition nobody committed starts at its earliest offset, which only the broker
+        knows. Asked one partition at a time (40 on a fresh deployment), each request waited
+        behind the fetch's long poll in the consumer thread, and so did every commit: a commit
+        at idle took a whole second ("Timer commit is overlapping") for the first minute.
+        """
+        waiting = [tp for tp in tps if not self.ledger.started(tp)]
+        unknown = [tp for tp in waiting if self._known_start(tp) is None]
+        earliest: Mapping[TP, int] = {}
+        if unknown:
+            try:
+                earliest = await self._ask_thread(self.earliest_offsets(*unknown))
+            except Exception:  # TimeoutError, or not assigned any more: per partition later
+                return
+        for tp in waiting:
+            start = self._known_start(tp)
+            start = earliest.get(tp) or 0 if start is None else start
+            if self._open(tp) and not self.ledger.started(tp):
+                self.ledger.start(tp, start)
+
+    def _known_start(self, tp: TP) -> int | None:
+        """The group's committed offset for ``tp`` if this consumer already knows it."""
+        committed = self._seek_committed.get(tp)
+        if committed is None:
+            committed = self._committed_offset.get(tp)
+        return None if committed is None or committed < 0 else committed
+
     async def _reread(self, tp: TP, arrived: int) -> None:
         """A record before ``arrived`` (an offset seen, or the fetch position) went missing."""
         expected = self.ledger.expected(tp)
@@ -222,8 +249,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             if self.app.rebalancing:
                 stalled = {}
                 continue
-            for tp in list(self.assignment()):
-                if not self.ledger.owns(tp.topic) or self.app.rebalancing:
+            owned = [tp for tp in self.assignment() if self.ledger.owns(tp.topic)]
+            await self._start_all(owned)
+            for tp in owned:
+                if self.app.rebalancing:
                     continue
                 try:
                     if not await self._ensure_started(tp):
