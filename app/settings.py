@@ -1,7 +1,9 @@
 """The one settings object of the service, filled from the environment and checked at startup.
 
-Every knob the service has is a field here, so the README's configuration table, the
-docker-compose file and the tests can all be checked against a single list (``ENV_VARS``).
+Every knob the service has is declared once, as a field of :class:`Settings` whose metadata
+holds its variables, default, parser (type and bounds) and one-line doc. ``SPEC``, ``ENV_VARS``
+and the README's configuration table (``python -m app.settings table``) are derived from those
+declarations, so the docs, the docker-compose file and the tests are checked against the code.
 Bad values stop the worker with one line naming the variable: an operator should never have to
 read a traceback to learn that ``WEB_PORT=70000`` is out of range.
 """
@@ -11,9 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Generic, Literal, TypeVar
+
+from app.channels.fcm import DEFAULT_TOKEN_URL, ServiceAccount
+from app.core.receivers import known_region
 
 FLOWX_GENERATE_IN = "ai.flowx.plugin.notification.trigger.generate.otp.v1"
 FLOWX_GENERATE_OUT = "ai.flowx.engine.receive.plugin.notification.generate.otp.results.v1"
@@ -181,8 +187,6 @@ def _optional_headers(raw: str) -> tuple[tuple[str, str], ...] | None:
 
 def _countries(raw: str) -> frozenset[str] | None:
     """ISO 3166-1 alpha-2 codes; phone numbers are matched to them by their E.164 prefix."""
-    from app.core.receivers import known_region
-
     codes = frozenset(code.strip().upper() for code in raw.split(",") if code.strip())
     if not codes:
         return None
@@ -202,400 +206,479 @@ def _optional_id(raw: str) -> str | None:
     return value
 
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+# The channel providers whose constructor arguments come straight from settings; see
+# ``Settings.channel_options`` and app/channels/factory.py.
+Provider = Literal["smtp", "twilio", "sms_webhook", "kafka", "fcm", "push_webhook"]
+
+
 @dataclass(frozen=True)
-class Setting:
-    """How one field is read: its variables (first set wins), default and parser."""
+class Setting(Generic[T_co]):
+    """How one field is read (its variables, first set wins; default; parser) and documented.
+
+    ``default`` is the raw text the parser reads when no variable is set (``None``: the field
+    is ``None``), so a default is checked exactly like a value from the environment.
+    ``shown_default`` replaces it in the README where the raw text would mislead (a required
+    secret, a default that depends on a file). ``option`` names the channel constructor argument
+    the field feeds, so app/channels/factory.py does not list the fields a second time.
+    """
 
     names: tuple[str, ...]
     default: str | None
-    parse: Callable[[str], Any]
-    help: str
+    parse: Callable[[str], T_co]
+    doc: str
     secret: bool = False
+    shown_default: str | None = None
+    option: tuple[Provider, str] | None = None
+
+    @property
+    def shown(self) -> str:
+        """The README's "default" cell."""
+        if self.shown_default is not None:
+            return self.shown_default
+        return "unset" if self.default is None else f"`{self.default}`"
+
+    @property
+    def meaning(self) -> str:
+        """The README's "meaning" cell: the doc, and whether the value is kept out of logs."""
+        return f"{self.doc} (secret)" if self.secret else self.doc
 
 
-SPEC: dict[str, Setting] = {
-    "kafka_bootstrap_servers": Setting(
-        ("KAFKA_BOOTSTRAP_SERVERS",),
+def setting(
+    names: str | tuple[str, ...],
+    default: str | None,
+    parse: Callable[[str], T],
+    doc: str,
+    *,
+    secret: bool = False,
+    shown_default: str | None = None,
+    option: tuple[Provider, str] | None = None,
+) -> T:
+    """Declare one field of :class:`Settings`: its annotation and this call are all there is.
+
+    The return type is the parser's, so ``port: int = setting(..., _int(1, 65535), ...)`` reads
+    as what it is; the value itself is a ``dataclasses.field`` carrying the :class:`Setting`.
+    """
+    spec = Setting(
+        names if isinstance(names, tuple) else (names,),
+        default,
+        parse,
+        doc,
+        secret=secret,
+        shown_default=shown_default,
+        option=option,
+    )
+    declared: T = field(metadata={"setting": spec})
+    return declared
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, validated configuration. Build it with :meth:`from_env`; tests pass overrides.
+
+    Fields are in the README's order: the configuration table lists them as declared here.
+    """
+
+    kafka_bootstrap_servers: str = setting(
+        "KAFKA_BOOTSTRAP_SERVERS",
         "127.0.0.1:9092",
         _text,
         "Kafka bootstrap servers, comma-separated host:port",
-    ),
-    "topic_generate_in": Setting(
-        ("KAFKA_TOPIC_OTP_GENERATE_IN",),
+    )
+    topic_generate_in: str = setting(
+        "KAFKA_TOPIC_OTP_GENERATE_IN",
         FLOWX_GENERATE_IN,
         _topic,
         "generate requests from the engine",
-    ),
-    "topic_generate_out": Setting(
-        ("KAFKA_TOPIC_OTP_GENERATE_OUT",),
+    )
+    topic_generate_out: str = setting(
+        "KAFKA_TOPIC_OTP_GENERATE_OUT",
         FLOWX_GENERATE_OUT,
         _topic,
         "generate replies to the engine",
-    ),
-    "topic_validate_in": Setting(
-        ("KAFKA_TOPIC_OTP_VALIDATE_IN",),
+    )
+    topic_validate_in: str = setting(
+        "KAFKA_TOPIC_OTP_VALIDATE_IN",
         FLOWX_VALIDATE_IN,
         _topic,
         "validate requests from the engine",
-    ),
-    "topic_validate_out": Setting(
-        ("KAFKA_TOPIC_OTP_VALIDATE_OUT",),
+    )
+    topic_validate_out: str = setting(
+        "KAFKA_TOPIC_OTP_VALIDATE_OUT",
         FLOWX_VALIDATE_OUT,
         _topic,
         "validate replies to the engine",
-    ),
-    "topic_dlq": Setting(
-        ("KAFKA_TOPIC_OTP_DLQ",),
+    )
+    topic_dlq: str = setting(
+        "KAFKA_TOPIC_OTP_DLQ",
         DEFAULT_DLQ,
         _topic,
         "dead-letter topic for requests that cannot be answered",
-    ),
-    "engine_topic_pattern": Setting(
-        ("ENGINE_TOPIC_PATTERN",),
+    )
+    engine_topic_pattern: str = setting(
+        "ENGINE_TOPIC_PATTERN",
         DEFAULT_ENGINE_PATTERN,
         _regex,
-        "regex the engine subscribes with; _OUT topics that do not match are warned about",
-    ),
-    "app_id": Setting(
-        ("APP_ID",), "faust-otp", _topic, "Faust app id: consumer group and internal topic prefix"
-    ),
-    "topic_partitions": Setting(
-        ("TOPIC_PARTITIONS",),
+        "regex the engine subscribes with; `_OUT` topics that do not match are warned about",
+    )
+    app_id: str = setting(
+        "APP_ID", "faust-otp", _topic, "Faust app id: consumer group and internal topic prefix"
+    )
+    topic_partitions: int = setting(
+        "TOPIC_PARTITIONS",
         "8",
         _int(1, 1024),
         "partitions of internal topics and tables (max workers)",
-    ),
-    "topic_replication_factor": Setting(
-        ("TOPIC_REPLICATION_FACTOR",), "1", _int(1, 16), "replication factor of internal topics"
-    ),
-    "data_dir": Setting(("DATA_DIR",), ".local/data", _text, "RocksDB directory, one per worker"),
-    "web_host": Setting(("WEB_HOST",), "127.0.0.1", _text, "HTTP bind address"),
-    "web_port": Setting(("WEB_PORT",), "6066", _int(1, 65535), "HTTP port"),
-    "log_level": Setting(("LOG_LEVEL",), "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
-    "log_format": Setting(
-        ("LOG_FORMAT",), "json", _choice("json", "text"), "json (one object per line) or text"
-    ),
-    "notify_api_auth": Setting(
-        ("NOTIFY_API_AUTH",),
+    )
+    topic_replication_factor: int = setting(
+        "TOPIC_REPLICATION_FACTOR", "1", _int(1, 16), "replication factor of internal topics"
+    )
+    data_dir: str = setting("DATA_DIR", ".local/data", _text, "RocksDB directory, one per worker")
+    web_host: str = setting("WEB_HOST", "127.0.0.1", _text, "HTTP bind address")
+    web_port: int = setting("WEB_PORT", "6066", _int(1, 65535), "HTTP port")
+    log_level: str = setting(
+        "LOG_LEVEL", "INFO", _log_level, "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`"
+    )
+    log_format: str = setting(
+        "LOG_FORMAT",
+        "json",
+        _choice("json", "text"),
+        "`json` (one object per line, with `processInstanceId`, `clientId`, `channel` fields) "
+        "or `text` (`make run` uses it)",
+    )
+    notify_api_auth: str = setting(
+        "NOTIFY_API_AUTH",
         "enabled",
         _choice("enabled", "disabled"),
-        "'disabled' turns off bearer-token checks on /api/* (development only)",
-    ),
-    "notify_api_token": Setting(
-        ("NOTIFY_API_TOKEN",), None, _optional_text, "bearer token required on /api/*", secret=True
-    ),
-    "api_max_body_bytes": Setting(
-        ("API_MAX_BODY_BYTES",),
+        "`disabled` turns off bearer-token checks on `/api/*` (development only)",
+    )
+    notify_api_token: str | None = setting(
+        "NOTIFY_API_TOKEN",
+        None,
+        _optional_text,
+        "bearer token required on `/api/*`; required unless `NOTIFY_API_AUTH=disabled`",
+        secret=True,
+    )
+    api_max_body_bytes: int = setting(
+        "API_MAX_BODY_BYTES",
         "262144",
         _int(1024, 16 * 1024 * 1024),
         "largest accepted HTTP request body",
-    ),
-    "api_write_timeout_seconds": Setting(
-        ("API_WRITE_TIMEOUT_SECONDS",),
+    )
+    api_write_timeout_seconds: float = setting(
+        "API_WRITE_TIMEOUT_SECONDS",
         "10",
         _float(0.5, 120),
         "how long a template write waits for its agent",
-    ),
-    "template_default_language": Setting(
-        ("TEMPLATE_DEFAULT_LANGUAGE",),
+    )
+    template_default_language: str = setting(
+        "TEMPLATE_DEFAULT_LANGUAGE",
         "en",
         _text,
         "language used when a request or template names none",
-    ),
-    "template_max_body_chars": Setting(
-        ("TEMPLATE_MAX_BODY_CHARS",), "100000", _int(16, 4 * 1024 * 1024), "largest template body"
-    ),
-    "otp_length": Setting(
+    )
+    template_max_body_chars: int = setting(
+        "TEMPLATE_MAX_BODY_CHARS",
+        "100000",
+        _int(16, 4 * 1024 * 1024),
+        "largest template body, in characters",
+    )
+    otp_length: int = setting(
         ("FLOWX_OTP_LENGTH", "OTP_LENGTH"),
         "6",
         _int(4, 10),
         "characters in a code (FlowX default 4)",
-    ),
-    "otp_alphabet": Setting(
-        ("OTP_ALPHABET",),
+    )
+    otp_alphabet: str = setting(
+        "OTP_ALPHABET",
         "numeric",
         _alphabet,
-        "'numeric', 'alphanumeric' or an explicit character set",
-    ),
-    "otp_expire_seconds": Setting(
+        "`numeric`, `alphanumeric` (without look-alikes such as 0/O and 1/I) or an explicit set "
+        "of at least 10 distinct letters and digits",
+    )
+    otp_expire_seconds: int = setting(
         ("FLOWX_OTP_EXPIRE_TIME_IN_SECONDS", "FLOWX_OTP_EXPIRETIMEINSECONDS", "OTP_EXPIRE_SECONDS"),
         "600",
         _int(1, 7 * 24 * 3600),
         "validity of a code in seconds",
-    ),
-    "otp_hmac_secret": Setting(
-        ("OTP_HMAC_SECRET",),
+    )
+    otp_hmac_secret: str | None = setting(
+        "OTP_HMAC_SECRET",
         None,
         _optional_text,
-        "key of the HMAC-SHA256 stored instead of codes (required, shared by all workers)",
+        "key of the HMAC-SHA256 stored instead of codes; at least 16 characters, the same on "
+        "every worker",
         secret=True,
-    ),
-    "otp_max_attempts": Setting(
-        ("OTP_MAX_ATTEMPTS",), "5", _int(1, 100), "wrong tries before a code is locked"
-    ),
-    "otp_max_sends": Setting(
-        ("OTP_MAX_SENDS",), "5", _int(1, 1000), "codes per identifier per window"
-    ),
-    "otp_max_sends_per_receiver": Setting(
-        ("OTP_MAX_SENDS_PER_RECEIVER",),
+        shown_default="*(required)*",
+    )
+    otp_max_attempts: int = setting(
+        "OTP_MAX_ATTEMPTS", "5", _int(1, 100), "wrong tries before a code is locked"
+    )
+    otp_max_sends: int = setting(
+        "OTP_MAX_SENDS", "5", _int(1, 1000), "codes per identifier per window"
+    )
+    otp_max_sends_per_receiver: int = setting(
+        "OTP_MAX_SENDS_PER_RECEIVER",
         "5",
         _int(0, 1000),
-        "codes per receiver (address or phone number) per window, whatever the clientId; 0: off",
-    ),
-    "sms_allowed_countries": Setting(
-        ("SMS_ALLOWED_COUNTRIES",),
+        "codes per receiver (e-mail address or phone number, however written) per window, "
+        "whatever the `clientId`; `0` turns the check off",
+    )
+    sms_allowed_countries: frozenset[str] | None = setting(
+        "SMS_ALLOWED_COUNTRIES",
         None,
         _countries,
-        "ISO 3166 codes SMS may go to, comma-separated (e.g. RO,DE); unset: all",
-    ),
-    "otp_send_window_seconds": Setting(
-        ("OTP_SEND_WINDOW_SECONDS",), "600", _int(1, 7 * 24 * 3600), "window of OTP_MAX_SENDS"
-    ),
-    "otp_sweep_interval_seconds": Setting(
-        ("OTP_SWEEP_INTERVAL_SECONDS",),
+        "ISO 3166 codes SMS may go to, comma-separated (`RO,DE,FR`), matched on the number's "
+        "E.164 prefix; unset: all",
+    )
+    otp_send_window_seconds: int = setting(
+        "OTP_SEND_WINDOW_SECONDS",
+        "600",
+        _int(1, 7 * 24 * 3600),
+        "window of `OTP_MAX_SENDS` and `OTP_MAX_SENDS_PER_RECEIVER`",
+    )
+    otp_sweep_interval_seconds: float = setting(
+        "OTP_SWEEP_INTERVAL_SECONDS",
         "30",
         _float(0.2, 3600),
         "how often expired entries are deleted",
-    ),
-    "shutdown_timeout_seconds": Setting(
-        ("SHUTDOWN_TIMEOUT_SECONDS",),
+    )
+    shutdown_timeout_seconds: float = setting(
+        "SHUTDOWN_TIMEOUT_SECONDS",
         "30",
         _float(1, 600),
         "on SIGTERM, finish in-flight requests and exit within this time",
-    ),
-    "recovery_stall_seconds": Setting(
-        ("RECOVERY_STALL_SECONDS",),
+    )
+    recovery_stall_seconds: float = setting(
+        "RECOVERY_STALL_SECONDS",
         "30",
         _float(1, 3600),
         "table recovery without progress this long re-reads; twice this long, the worker exits",
-    ),
-    "max_request_bytes": Setting(
-        ("MAX_REQUEST_BYTES",),
+    )
+    max_request_bytes: int = setting(
+        "MAX_REQUEST_BYTES",
         "65536",
         _int(256, MAX_REQUEST_BYTES_LIMIT),
-        "largest Kafka request acted on (key, value and headers); larger ones get an error "
-        "reply, or a dead letter without a readable processInstanceId",
-    ),
-    "render_timeout_ms": Setting(
-        ("RENDER_TIMEOUT_MS",),
+        "largest Kafka request acted on, key, value and headers counted (at most "
+        f"{MAX_REQUEST_BYTES_LIMIT}, below the producer's {PRODUCER_MAX_REQUEST_BYTES}-byte "
+        "limit); a larger one gets an error reply, or is dead-lettered",
+    )
+    render_timeout_ms: int = setting(
+        "RENDER_TIMEOUT_MS",
         "200",
         _int(10, 60_000),
-        "CPU-time budget of one template render or save-time compile",
-    ),
-    "render_max_output_bytes": Setting(
-        ("RENDER_MAX_OUTPUT_BYTES",),
+        "CPU-time budget of one template render, preview or save-time compile",
+    )
+    render_max_output_bytes: int = setting(
+        "RENDER_MAX_OUTPUT_BYTES",
         str(1024 * 1024),
         _int(1024, 64 * 1024 * 1024),
-        "largest text one render may produce (and any string built on the way)",
-    ),
-    "smtp_host": Setting(
-        ("SMTP_HOST", "SIMPLEJAVAMAIL_SMTP_HOST"), "127.0.0.1", _text, "SMTP server"
-    ),
-    "smtp_port": Setting(
-        ("SMTP_PORT", "SIMPLEJAVAMAIL_SMTP_PORT"), "587", _int(1, 65535), "SMTP port"
-    ),
-    "smtp_username": Setting(
-        ("SMTP_USERNAME", "SIMPLEJAVAMAIL_SMTP_USERNAME"), None, _optional_text, "SMTP AUTH user"
-    ),
-    "smtp_password": Setting(
+        "largest text one render may produce, and any string built on the way",
+    )
+    smtp_host: str = setting(
+        ("SMTP_HOST", "SIMPLEJAVAMAIL_SMTP_HOST"),
+        "127.0.0.1",
+        _text,
+        "SMTP server",
+        option=("smtp", "host"),
+    )
+    smtp_port: int = setting(
+        ("SMTP_PORT", "SIMPLEJAVAMAIL_SMTP_PORT"),
+        "587",
+        _int(1, 65535),
+        "SMTP port",
+        option=("smtp", "port"),
+    )
+    smtp_username: str | None = setting(
+        ("SMTP_USERNAME", "SIMPLEJAVAMAIL_SMTP_USERNAME"),
+        None,
+        _optional_text,
+        "SMTP AUTH user; set together with `SMTP_PASSWORD`",
+        option=("smtp", "username"),
+    )
+    smtp_password: str | None = setting(
         ("SMTP_PASSWORD", "SIMPLEJAVAMAIL_SMTP_PASSWORD"),
         None,
         _optional_text,
         "SMTP AUTH password",
         secret=True,
-    ),
-    "smtp_security": Setting(
-        ("SMTP_SECURITY",), "starttls", _choice("none", "starttls", "tls"), "none, starttls or tls"
-    ),
-    "smtp_timeout_seconds": Setting(
-        ("SMTP_TIMEOUT_SECONDS",), "10", _float(0.1, 300), "connect and per-command SMTP timeout"
-    ),
-    "smtp_pool_size": Setting(
-        ("SMTP_POOL_SIZE",), "4", _int(1, 64), "SMTP connections kept open and used in parallel"
-    ),
-    "smtp_ca_file": Setting(
-        ("SMTP_CA_FILE",),
+        option=("smtp", "password"),
+    )
+    smtp_security: str = setting(
+        "SMTP_SECURITY",
+        "starttls",
+        _choice("none", "starttls", "tls"),
+        "`none`, `starttls` or `tls`",
+        option=("smtp", "security"),
+    )
+    smtp_timeout_seconds: float = setting(
+        "SMTP_TIMEOUT_SECONDS",
+        "10",
+        _float(0.1, 300),
+        "connect and per-command SMTP timeout",
+        option=("smtp", "timeout"),
+    )
+    smtp_pool_size: int = setting(
+        "SMTP_POOL_SIZE",
+        "4",
+        _int(1, 64),
+        "SMTP connections kept open and used in parallel",
+        option=("smtp", "pool_size"),
+    )
+    smtp_ca_file: str | None = setting(
+        "SMTP_CA_FILE",
         None,
         _optional_text,
-        "CA bundle to verify the SMTP server (default: system)",
-    ),
-    "mail_from_email": Setting(
+        "CA bundle to verify the SMTP server; unset: the system's",
+        option=("smtp", "ca_file"),
+    )
+    mail_from_email: str = setting(
         ("MAIL_FROM_EMAIL", "APPLICATION_MAIL_FROM_EMAIL"),
         "no-reply@localhost",
         _text,
         "sender address",
-    ),
-    "mail_from_name": Setting(
+        option=("smtp", "from_email"),
+    )
+    mail_from_name: str = setting(
         ("MAIL_FROM_NAME", "APPLICATION_MAIL_FROM_NAME"),
         "OTP Service",
         _text,
         "sender display name",
-    ),
-    "sms_provider": Setting(
-        ("SMS_PROVIDER",),
+        option=("smtp", "from_name"),
+    )
+    sms_provider: str | None = setting(
+        "SMS_PROVIDER",
         None,
         _optional_choice("twilio", "webhook", "kafka"),
-        "twilio, webhook or kafka; unset: SMS requests are refused",
-    ),
-    "twilio_account_sid": Setting(
-        ("TWILIO_ACCOUNT_SID",), None, _optional_id, "Twilio Account SID (AC...)"
-    ),
-    "twilio_auth_token": Setting(
-        ("TWILIO_AUTH_TOKEN",), None, _optional_text, "Twilio auth token", secret=True
-    ),
-    "twilio_from": Setting(
-        ("TWILIO_FROM",), None, _optional_text, "sender: E.164 number, short code or sender id"
-    ),
-    "twilio_messaging_service_sid": Setting(
-        ("TWILIO_MESSAGING_SERVICE_SID",),
+        "`twilio`, `webhook` or `kafka`; unset: SMS requests are refused",
+    )
+    twilio_account_sid: str | None = setting(
+        "TWILIO_ACCOUNT_SID",
         None,
         _optional_id,
-        "Twilio Messaging Service (MG...); wins over TWILIO_FROM",
-    ),
-    "twilio_base_url": Setting(
-        ("TWILIO_BASE_URL",), "https://api.twilio.com", _url, "Twilio API base URL"
-    ),
-    "sms_webhook_url": Setting(
-        ("SMS_WEBHOOK_URL",),
-        None,
-        _optional_url,
-        "endpoint receiving SMS as JSON (SMS_PROVIDER=webhook)",
-        secret=True,
-    ),
-    "sms_webhook_headers": Setting(
-        ("SMS_WEBHOOK_HEADERS",),
-        None,
-        _optional_headers,
-        'extra headers as a JSON object, e.g. {"X-Api-Key": "..."}',
-        secret=True,
-    ),
-    "topic_notification_external_out": Setting(
-        ("KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT",),
-        "ai.flowx.plugin.notification.external.out.v1",
-        _topic,
-        "topic SMS are forwarded to (SMS_PROVIDER=kafka)",
-    ),
-    "push_provider": Setting(
-        ("PUSH_PROVIDER",),
-        None,
-        _optional_choice("fcm", "webhook"),
-        "fcm or webhook; unset: PUSH requests are refused",
-    ),
-    "fcm_project_id": Setting(("FCM_PROJECT_ID",), None, _optional_id, "Firebase project id"),
-    "fcm_credentials_file": Setting(
-        ("FCM_CREDENTIALS_FILE",),
+        "Twilio Account SID (`AC...`); required with `SMS_PROVIDER=twilio`",
+        option=("twilio", "account_sid"),
+    )
+    twilio_auth_token: str | None = setting(
+        "TWILIO_AUTH_TOKEN",
         None,
         _optional_text,
-        "path of the Google service-account key file (JSON)",
-    ),
-    "fcm_base_url": Setting(
-        ("FCM_BASE_URL",), "https://fcm.googleapis.com", _url, "FCM API base URL"
-    ),
-    "fcm_token_url": Setting(
-        ("FCM_TOKEN_URL",),
-        None,
-        _optional_url,
-        "OAuth2 token endpoint (default: the key file's token_uri)",
-    ),
-    "push_webhook_url": Setting(
-        ("PUSH_WEBHOOK_URL",),
-        None,
-        _optional_url,
-        "endpoint receiving push notifications as JSON (PUSH_PROVIDER=webhook)",
+        "Twilio auth token; required with `SMS_PROVIDER=twilio`",
         secret=True,
-    ),
-    "push_webhook_headers": Setting(
-        ("PUSH_WEBHOOK_HEADERS",),
+        option=("twilio", "auth_token"),
+    )
+    twilio_from: str | None = setting(
+        "TWILIO_FROM",
+        None,
+        _optional_text,
+        "sender: E.164 number, short code or alphanumeric sender id",
+        option=("twilio", "from_number"),
+    )
+    twilio_messaging_service_sid: str | None = setting(
+        "TWILIO_MESSAGING_SERVICE_SID",
+        None,
+        _optional_id,
+        "Twilio Messaging Service (`MG...`); one of it and `TWILIO_FROM` is required, it wins "
+        "when both are set",
+        option=("twilio", "messaging_service_sid"),
+    )
+    twilio_base_url: str = setting(
+        "TWILIO_BASE_URL",
+        "https://api.twilio.com",
+        _url,
+        "Twilio API base URL",
+        option=("twilio", "base_url"),
+    )
+    sms_webhook_url: str | None = setting(
+        "SMS_WEBHOOK_URL",
+        None,
+        _optional_url,
+        "endpoint receiving SMS as JSON, may carry a token; required with `SMS_PROVIDER=webhook`",
+        secret=True,
+        option=("sms_webhook", "url"),
+    )
+    sms_webhook_headers: tuple[tuple[str, str], ...] | None = setting(
+        "SMS_WEBHOOK_HEADERS",
         None,
         _optional_headers,
-        'extra headers as a JSON object, e.g. {"X-Api-Key": "..."}',
+        'extra request headers as a JSON object, e.g. `{"X-Api-Key": "..."}`',
         secret=True,
-    ),
-    "delivery_timeout_seconds": Setting(
-        ("DELIVERY_TIMEOUT_SECONDS",),
+        option=("sms_webhook", "headers"),
+    )
+    topic_notification_external_out: str = setting(
+        "KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT",
+        "ai.flowx.plugin.notification.external.out.v1",
+        _topic,
+        "topic SMS are forwarded to with `SMS_PROVIDER=kafka` (FlowX documents the variable, "
+        "not a default)",
+        option=("kafka", "topic"),
+    )
+    push_provider: str | None = setting(
+        "PUSH_PROVIDER",
+        None,
+        _optional_choice("fcm", "webhook"),
+        "`fcm` or `webhook`; unset: PUSH requests are refused",
+    )
+    fcm_project_id: str | None = setting(
+        "FCM_PROJECT_ID",
+        None,
+        _optional_id,
+        "Firebase project id; required with `PUSH_PROVIDER=fcm`",
+        option=("fcm", "project_id"),
+    )
+    # No ``option``: the factory passes the loaded key (``ServiceAccount``), not the path.
+    fcm_credentials_file: str | None = setting(
+        "FCM_CREDENTIALS_FILE",
+        None,
+        _optional_text,
+        "path of the Google service-account key file (JSON); required with "
+        "`PUSH_PROVIDER=fcm`, checked at startup",
+    )
+    fcm_base_url: str = setting(
+        "FCM_BASE_URL",
+        "https://fcm.googleapis.com",
+        _url,
+        "FCM API base URL",
+        option=("fcm", "base_url"),
+    )
+    fcm_token_url: str | None = setting(
+        "FCM_TOKEN_URL",
+        None,
+        _optional_url,
+        "OAuth2 token endpoint",
+        shown_default=f"the key file's `token_uri`, else `{DEFAULT_TOKEN_URL}`",
+        option=("fcm", "token_url"),
+    )
+    push_webhook_url: str | None = setting(
+        "PUSH_WEBHOOK_URL",
+        None,
+        _optional_url,
+        "endpoint receiving push notifications as JSON; required with `PUSH_PROVIDER=webhook`",
+        secret=True,
+        option=("push_webhook", "url"),
+    )
+    push_webhook_headers: tuple[tuple[str, str], ...] | None = setting(
+        "PUSH_WEBHOOK_HEADERS",
+        None,
+        _optional_headers,
+        "extra request headers as a JSON object",
+        secret=True,
+        option=("push_webhook", "headers"),
+    )
+    delivery_timeout_seconds: float = setting(
+        "DELIVERY_TIMEOUT_SECONDS",
         "15",
         _float(0.5, 300),
-        "time budget of one notification, every retry included",
-    ),
-    "delivery_max_concurrency": Setting(
-        ("DELIVERY_MAX_CONCURRENCY",),
+        "time budget of one notification on any channel, every retry included",
+    )
+    delivery_max_concurrency: int = setting(
+        "DELIVERY_MAX_CONCURRENCY",
         "16",
         _int(1, 1024),
         "sends in flight at once per provider",
-    ),
-}
-
-ENV_VARS: frozenset[str] = frozenset(name for spec in SPEC.values() for name in spec.names)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Typed, validated configuration. Build it with :meth:`from_env`; tests pass overrides."""
-
-    kafka_bootstrap_servers: str
-    topic_generate_in: str
-    topic_generate_out: str
-    topic_validate_in: str
-    topic_validate_out: str
-    topic_dlq: str
-    engine_topic_pattern: str
-    app_id: str
-    topic_partitions: int
-    topic_replication_factor: int
-    data_dir: str
-    web_host: str
-    web_port: int
-    log_level: str
-    log_format: str
-    notify_api_auth: str
-    notify_api_token: str | None
-    api_max_body_bytes: int
-    api_write_timeout_seconds: float
-    template_default_language: str
-    template_max_body_chars: int
-    otp_length: int
-    otp_alphabet: str
-    otp_expire_seconds: int
-    otp_hmac_secret: str | None
-    otp_max_attempts: int
-    otp_max_sends: int
-    otp_max_sends_per_receiver: int
-    sms_allowed_countries: frozenset[str] | None
-    otp_send_window_seconds: int
-    otp_sweep_interval_seconds: float
-    shutdown_timeout_seconds: float
-    recovery_stall_seconds: float
-    max_request_bytes: int
-    render_timeout_ms: int
-    render_max_output_bytes: int
-    smtp_host: str
-    smtp_port: int
-    smtp_username: str | None
-    smtp_password: str | None
-    smtp_security: str
-    smtp_timeout_seconds: float
-    smtp_pool_size: int
-    smtp_ca_file: str | None
-    mail_from_email: str
-    mail_from_name: str
-    sms_provider: str | None
-    twilio_account_sid: str | None
-    twilio_auth_token: str | None
-    twilio_from: str | None
-    twilio_messaging_service_sid: str | None
-    twilio_base_url: str
-    sms_webhook_url: str | None
-    sms_webhook_headers: tuple[tuple[str, str], ...] | None
-    topic_notification_external_out: str
-    push_provider: str | None
-    fcm_project_id: str | None
-    fcm_credentials_file: str | None
-    fcm_base_url: str
-    fcm_token_url: str | None
-    push_webhook_url: str | None
-    push_webhook_headers: tuple[tuple[str, str], ...] | None
-    delivery_timeout_seconds: float
-    delivery_max_concurrency: int
+    )
 
     @classmethod
     def from_env(
@@ -603,7 +686,7 @@ class Settings:
         environ: Mapping[str, str] | None = None,
         *,
         check_secrets: bool = True,
-        **overrides: Any,
+        **overrides: object,
     ) -> Settings:
         """Read every field from ``environ`` (default ``os.environ``); raise :class:`ConfigError`.
 
@@ -612,20 +695,21 @@ class Settings:
         only matter to a running worker (tokens, HMAC key), so tools can read topic names.
         """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            if field.name in overrides:
-                values[field.name] = overrides[field.name]
+        values: dict[str, object] = {}
+        for name, spec in SPEC.items():
+            if name in overrides:
+                values[name] = overrides[name]
                 continue
-            spec = SPEC[field.name]
-            name, raw = next(((n, env[n]) for n in spec.names if n in env), (spec.names[0], None))
+            variable, raw = next(
+                ((n, env[n]) for n in spec.names if n in env), (spec.names[0], None)
+            )
             if raw is None:
-                values[field.name] = None if spec.default is None else spec.parse(spec.default)
+                values[name] = None if spec.default is None else spec.parse(spec.default)
                 continue
             try:
-                values[field.name] = spec.parse(raw)
+                values[name] = spec.parse(raw)
             except ValueError as exc:
-                raise ConfigError(name, str(exc)) from None
+                raise ConfigError(variable, str(exc)) from None
         settings = cls(**values)
         if check_secrets:
             settings.check_secrets()
@@ -673,12 +757,24 @@ class Settings:
                 raise ConfigError("FCM_PROJECT_ID", "is required when PUSH_PROVIDER=fcm")
             if not self.fcm_credentials_file:
                 raise ConfigError("FCM_CREDENTIALS_FILE", "is required when PUSH_PROVIDER=fcm")
-            from app.channels.fcm import ServiceAccount
-
             try:
                 ServiceAccount.load(self.fcm_credentials_file)
             except ValueError as exc:
                 raise ConfigError("FCM_CREDENTIALS_FILE", str(exc)) from None
+
+    def channel_options(self, provider: Provider) -> dict[str, object]:
+        """The constructor arguments of ``provider``'s channel that are plain settings.
+
+        Each field says which argument it feeds (``option=`` in its declaration), so adding a
+        provider setting is one declaration here, not another keyword in the factory. Values
+        are as parsed: call this on settings that passed :meth:`check_channels` (``from_env``
+        does), which guarantees what the chosen provider requires is not ``None``.
+        """
+        return {
+            spec.option[1]: getattr(self, name)
+            for name, spec in SPEC.items()
+            if spec.option is not None and spec.option[0] == provider
+        }
 
     def secret_values(self) -> list[str]:
         """Every configured secret (tokens, keys, passwords, webhook URLs and header values),
@@ -712,3 +808,49 @@ class Settings:
 
         shown = ", ".join(f"{f.name}={show(f.name)}" for f in fields(self))
         return f"Settings({shown})"
+
+
+def _declaration(name: str, metadata: Mapping[str, object]) -> Setting[object]:
+    """The field's :class:`Setting`; a field declared without one fails at import, not later
+    as a setting that ``from_env`` cannot read and the README does not list."""
+    spec = metadata.get("setting")
+    if not isinstance(spec, Setting):
+        raise TypeError(f"Settings.{name} is not declared with setting(...)")
+    return spec
+
+
+# Field name -> declaration, in declaration order (the README table's order).
+SPEC: dict[str, Setting[object]] = {
+    f.name: _declaration(f.name, f.metadata) for f in fields(Settings)
+}
+
+ENV_VARS: frozenset[str] = frozenset(name for spec in SPEC.values() for name in spec.names)
+
+TABLE_HEADER = "| variable | default | meaning |\n|---|---|---|\n"
+
+
+def _row(*cells: str) -> str:
+    """A table row; a bare ``|`` would end its cell early, even inside backticks."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n"
+
+
+def markdown_table() -> str:
+    """The README's configuration table: one row per setting, in declaration order."""
+    rows = (
+        _row(" / ".join(f"`{name}`" for name in spec.names), spec.shown, spec.meaning)
+        for spec in SPEC.values()
+    )
+    return TABLE_HEADER + "".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m app.settings table``: print the table to paste into README.md."""
+    if argv != ["table"]:
+        print("usage: python -m app.settings table", file=sys.stderr)
+        return 2
+    sys.stdout.write(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,11 @@
-"""The channels of one app, each with its provider's client, from the settings."""
+"""The channels of one app, each with its provider's client, from the settings.
+
+Which setting feeds which constructor argument is declared with the setting itself (``option=``
+in app/settings.py, read back by ``Settings.channel_options``), so a provider setting is added
+in one place. Only what is not a plain per-provider setting is passed here: the delivery budget
+every channel shares, the app's own Kafka settings the Kafka SMS channel reuses, and the FCM key,
+which is loaded from its file.
+"""
 
 from __future__ import annotations
 
@@ -13,69 +20,45 @@ from app.settings import Settings
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
-    """One channel per FlowX channel name, each with its provider's client (opened lazily)."""
+    """One channel per FlowX channel name, each with its provider's client (opened lazily).
+
+    ``settings`` must have passed ``check_channels`` (``Settings.from_env`` runs it): the
+    chosen providers' required values are then set.
+    """
     policy = RetryPolicy(timeout=settings.delivery_timeout_seconds)
     concurrency = settings.delivery_max_concurrency
+    options = settings.channel_options
     channels: dict[str, Channel] = {
-        "MAIL": SmtpChannel(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            security=settings.smtp_security,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            from_email=settings.mail_from_email,
-            from_name=settings.mail_from_name,
-            timeout=settings.smtp_timeout_seconds,
-            pool_size=settings.smtp_pool_size,
-            ca_file=settings.smtp_ca_file,
-            policy=policy,
-            max_concurrency=concurrency,
-        ),
+        "MAIL": SmtpChannel(**options("smtp"), policy=policy, max_concurrency=concurrency),
         "SMS": UnconfiguredChannel("SMS"),
         "PUSH": UnconfiguredChannel("PUSH"),
     }
     if settings.sms_provider == "twilio":
         channels["SMS"] = TwilioChannel(
-            account_sid=settings.twilio_account_sid or "",
-            auth_token=settings.twilio_auth_token or "",
-            from_number=settings.twilio_from,
-            messaging_service_sid=settings.twilio_messaging_service_sid,
-            base_url=settings.twilio_base_url,
-            policy=policy,
-            max_concurrency=concurrency,
+            **options("twilio"), policy=policy, max_concurrency=concurrency
         )
     elif settings.sms_provider == "webhook":
         channels["SMS"] = WebhookChannel(
-            "SMS",
-            url=settings.sms_webhook_url or "",
-            headers=settings.sms_webhook_headers,
-            policy=policy,
-            max_concurrency=concurrency,
+            "SMS", **options("sms_webhook"), policy=policy, max_concurrency=concurrency
         )
     elif settings.sms_provider == "kafka":
         channels["SMS"] = KafkaChannel(
             bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic=settings.topic_notification_external_out,
             topic_partitions=settings.topic_partitions,
             topic_replication_factor=settings.topic_replication_factor,
+            **options("kafka"),
             policy=policy,
             max_concurrency=concurrency,
         )
     if settings.push_provider == "fcm":
         channels["PUSH"] = FcmChannel(
-            project_id=settings.fcm_project_id or "",
             account=ServiceAccount.load(settings.fcm_credentials_file or ""),
-            base_url=settings.fcm_base_url,
-            token_url=settings.fcm_token_url,
+            **options("fcm"),
             policy=policy,
             max_concurrency=concurrency,
         )
     elif settings.push_provider == "webhook":
         channels["PUSH"] = WebhookChannel(
-            "PUSH",
-            url=settings.push_webhook_url or "",
-            headers=settings.push_webhook_headers,
-            policy=policy,
-            max_concurrency=concurrency,
+            "PUSH", **options("push_webhook"), policy=policy, max_concurrency=concurrency
         )
     return channels

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from app.channels.base import UnconfiguredChannel
+from app.channels.factory import build_channels
 from app.channels.fcm import FcmChannel
 from app.channels.kafka import KafkaChannel
 from app.channels.smtp import SmtpChannel
 from app.channels.twilio import TwilioChannel
 from app.channels.webhook import WebhookChannel
-from app.channels.factory import build_channels
-from app.settings import ConfigError, Settings
+from app.settings import ConfigError, Provider, Settings
 from tests.fakes.google import GoogleFake
 from tests.support import config_refusal
 
@@ -159,3 +161,20 @@ def test_every_provider_builds_its_channel_and_secrets_stay_masked(key_file: Pat
 def test_worker_exits_with_one_line_for_a_channel_setting():
     line = config_refusal({"PATH": "/usr/bin:/bin", **GOOD, **TWILIO, "TWILIO_AUTH_TOKEN": ""})
     assert "TWILIO_AUTH_TOKEN" in line
+
+
+CHANNEL_CLASSES = {
+    "smtp": SmtpChannel,
+    "twilio": TwilioChannel,
+    "sms_webhook": WebhookChannel,
+    "kafka": KafkaChannel,
+    "fcm": FcmChannel,
+    "push_webhook": WebhookChannel,
+}
+
+
+@pytest.mark.parametrize("provider", get_args(Provider))
+def test_channel_options_name_arguments_of_their_channel(provider):
+    options = Settings.from_env(GOOD).channel_options(provider)
+    parameters = inspect.signature(CHANNEL_CLASSES[provider]).parameters
+    assert options and set(options) <= set(parameters), (provider, sorted(options))

@@ -2,7 +2,8 @@
 
 import pytest
 
-from app.settings import ENV_VARS, ConfigError, Settings
+from app.settings import ENV_VARS, SPEC, TABLE_HEADER, ConfigError, Settings, markdown_table
+from app.settings import main as settings_main
 from tests.support import ROOT, config_refusal
 
 GOOD = {"OTP_HMAC_SECRET": "s" * 32, "NOTIFY_API_TOKEN": "t" * 20}
@@ -92,10 +93,34 @@ def test_worker_exits_with_one_line(variable, value):
     assert variable in line
 
 
-def test_every_variable_is_documented_in_readme():
-    readme = (ROOT / "README.md").read_text()
-    missing = sorted(v for v in ENV_VARS if f"`{v}`" not in readme)
-    assert not missing, f"README configuration table lacks {missing}"
+def readme_table() -> str:
+    """The configuration table as it stands in README.md: its header row to the last row."""
+    lines = (ROOT / "README.md").read_text().splitlines(keepends=True)
+    start = lines.index(TABLE_HEADER.splitlines(keepends=True)[0])
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "".join(lines[start:end])
+
+
+def test_readme_configuration_table_is_generated_from_the_settings():
+    table = markdown_table()
+    missing = sorted(v for v in ENV_VARS if f"`{v}`" not in table)
+    assert not missing, f"the generated table lacks {missing}"
+    assert readme_table() == table, (
+        "README.md's configuration table differs from the settings declared in app/settings.py: "
+        "run `.venv/bin/python -m app.settings table` and paste its output over the table"
+    )
+
+
+def test_every_setting_has_a_one_line_doc():
+    for name, spec in SPEC.items():
+        assert spec.doc.strip() and "\n" not in spec.doc, name
+        assert spec.names and all(n == n.strip().upper() for n in spec.names), name
+
+
+def test_table_command_prints_the_table(capsys):
+    assert settings_main(["table"]) == 0
+    assert capsys.readouterr().out == markdown_table()
+    assert settings_main([]) == 2
 
 
 def test_secret_values_are_every_configured_secret():
