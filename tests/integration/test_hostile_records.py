@@ -293,13 +293,12 @@ async def test_payment_code_is_bound_to_its_amount_and_payee(
                 **txn,
             }
 
-        await kafka.send(
-            env["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate(1, amount="250.01", payee="ACME Ltd")
-        )
-        await kafka.send(env["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate(2))
-        await kafka.send(
-            env["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate(3, amount=250, payee="ACME Ltd")
-        )
+        for request in (
+            validate(1, amount="250.01", payee="ACME Ltd"),
+            validate(2),
+            validate(3, amount=250, payee="ACME Ltd"),
+        ):  # one key, one partition: handled in this order
+            await kafka.send(env["KAFKA_TOPIC_OTP_VALIDATE_IN"], request, key=client.encode())
         replies = await val_out.wait_for(
             lambda v: str(v["processInstanceId"]).startswith(pid), count=3
         )
