@@ -293,7 +293,9 @@ class RedactingStreamHandler(logging.StreamHandler[TextIO]):
             pass
 
 
-def logging_config(level: str, fmt: str, secrets: Iterable[str] = ()) -> dict[str, Any]:
+def logging_config(
+    level: str, fmt: str, secrets: Iterable[str] = (), library_level: str = "WARNING"
+) -> dict[str, Any]:
     """A dictConfig for Faust's worker (``logging_config``): everything to stderr, redacted.
 
     ``secrets`` are the worker's configured credentials (API token, HMAC key, provider
@@ -301,7 +303,6 @@ def logging_config(level: str, fmt: str, secrets: Iterable[str] = ()) -> dict[st
     The formatter only iterates over the list: dictConfig would turn an item that looks like
     ``ext://...`` into an object if it were indexed, and a secret must stay a string.
     """
-    library_level = level
     kept = [s for s in secrets if s and len(s) >= MIN_SECRET_CHARS]
     formatter: dict[str, Any] = (
         {"()": "app.logs.JsonFormatter", "secrets": kept}
@@ -320,10 +321,11 @@ def logging_config(level: str, fmt: str, secrets: Iterable[str] = ()) -> dict[st
             }
         },
         "root": {"level": level, "handlers": ["default"]},
-        # Library loggers get the level explicitly: the worker's start-up lowers the root
-        # logger's level, and aiokafka's fetcher then builds a DEBUG record per fetch, which
-        # cost ~9% of a worker's CPU in the profile. aiokafka logs every transient metadata
-        # miss at ERROR; those are not actionable.
+        # Library loggers get their own level (LIBRARY_LOG_LEVEL): at INFO, Faust alone
+        # prints about a hundred lines of partition tables at start. Set explicitly also
+        # because the worker's start-up lowers the root logger's level, and aiokafka's fetcher
+        # then builds a DEBUG record per fetch (~9% of a worker's CPU in the profile).
+        # aiokafka logs every transient metadata miss at ERROR; those are not actionable.
         "loggers": {
             "aiokafka": {"level": library_level},
             "faust": {"level": library_level},

@@ -122,7 +122,10 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         Worker=worker_class(settings.shutdown_timeout_seconds),
         table_standby_replicas=0,
         logging_config=logging_config(
-            settings.log_level, settings.log_format, secrets=settings.secret_values()
+            settings.log_level,
+            settings.log_format,
+            secrets=settings.secret_values(),
+            library_level=settings.library_log_level,
         ),
     )
     # The source topics whose commits follow handled records exactly (``app.offsets``).

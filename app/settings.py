@@ -341,6 +341,12 @@ class Settings:
     log_level: str = setting(
         "LOG_LEVEL", "INFO", _log_level, "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`"
     )
+    library_log_level: str = setting(
+        "LIBRARY_LOG_LEVEL",
+        "WARNING",
+        _log_level,
+        "level of Faust's, mode's and aiokafka's loggers (`LOG_LEVEL` sets the service's own)",
+    )
     log_format: str = setting(
         "LOG_FORMAT",
         "json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,6 +21,12 @@ pytestmark = pytest.mark.integration
 def processes_mentioning(marker: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def sample(metrics: str, name: str) -> float:
+    """The value of one sample in Prometheus' text format."""
+    [line] = [line for line in metrics.splitlines() if line.startswith(name + " ")]
+    return float(line.rsplit(" ", 1)[1])
 
 
 async def test_make_run_serves_an_otp_and_ctrl_c_stops_everything(tmp_path: Path):
@@ -97,6 +104,20 @@ async def test_make_run_serves_an_otp_and_ctrl_c_stops_everything(tmp_path: Path
         [saved] = list((tmp_path / "mail").glob("*.eml"))
         assert "otp for 42" in saved.read_text()
         assert "to=newcomer@example.com" in (tmp_path / "make-run.log").read_text()
+
+        # The latency histogram tells the truth: one generate, a sample of seconds.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{web_port}/metrics") as resp:
+                metrics = await resp.text()
+        count = sample(metrics, 'otp_processing_seconds_count{kind="generate"}')
+        assert count == 1
+        assert 0 < sample(metrics, 'otp_processing_seconds_sum{kind="generate"}') < 5
+        assert sample(metrics, 'otp_processing_seconds_bucket{kind="generate",le="5.0"}') == 1
+
+        # A quiet first screen: the service's own lines, not Faust's and aiokafka's INFO.
+        log_text = (tmp_path / "make-run.log").read_text()
+        library_info = re.findall(r"\[INFO\] (?:faust|mode|aiokafka)[.:]", log_text)
+        assert not library_info, f"{len(library_info)} library INFO lines in make run"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:

@@ -430,3 +430,14 @@ def test_pre_check_never_skips_a_line_the_pattern_would_change(parts: list[str])
 def _redacted(match: re.Match[str]) -> str:
     group = match.lastindex
     return "***" if group is None else match.group(group) + "***"
+
+
+def test_libraries_log_at_their_own_level():
+    """``make run`` shows the service's INFO lines, not Faust's partition tables."""
+    config = logging_config("INFO", "text", library_level="WARNING")
+    for name in ("aiokafka", "faust", "mode"):
+        assert config["loggers"][name] == {"level": "WARNING"}
+    assert config["root"]["level"] == "INFO"
+    assert logging_config("DEBUG", "json", library_level="DEBUG")["loggers"]["faust"] == {
+        "level": "DEBUG"
+    }
