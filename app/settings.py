@@ -742,31 +742,36 @@ class Settings:
     def check_channels(self) -> None:
         """Each chosen SMS/PUSH provider has what it needs; never echo a credential."""
         if self.sms_provider == "twilio":
-            for name, value in (
-                ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
-                ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
-            ):
-                if not value:
-                    raise ConfigError(name, "is required when SMS_PROVIDER=twilio")
-            if not (self.twilio_from or self.twilio_messaging_service_sid):
-                raise ConfigError(
-                    "TWILIO_FROM",
-                    "TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when "
-                    "SMS_PROVIDER=twilio",
-                )
+            self._check_twilio()
         if self.sms_provider == "webhook" and not self.sms_webhook_url:
             raise ConfigError("SMS_WEBHOOK_URL", "is required when SMS_PROVIDER=webhook")
         if self.push_provider == "webhook" and not self.push_webhook_url:
             raise ConfigError("PUSH_WEBHOOK_URL", "is required when PUSH_PROVIDER=webhook")
         if self.push_provider == "fcm":
-            if not self.fcm_project_id:
-                raise ConfigError("FCM_PROJECT_ID", "is required when PUSH_PROVIDER=fcm")
-            if not self.fcm_credentials_file:
-                raise ConfigError("FCM_CREDENTIALS_FILE", "is required when PUSH_PROVIDER=fcm")
-            try:
-                ServiceAccount.load(self.fcm_credentials_file)
-            except ValueError as exc:
-                raise ConfigError("FCM_CREDENTIALS_FILE", str(exc)) from None
+            self._check_fcm()
+
+    def _check_twilio(self) -> None:
+        for name, value in (
+            ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
+        ):
+            if not value:
+                raise ConfigError(name, "is required when SMS_PROVIDER=twilio")
+        if not (self.twilio_from or self.twilio_messaging_service_sid):
+            raise ConfigError(
+                "TWILIO_FROM",
+                "TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when SMS_PROVIDER=twilio",
+            )
+
+    def _check_fcm(self) -> None:
+        if not self.fcm_project_id:
+            raise ConfigError("FCM_PROJECT_ID", "is required when PUSH_PROVIDER=fcm")
+        if not self.fcm_credentials_file:
+            raise ConfigError("FCM_CREDENTIALS_FILE", "is required when PUSH_PROVIDER=fcm")
+        try:
+            ServiceAccount.load(self.fcm_credentials_file)
+        except ValueError as exc:
+            raise ConfigError("FCM_CREDENTIALS_FILE", str(exc)) from None
 
     def channel_options(self, provider: Provider) -> dict[str, object]:
         """The constructor arguments of ``provider``'s channel that are plain settings.

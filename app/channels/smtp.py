@@ -162,38 +162,36 @@ class SmtpChannel:
                 self._abort(conn)
                 if attempt == 2:
                     raise DeliveryError(PROVIDER, "server disconnected", transient=True) from None
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                codes = sorted({r.code for r in exc.recipients})
-                raise _RecipientRefused(
-                    PROVIDER,
-                    f"recipient refused ({', '.join(map(str, codes))})",
-                    transient=all(400 <= c < 500 for c in codes),
-                ) from None
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                raise DeliveryError(
-                    PROVIDER, f"{exc.code} authentication failed", transient=400 <= exc.code < 500
-                ) from None
-            except aiosmtplib.SMTPResponseException as exc:
-                raise DeliveryError(
-                    PROVIDER,
-                    f"{exc.code} {_first_line(exc.message)}".strip(),
-                    transient=400 <= exc.code < 500,
-                ) from None
-            except (aiosmtplib.SMTPTimeoutError, TimeoutError):
-                raise DeliveryError(PROVIDER, "timeout", transient=True) from None
-            except ssl.SSLCertVerificationError:
-                raise DeliveryError(PROVIDER, "TLS certificate verification failed") from None
-            except (aiosmtplib.SMTPConnectError, OSError) as exc:
-                cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-                if isinstance(cause, ssl.SSLCertVerificationError):
-                    raise DeliveryError(PROVIDER, "TLS certificate verification failed") from None
-                raise DeliveryError(
-                    PROVIDER,
-                    f"cannot connect to {self._host}:{self._port} ({type(cause).__name__})",
-                    transient=True,
-                ) from None
-            except aiosmtplib.SMTPException as exc:
-                raise DeliveryError(PROVIDER, type(exc).__name__, transient=True) from None
+            except (aiosmtplib.SMTPException, TimeoutError, OSError) as exc:
+                raise self._failure(exc) from None
+
+    def _failure(self, exc: Exception) -> DeliveryError:
+        """The delivery error for an SMTP failure: status and whether a retry may help."""
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+            codes = sorted({r.code for r in exc.recipients})
+            return _RecipientRefused(
+                PROVIDER,
+                f"recipient refused ({', '.join(map(str, codes))})",
+                transient=all(400 <= c < 500 for c in codes),
+            )
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            transient = 400 <= exc.code < 500
+            return DeliveryError(PROVIDER, f"{exc.code} authentication failed", transient=transient)
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            status = f"{exc.code} {_first_line(exc.message)}".strip()
+            return DeliveryError(PROVIDER, status, transient=400 <= exc.code < 500)
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+            return DeliveryError(PROVIDER, "timeout", transient=True)
+        if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return DeliveryError(PROVIDER, "TLS certificate verification failed")
+            return DeliveryError(
+                PROVIDER,
+                f"cannot connect to {self._host}:{self._port} ({type(cause).__name__})",
+                transient=True,
+            )
+        return DeliveryError(PROVIDER, type(exc).__name__, transient=True)
 
     def _abort(self, conn: _Connection) -> None:
         """Drop a session without the QUIT round trip (safe while being cancelled)."""
