@@ -34,14 +34,13 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support import TOKEN, Api, Worker, worker_env  # noqa: E402
+from devtools.support import TOKEN, Api, Worker, worker_env  # noqa: E402
 
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 DEFAULT_KAFKA_PORT = 19192
@@ -182,34 +181,6 @@ class Broker:
 # ---------------------------------------------------------------------------- topics
 
 
-async def create_topics(
-    bootstrap: str, names: Iterable[str], partitions: int, config: dict[str, str] | None = None
-) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
-                [NewTopic(n, partitions, 1, topic_configs=config or {}) for n in names]
-            )
-    finally:
-        await admin.close()
-
-
-async def create_changelog_topics(bootstrap: str, app_id: str, partitions: int) -> None:
-    """Create the OTP app's table changelogs (compacted) before its first worker starts.
-
-    Workaround for a start-up race of a brand-new APP_ID (every bench run has one): Faust
-    creates these topics itself, but the first partition assignment can happen before the
-    broker lists them ("Ignoring missing topic: ...-otps-changelog"), after which every write
-    to the ``otps`` table fails with ``PartitionsMismatch ... changelog has 0 partitions``
-    (answered as "internal error") for minutes. A long-lived deployment meets this only on
-    its very first start; the bench would meet it on every run, so it creates them first.
-    """
-    names = [f"{app_id}-{table}-changelog" for table in ("otps", "templates")]
-    await create_topics(bootstrap, names, partitions, {"cleanup.policy": "compact"})
-
-
 async def delete_topics_containing(bootstrap: str, marker: str) -> int:
     """Delete every topic whose name holds ``marker`` (this run's id); return how many."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -305,6 +276,7 @@ def start_otp_workers(
         **service_topics,
         "TOPIC_PARTITIONS": str(partitions),
         "LOG_LEVEL": "WARNING",
+        "LIBRARY_LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
     if sms:

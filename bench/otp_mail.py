@@ -35,7 +35,6 @@ async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap:
     work = ROOT / ".local" / "bench" / f"otp-mail-{run_id}"
     driver = harness.Driver(bootstrap)
     try:
-        await harness.create_changelog_topics(bootstrap, topics["APP_ID"], args.partitions)
         sinks = harness.start_sinks(procs, work)
         workers = harness.start_otp_workers(
             procs,

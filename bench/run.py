@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from app.kafka_admin import TopicSpec, ensure_topics  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.harness import Target  # noqa: E402
 
@@ -395,12 +396,9 @@ class Run:
                 shutil.rmtree(old, ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
         bootstrap = self.broker.bootstrap
-        await harness.create_topics(
-            bootstrap,
-            [t["ECHO_IN"], t["ECHO_OUT"], t["FAUST_ECHO_IN"], t["FAUST_ECHO_OUT"]],
-            a.partitions,
-        )
-        await harness.create_changelog_topics(bootstrap, t["APP_ID"], a.partitions)
+        echo_topics = [t["ECHO_IN"], t["ECHO_OUT"], t["FAUST_ECHO_IN"], t["FAUST_ECHO_OUT"]]
+        # The OTP workers create their own topics (python -m app worker); the echoes do not.
+        await ensure_topics(bootstrap, [TopicSpec(name, a.partitions, 1) for name in echo_topics])
         self.sinks = harness.start_sinks(self.procs, self.work)
         self.sms_available = "SMS" in a.channels and harness.sms_webhook_available()
         self.log(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.support import ROOT, free_port
+from devtools.support import ROOT, free_port
 
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from app import codec
-from tests.support import free_port
+from devtools.support import free_port
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from devtools.support import free_port
 from tests.fakes.certs import Certs
-from tests.support import free_port
 
 
 class TlsSmtpServer:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from app import codec
+from devtools.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
 from tests.fakes.google import GoogleFake
 from tests.fakes.server import Reply
 from tests.fakes.twilio import TwilioFake
-from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ import pytest
 from app import codec
 from app.channels.base import DeliveryError
 from app.channels.kafka import KafkaChannel
+from devtools.support import Api, Collector, Kafka, Worker, free_port, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
 from tests.fakes.notifications import fast_policy, notification
 from tests.integration.test_channels_e2e import HEADERS, SMS_TEMPLATE
-from tests.support import Api, Collector, Kafka, Worker, free_port, topic_env, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from app import codec
+from devtools.support import SEED_MAIL, SEED_SMS, Api, Collector, Kafka, Worker, unique, worker_env
 from tests.conftest import SmtpSink
 from tests.fakes.hostile import send_raw
-from tests.support import SEED_MAIL, SEED_SMS, Api, Collector, Kafka, Worker, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

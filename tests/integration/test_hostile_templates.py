@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import SEED_SMS, Api, Worker, free_port, unique, worker_env
+from devtools.support import SEED_SMS, Api, Worker, free_port, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.support import free_port
 from tests.conftest import KAFKA_LOCAL, _broker_env
-from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 

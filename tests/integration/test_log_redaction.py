@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from app import codec
+from devtools.support import SECRET, TOKEN, Api, Worker, unique, worker_env
 from tests.conftest import SmtpSink
-from tests.support import SECRET, TOKEN, Api, Worker, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import ROOT, SEED_MAIL, Api, free_port
+from devtools.support import ROOT, SEED_MAIL, Api, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SmtpSink
-from tests.support import (
+from devtools.support import (
     SEED_MAIL,
     SEED_SMS,
     Api,
@@ -21,6 +20,7 @@ from tests.support import (
     unique,
     worker_env,
 )
+from tests.conftest import SmtpSink
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from app import codec
-from tests.conftest import SmtpSink
-from tests.support import (
+from devtools.support import (
     SEED_MAIL,
     Api,
     Collector,
@@ -21,6 +20,7 @@ from tests.support import (
     unique,
     worker_env,
 )
+from tests.conftest import SmtpSink
 
 pytestmark = pytest.mark.integration
 

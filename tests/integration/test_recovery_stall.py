@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from devtools.support import SEED_MAIL, Api, Collector, Worker, unique, worker_env
 from tests.conftest import SmtpSink
-from tests.support import SEED_MAIL, Api, Collector, Worker, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from app import codec
+from devtools.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
-from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

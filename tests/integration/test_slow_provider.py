@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import codec
-from tests.conftest import SmtpSink
-from tests.fakes.server import HANG
-from tests.fakes.webhook import WebhookFake
-from tests.support import (
+from devtools.support import (
     SEED_MAIL,
     SEED_SMS,
     Api,
@@ -23,6 +20,9 @@ from tests.support import (
     unique,
     worker_env,
 )
+from tests.conftest import SmtpSink
+from tests.fakes.server import HANG
+from tests.fakes.webhook import WebhookFake
 
 pytestmark = pytest.mark.integration
 

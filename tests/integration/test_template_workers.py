@@ -31,8 +31,8 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.partitioner import murmur2
 
 from app import codec
+from devtools.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
-from tests.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import (
+from devtools.support import (
     SECRET,
     SEED_MAIL,
     SEED_SMS,

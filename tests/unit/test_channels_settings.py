@@ -17,8 +17,8 @@ from app.channels.smtp import SmtpChannel
 from app.channels.twilio import TwilioChannel
 from app.channels.webhook import WebhookChannel
 from app.settings import ConfigError, Provider, Settings
+from devtools.support import config_refusal
 from tests.fakes.google import GoogleFake
-from tests.support import config_refusal
 
 GOOD = {"OTP_HMAC_SECRET": "s" * 32, "NOTIFY_API_TOKEN": "t" * 20}
 TWILIO = {

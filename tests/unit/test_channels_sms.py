@@ -13,11 +13,11 @@ import pytest
 from app.channels.base import DeliveryError, check_phone
 from app.channels.twilio import TwilioChannel
 from app.channels.webhook import WebhookChannel
+from devtools.support import free_port
 from tests.fakes.notifications import fast_policy, notification
 from tests.fakes.server import HANG, Delay, Reply
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.webhook import WebhookFake
-from tests.support import free_port
 
 SLOW_503 = Reply(503, {"code": 20500, "message": "Internal Server Error", "status": 503})
 

@@ -3,7 +3,7 @@
 import yaml
 
 from app.settings import ENV_VARS, Settings
-from tests.support import ROOT
+from devtools.support import ROOT
 
 
 def compose() -> dict:

@@ -32,7 +32,7 @@ from app.render_pool import (
     RenderPoolUnavailable,
     RenderTimeout,
 )
-from tests.support import SEED_MAIL, SEED_SMS
+from devtools.support import SEED_MAIL, SEED_SMS
 
 LIMITS = RenderLimits()
 CAP = LIMITS.max_output

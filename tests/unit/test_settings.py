@@ -4,7 +4,7 @@ import pytest
 
 from app.settings import ENV_VARS, SPEC, TABLE_HEADER, ConfigError, Settings, markdown_table
 from app.settings import main as settings_main
-from tests.support import ROOT, config_refusal
+from devtools.support import ROOT, config_refusal
 
 GOOD = {"OTP_HMAC_SECRET": "s" * 32, "NOTIFY_API_TOKEN": "t" * 20}
 

@@ -19,7 +19,7 @@ from app.core.templates import (
     template_key,
     validate,
 )
-from tests.support import SEED_MAIL, SEED_SMS  # the FlowX "Generate OTP" templates, verbatim
+from devtools.support import SEED_MAIL, SEED_SMS  # the FlowX "Generate OTP" templates, verbatim
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

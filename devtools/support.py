@@ -1,4 +1,5 @@
-"""Test helpers that drive the real thing: worker processes, the Kafka broker, HTTP."""
+"""Helpers that drive the real thing for the tests and the bench: worker processes, the
+Kafka broker, HTTP."""
 
 from __future__ import annotations
 
@@ -174,6 +175,8 @@ def worker_env(bootstrap: str, suffix: str, smtp_port: int, **extra: str) -> dic
         "SMTP_SECURITY": "none",
         "MAIL_FROM_EMAIL": "otp@example.com",
         "LOG_LEVEL": "INFO",
+        # Tests read Faust's own lines (where recovery starts) and keep them for diagnosis.
+        "LIBRARY_LOG_LEVEL": "INFO",
         **extra,
     }
 
