@@ -31,7 +31,6 @@ from app.channels.http import HttpClient, describe
 from app.channels.retry import Delivery, RetryPolicy
 
 PROVIDER = "fcm"
-DEFAULT_BASE_URL = "https://fcm.googleapis.com"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -200,7 +199,7 @@ class FcmChannel:
         *,
         project_id: str,
         account: ServiceAccount,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str,
         token_url: str | None = None,
         policy: RetryPolicy | None = None,
         max_concurrency: int = 16,

@@ -32,7 +32,6 @@ from app.channels.retry import Delivery, RetryPolicy
 log = logging.getLogger(__name__)
 
 PROVIDER = "kafka"
-DEFAULT_TOPIC = "ai.flowx.plugin.notification.external.out.v1"
 
 
 def _header_value(value: Any) -> bytes:
@@ -52,7 +51,7 @@ class KafkaChannel:
         self,
         *,
         bootstrap_servers: str,
-        topic: str = DEFAULT_TOPIC,
+        topic: str,
         name: str = "SMS",
         check: Callable[[str], str | None] = check_phone,
         topic_partitions: int = 1,

@@ -18,7 +18,6 @@ from app.channels.http import HttpClient, describe
 from app.channels.retry import Delivery, RetryPolicy
 
 PROVIDER = "twilio"
-DEFAULT_BASE_URL = "https://api.twilio.com"
 
 
 def _twilio_detail(body: Any) -> str | None:
@@ -42,7 +41,7 @@ class TwilioChannel:
         auth_token: str,
         from_number: str | None = None,
         messaging_service_sid: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str,
         policy: RetryPolicy | None = None,
         max_concurrency: int = 16,
     ) -> None:
