@@ -381,21 +381,34 @@ def main(argv: list[str]) -> int:
     """The child: answer jobs until stdin closes (the worker stopped or closed the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker, which stops us
     if argv:
-        try:
-            import resource
-
-            limit = int(argv[0])
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except (ImportError, ValueError, OSError):
-            pass
+        _limit_memory(argv[0])
     # Our stdout is the reply pipe: anything else that prints goes to stderr (the worker's log).
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    inp = sys.stdin.buffer
     # Jinja builds its lexer on first use: pay that before the first job's clock starts.
     for html in (True, False):
         render.render(render.compile_template("[[${a}]]", "[[${a}]]", html=html), {"a": 1})
     _write(out, {"ready": True})
+    return _serve(sys.stdin.buffer, out)
+
+
+def _limit_memory(limit: str) -> None:
+    """Cap the child's address space, so a template that allocates wildly fails alone.
+
+    Best effort: without ``resource`` (not POSIX) or a limit the system refuses,
+    the child runs unlimited, still stopped by the job timeout.
+    """
+    try:
+        import resource
+
+        size = int(limit)
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """Answer framed jobs until the input closes (0) or a frame is too large to trust (2)."""
     while True:
         header = _read_exactly(inp, _HEADER.size)
         if header is None:
@@ -406,17 +419,22 @@ def main(argv: list[str]) -> int:
         data = _read_exactly(inp, size)
         if data is None:
             return 0
-        try:
-            reply = handle(codec.loads(data))
-        except MemoryError:
-            reply = _failure("the template ran out of memory")
-        except Exception as exc:  # a bug here must not become a silent hang in the worker
-            print(f"template renderer: job failed: {type(exc).__name__}", file=sys.stderr)
-            reply = _failure("the template could not be checked")
+        reply = _answer(data)
         try:
             _write(out, reply)
         except (TypeError, ValueError):  # not encodable: say so rather than die
             _write(out, _failure("the template produced text that cannot be sent"))
+
+
+def _answer(data: bytes) -> dict[str, Any]:
+    """The reply to one frame: whatever goes wrong becomes an answer, never a silent hang."""
+    try:
+        return handle(codec.loads(data))
+    except MemoryError:
+        return _failure("the template ran out of memory")
+    except Exception as exc:  # a bug here must not become a silent hang in the worker
+        print(f"template renderer: job failed: {type(exc).__name__}", file=sys.stderr)
+        return _failure("the template could not be checked")
 
 
 if __name__ == "__main__":

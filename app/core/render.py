@@ -374,7 +374,11 @@ def _leaf_size(item: Any) -> int | None:
 
 
 def _expand(item: Any, per_item: int, cap: int) -> tuple[int, list[Any]]:
-    """A container's own printed size with its leaves, and the containers it holds."""
+    """A container's own printed size with its leaves, and the containers it holds.
+
+    A container whose item count alone passes ``cap`` is not looked into: its
+    size is already known to be too large, whatever it holds.
+    """
     children: Iterable[Any]
     if isinstance(item, Mapping):
         total = 2 + len(type(item).__name__) + len(item) * (4 + 2 * per_item)
@@ -390,8 +394,18 @@ def _expand(item: Any, per_item: int, cap: int) -> tuple[int, list[Any]]:
         total, children = 16, [object.__getattribute__(item, "_Namespace__attrs")]
     else:  # a bound method: its repr holds its object's repr
         total, children = 64, [item.__self__]
+    return _add_leaves(total, children, cap)
+
+
+def _add_leaves(total: int, children: Iterable[Any], cap: int) -> tuple[int, list[Any]]:
+    """``total`` plus the leaves among ``children``, and the children that are containers.
+
+    Leaves are summed inline, the commonest types tested by exact type first,
+    so a 100,000-item list of numbers is one loop here rather than one
+    :func:`_size` step per item.
+    """
     containers: list[Any] = []
-    for child in children:  # leaves inline: a 100,000-item list of numbers is one step
+    for child in children:
         kind = type(child)
         if kind is str:
             total += _quoted_size(child)
@@ -431,44 +445,70 @@ def _size(
     if leaf is not None:
         return leaf
     total, kids = _expand(value, indent, cap)
-    if total > cap:
+    if total > cap or not kids:  # flat containers (the common case) need no walk
         return total
-    memo: dict[tuple[int, int], int] = {(id(value), 0): _IN_PROGRESS}
-    # frames: [memo key, size so far, containers inside, next one to measure, depth]
-    stack: list[list[Any]] = [[(id(value), 0), total, kids, 0, 0]]
+    return _nested_size((id(value), 0), total, kids, cap, budget, indent)
+
+
+def _nested_size(
+    root: tuple[int, int],
+    total: int,
+    kids: list[Any],
+    cap: int,
+    budget: _Budget | None,
+    indent: int,
+) -> int:
+    """The walk behind :func:`_size` once the root is expanded: depth first, without recursion.
+
+    Iterative because a template can nest containers deeper than Python's
+    recursion limit.  Each frame is a list (mutated in place, it is the hot
+    loop): [memo key, size so far, containers inside, next one to measure,
+    depth].  The memo maps a container (and, with ``indent``, its depth, which
+    changes its size) to its size, or to ``_IN_PROGRESS`` while it is on the
+    stack: meeting one of those again is a cycle.
+    """
+    memo: dict[tuple[int, int], int] = {root: _IN_PROGRESS}
+    stack: list[list[Any]] = [[root, total, kids, 0, 0]]
+    tick = _no_tick if budget is None else budget.tick
     steps = 0
     while stack:
         frame = stack[-1]
-        key, size, kids, index, depth = frame
-        if index == len(kids):
+        kids, index = frame[2], frame[3]
+        if index == len(kids):  # measured: its size goes into its parent's
             stack.pop()
-            memo[key] = size
+            memo[frame[0]] = frame[1]
             if not stack:
-                return size
-            stack[-1][1] += size
-            if stack[-1][1] > cap:
-                return stack[-1][1]
+                return frame[1]
+            parent = stack[-1]
+            parent[1] += frame[1]
+            if parent[1] > cap:
+                return parent[1]
             continue
         frame[3] = index + 1
         steps += 1
-        if budget is not None and not steps & 255:
-            budget.tick()
+        if not steps & 255:
+            tick()
         child = kids[index]
-        child_key = (id(child), depth + 1 if indent else 0)
+        depth = frame[4] + 1
+        child_key = (id(child), depth if indent else 0)
         known = memo.get(child_key)
-        if known == _IN_PROGRESS:
-            return cap + 1
         if known is not None:
+            if known == _IN_PROGRESS:
+                return cap + 1
             frame[1] += known
             if frame[1] > cap:
                 return frame[1]
             continue
-        child_size, child_kids = _expand(child, indent * (depth + 2), cap)
+        child_size, child_kids = _expand(child, indent * (depth + 1), cap)
         if child_size > cap:
             return child_size
         memo[child_key] = _IN_PROGRESS
-        stack.append([child_key, child_size, child_kids, 0, depth + 1])
+        stack.append([child_key, child_size, child_kids, 0, depth])
     return total
+
+
+def _no_tick() -> None:
+    """The deadline check of a measurement made outside any render: there is no deadline."""
 
 
 # --------------------------------------------------------------------------- sandbox values
@@ -571,18 +611,8 @@ def _number(text: str | None, budget: _Budget) -> int:
 
 def _check_printf(fmt: str, args: Any, budget: _Budget) -> None:
     """Bound ``fmt % args`` before computing it (the ``%`` operator and ``|format``)."""
+    positional, widest_value = _printf_operands(fmt, args, budget)
     total = len(fmt)
-    if isinstance(args, tuple):
-        positional: list[Any] = list(args)
-        mapping = None
-    elif isinstance(args, Mapping) and "%(" in fmt:
-        positional, mapping = [], args
-    else:
-        positional, mapping = [args], None
-    widest_value = 0
-    if mapping is not None:  # %(key)s: bound each by the largest value, whatever the key
-        for value in mapping.values():
-            widest_value = max(widest_value, budget.stringable(value, quoted=True))
     index = 0
     for match in _PRINTF_RE.finditer(fmt):
         conversion = match["conversion"]
@@ -594,13 +624,31 @@ def _check_printf(fmt: str, args: Any, budget: _Budget) -> None:
                 "RENDER_MAX_OUTPUT_BYTES",
             )
         total += _number(match["width"], budget) + _number(match["precision"], budget)
-        if mapping is not None:
+        if widest_value is not None:
             total += widest_value
         elif index < len(positional):
             total += budget.stringable(positional[index], quoted=conversion in ("r", "a"))
             index += 1
         if total > budget.cap:
             raise budget.too_large()
+
+
+def _printf_operands(fmt: str, args: Any, budget: _Budget) -> tuple[list[Any], int | None]:
+    """What ``fmt % args`` substitutes: the positional values, or the widest mapped one.
+
+    With ``%(key)s`` the keys are only known once the format is parsed, so
+    every field is bounded by the largest value of the mapping instead (None
+    when ``args`` is not used as a mapping).  ``%`` treats a mapping without
+    ``%(`` in the format, and any other non-tuple, as one positional value.
+    """
+    if isinstance(args, tuple):
+        return list(args), None
+    if isinstance(args, Mapping) and "%(" in fmt:
+        widest_value = 0
+        for value in args.values():
+            widest_value = max(widest_value, budget.stringable(value, quoted=True))
+        return [], widest_value
+    return [args], None
 
 
 def _check_format_spec(spec: str, budget: _Budget) -> None:
@@ -644,7 +692,7 @@ class _BoundedEscapeFormatter(_BoundedFormatterMixin, SandboxedFormatter, Escape
 
 
 #: Methods of builtin values a template may call: none of them can grow its result beyond a
-#: small factor of its inputs. ``_SIZED_STR_METHODS`` are allowed after a size check; every
+#: small factor of its inputs. ``_SIZED_STR_METHODS`` (below) are allowed after a size check; every
 #: other method (``expandtabs``, ``translate``, ``encode``, ``int.to_bytes``, the class
 #: methods such as ``dict.fromkeys``...) is refused.
 _SAFE_METHODS: dict[type, frozenset[str]] = {
@@ -669,7 +717,6 @@ _SAFE_METHODS: dict[type, frozenset[str]] = {
     abc.MappingView: frozenset({"isdisjoint"}),
 }
 _SAFE_METHODS[set] = _SAFE_METHODS[frozenset]
-_SIZED_STR_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "replace", "join"})
 _VALUE_TYPES = (str, int, float, complex, list, tuple, dict, set, frozenset, range, bytes)
 _VALUE_TYPES += (bytearray, abc.MappingView)
 #: Types a template may call: the ``dict``, ``namespace``, ``cycler`` and ``joiner`` globals.
@@ -705,30 +752,72 @@ def _check_str_method(
     budget: _Budget, owner: str, name: str, args: tuple[Any, ...]
 ) -> tuple[Any, ...]:
     """Bound the sized ``str`` methods before they run; returns the arguments to use."""
-    if name in ("center", "ljust", "rjust", "zfill"):
-        if args and isinstance(args[0], int):
-            budget.want(args[0])
-    elif name == "replace" and len(args) >= 2:
-        old, new = args[0], args[1]
-        count = args[2] if len(args) > 2 else -1
-        if isinstance(old, str) and isinstance(new, str) and isinstance(count, int):
-            if isinstance(owner, Markup):  # markupsafe escapes both arguments first
-                old, new = owner.escape(old), owner.escape(new)
-            hits = len(owner) + 1 if old == "" else owner.count(old)
-            if count >= 0:
-                hits = min(hits, count)
-            budget.want(len(owner) + hits * max(0, len(new) - len(old)))
-    elif name == "join" and args:
-        items = list(budget.ticking(iter(args[0])))
-        if len(items) > MAX_ITEMS:
-            raise budget.too_many_items()
-        total = len(owner) * max(0, len(items) - 1)
-        for item in items:
-            total += len(item) if isinstance(item, str) else budget.stringable(item)
-            if total > budget.cap:
-                raise budget.too_large()
-        return (items, *args[1:])
+    check = _STR_METHOD_CHECKS.get(name)
+    return args if check is None else check(budget, owner, args)
+
+
+def _check_padding(budget: _Budget, owner: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``center``/``ljust``/``rjust``/``zfill``: the result is as wide as the width asked."""
+    if args and isinstance(args[0], int):
+        budget.want(args[0])
     return args
+
+
+def _check_replace(budget: _Budget, owner: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``replace``: each replacement grows the string by the difference of the two lengths.
+
+    Counting the hits is linear and cheap next to building a result that may
+    be ``len(owner)`` times larger (``('x' * 1000).replace('', 'yy')``).
+    """
+    if len(args) < 2:
+        return args
+    old, new = args[0], args[1]
+    count = args[2] if len(args) > 2 else -1
+    if isinstance(old, str) and isinstance(new, str) and isinstance(count, int):
+        if isinstance(owner, Markup):  # markupsafe escapes both arguments first
+            old, new = owner.escape(old), owner.escape(new)
+        hits = len(owner) + 1 if old == "" else owner.count(old)
+        if count >= 0:
+            hits = min(hits, count)
+        budget.want(len(owner) + hits * max(0, len(new) - len(old)))
+    return args
+
+
+def _check_join(budget: _Budget, owner: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``join``: its items are listed first, so a generator is measured and joined once."""
+    if not args:
+        return args
+    items = _bounded_items(budget, args[0])
+    _check_joined(budget, items, len(owner) * max(0, len(items) - 1))
+    return (items, *args[1:])
+
+
+def _bounded_items(budget: _Budget, iterable: Iterable[Any]) -> list[Any]:
+    """The items of what a join consumes, listed under the deadline and the item limit."""
+    items = list(budget.ticking(iter(iterable)))
+    if len(items) > MAX_ITEMS:
+        raise budget.too_many_items()
+    return items
+
+
+def _check_joined(budget: _Budget, items: list[Any], total: int) -> None:
+    """Refuse a join of ``items`` whose separators alone take ``total`` characters."""
+    for item in items:
+        total += len(item) if isinstance(item, str) else budget.stringable(item)
+        if total > budget.cap:
+            raise budget.too_large()
+
+
+#: The ``str`` methods whose result can outgrow their inputs, and the check each passes first.
+_STR_METHOD_CHECKS: dict[str, Callable[[_Budget, str, tuple[Any, ...]], tuple[Any, ...]]] = {
+    "center": _check_padding,
+    "ljust": _check_padding,
+    "rjust": _check_padding,
+    "zfill": _check_padding,
+    "replace": _check_replace,
+    "join": _check_join,
+}
+_SIZED_STR_METHODS = frozenset(_STR_METHOD_CHECKS)
 
 
 # --------------------------------------------------------------------------- bounded filters
@@ -807,14 +896,8 @@ def _f_join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: Any = N
     budget = _current()
     if attribute is not None:
         value = map(jinja_filters.make_attrgetter(eval_ctx.environment, attribute), value)
-    items = list(budget.ticking(iter(value)))
-    if len(items) > MAX_ITEMS:
-        raise budget.too_many_items()
-    total = budget.stringable(d) * max(0, len(items) - 1)
-    for item in items:
-        total += len(item) if isinstance(item, str) else budget.stringable(item)
-        if total > budget.cap:
-            raise budget.too_large()
+    items = _bounded_items(budget, value)
+    _check_joined(budget, items, budget.stringable(d) * max(0, len(items) - 1))
     return jinja_filters.sync_do_join(eval_ctx, items, d)
 
 
@@ -983,6 +1066,56 @@ def _bounded_concat(parts: Iterable[str]) -> str:
     return "".join(parts)
 
 
+def _check_add(budget: _Budget, left: Any, right: Any) -> None:
+    """``a + b`` of strings, lists or tuples is as long as both together."""
+    if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+        budget.want(len(left) + len(right))
+
+
+def _check_mul(budget: _Budget, left: Any, right: Any) -> None:
+    """``seq * n`` (either way round) repeats ``seq``; a product of integers has both's bits."""
+    _check_repeat(budget, left, right)
+    _check_repeat(budget, right, left)
+    if isinstance(left, int) and isinstance(right, int):
+        if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            raise budget.too_big_number()
+
+
+def _check_repeat(budget: _Budget, seq: Any, count: Any) -> None:
+    """``seq * count``: a list is bounded by the printed size of its items, not only their
+    number (``[big] * 1000`` is 1000 references, but prints 1000 times)."""
+    if not isinstance(count, int):
+        return
+    if isinstance(seq, str):
+        budget.want(len(seq) * count)
+    elif isinstance(seq, list | tuple):
+        if len(seq) * count > MAX_ITEMS:
+            raise budget.too_many_items()
+        budget.want(_size(seq, budget.cap, budget) * count)
+
+
+def _check_pow(budget: _Budget, left: Any, right: Any) -> None:
+    """``a ** b`` of integers has about ``bits(a) * b`` bits (``9**1024**1024``)."""
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        if (left.bit_length() - 1) * right > MAX_INT_BITS:
+            raise budget.too_big_number()
+
+
+def _check_mod(budget: _Budget, left: Any, right: Any) -> None:
+    """``fmt % args``: only string formatting can grow; modulo of numbers cannot."""
+    if isinstance(left, str):
+        _check_printf(left, right, budget)
+
+
+#: The operators the sandbox intercepts (:attr:`_Sandbox.intercepted_binops`), and what bounds
+#: each before it runs.
+_BINOP_CHECKS: dict[str, Callable[[_Budget, Any, Any], None]] = {
+    "+": _check_add,
+    "*": _check_mul,
+    "**": _check_pow,
+    "%": _check_mod,
+}
+
 _LOOP_FILTER = "budget_loop"
 
 # --------------------------------------------------------------------------- sandbox
@@ -1047,7 +1180,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     enforces the render budget (see the module docstring).
     """
 
-    intercepted_binops = frozenset({"+", "*", "**", "%"})
+    intercepted_binops = frozenset(_BINOP_CHECKS)
     code_generator_class = _GuardedCodeGenerator
     concat = staticmethod(_bounded_concat)  # type: ignore[assignment]
 
@@ -1055,27 +1188,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         """Refuse operations whose result size is attacker-controlled, before computing them."""
         budget = _current()
         budget.tick()
-        if operator == "+":
-            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
-                budget.want(len(left) + len(right))
-        elif operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(count, int):
-                    if isinstance(seq, str):
-                        budget.want(len(seq) * count)
-                    elif isinstance(seq, list | tuple):
-                        if len(seq) * count > MAX_ITEMS:
-                            raise budget.too_many_items()
-                        budget.want(_size(seq, budget.cap, budget) * count)
-            if isinstance(left, int) and isinstance(right, int):
-                if left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                    raise budget.too_big_number()
-        elif operator == "**":
-            if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
-                if (left.bit_length() - 1) * right > MAX_INT_BITS:
-                    raise budget.too_big_number()
-        elif operator == "%" and isinstance(left, str):
-            _check_printf(left, right, budget)
+        check = _BINOP_CHECKS.get(operator)
+        if check is not None:
+            check(budget, left, right)
         return budget.checked(self.binop_table[operator](left, right))
 
     def budget_concat(self, autoescape: bool, parts: tuple[Any, ...]) -> str:
@@ -1133,35 +1248,58 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         for key, arg in kwargs.items():
             if key not in ("_loop_vars", "_block_vars") and not isinstance(arg, str | int | float):
                 budget.stringable(arg)
-        kind = type(__obj)
-        if isinstance(__obj, _BOUND_METHOD_TYPES):
-            owner = __obj.__self__
-            name = __obj.__name__
-            if isinstance(owner, _VALUE_TYPES):
-                if not _value_method(owner, name):
-                    raise _method_refused(owner, name)
-                if isinstance(owner, str) and name in _SIZED_STR_METHODS:
-                    args = _check_str_method(budget, owner, name, args)
-            elif owner is None or isinstance(owner, type | types.ModuleType):
-                owner_name = getattr(owner, "__name__", "builtins")
-                raise _Refused(
-                    f"calling {owner_name}.{name}() is not allowed in templates (method allowlist)",
-                    "method allowlist",
-                )
-        elif isinstance(__obj, _UNBOUND_METHOD_TYPES):
-            raise _Refused(
-                f"calling {__obj.__objclass__.__name__}.{__obj.__name__}() is not allowed in "
-                "templates (method allowlist)",
-                "method allowlist",
-            )
-        elif isinstance(__obj, type) and __obj not in _CALLABLE_TYPES:
-            raise _Refused(
-                f"calling {__obj.__name__}() is not allowed in templates (method allowlist)",
-                "method allowlist",
-            )
-        elif kind is LoopContext and args:  # ``loop(children)`` of a recursive loop
-            args = (budget.iterate(args[0]), *args[1:])
+        args = _allowed_call(budget, __obj, args)
         return budget.checked(super().call(__context, __obj, *args, **kwargs))
+
+
+def _allowed_call(budget: _Budget, obj: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Refuse a callee off the allowlist; returns the positional arguments to call it with.
+
+    Jinja's sandbox only refuses what is unsafe (internals, mutation); what a
+    builtin can *cost* is checked here: a method of a builtin value only from
+    :data:`_SAFE_METHODS` (sized ones bounded first), no function of a class
+    or module (``str.upper``, ``dict.fromkeys``), a type only if it is a
+    template global.  A recursive loop's ``loop(children)`` has its iterable
+    counted like any ``{% for %}``.
+    """
+    if isinstance(obj, _BOUND_METHOD_TYPES):
+        return _allowed_method(budget, obj.__self__, obj.__name__, args)
+    if isinstance(obj, _UNBOUND_METHOD_TYPES):
+        raise _Refused(
+            f"calling {obj.__objclass__.__name__}.{obj.__name__}() is not allowed in "
+            "templates (method allowlist)",
+            "method allowlist",
+        )
+    if isinstance(obj, type) and obj not in _CALLABLE_TYPES:
+        raise _Refused(
+            f"calling {obj.__name__}() is not allowed in templates (method allowlist)",
+            "method allowlist",
+        )
+    if type(obj) is LoopContext and args:  # ``loop(children)`` of a recursive loop
+        return (budget.iterate(args[0]), *args[1:])
+    return args
+
+
+def _allowed_method(
+    budget: _Budget, owner: Any, name: str, args: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """A bound method: of a builtin value (allowlist), of a class or module (refused).
+
+    Methods of other objects (``loop.cycle``, a ``cycler``'s ``next``...) are
+    Jinja's own template helpers: they are left to its sandbox.
+    """
+    if isinstance(owner, _VALUE_TYPES):
+        if not _value_method(owner, name):
+            raise _method_refused(owner, name)
+        if isinstance(owner, str) and name in _SIZED_STR_METHODS:
+            return _check_str_method(budget, owner, name, args)
+    elif owner is None or isinstance(owner, type | types.ModuleType):
+        owner_name = getattr(owner, "__name__", "builtins")
+        raise _Refused(
+            f"calling {owner_name}.{name}() is not allowed in templates (method allowlist)",
+            "method allowlist",
+        )
+    return args
 
 
 def _make_env(*, autoescape: bool) -> _Sandbox:

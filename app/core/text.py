@@ -101,10 +101,7 @@ def _tokenize(html: str, sink: _TextExtractor) -> None:
             sink.data(unescape(chunk) if "&" in chunk else chunk)
         slash, name, sep, gt, _ = token.groups()  # one call: this loop runs per tag
         if name is None:
-            end = _skip_markup(html, lt)
-            if end < 0:
-                return  # unterminated comment / declaration: the rest is inside it
-            text_start = end
+            text_start = _skip_markup(html, lt)
             continue
         if not gt:
             return  # EOF inside the tag: HTML5 drops it, and nothing follows
@@ -115,38 +112,49 @@ def _tokenize(html: str, sink: _TextExtractor) -> None:
             continue
         if slash:
             sink.end(action)
-            continue
-        href = None
-        if action == _LINK and end - lt > len(name) + len(sep) + 2:  # it has attributes
-            href = _first_href(html, token.end("name"), token.start("sep"))
-        if sep and sep[-1] == "/":
-            if action != _HIDE:  # <script/> etc. start nothing (as html.parser reads it)
-                sink.start(action, href)
-            continue
-        sink.start(action, href)
-        if action == _HIDE and (raw_end := _RAW_TEXT_END_RE.get(name)) is not None:
-            close = raw_end.search(html, end)
-            if close is None:
-                return  # unclosed <script>: the rest of the input is script
-            text_start = close.start()
-    if text_start < len(html):
-        chunk = html[text_start:]
-        sink.data(unescape(chunk) if "&" in chunk else chunk)
+        elif action != _HIDE:
+            href = None
+            if action == _LINK and end - lt > len(name) + len(sep) + 2:  # it has attributes
+                href = _first_href(html, token.end("name"), token.start("sep"))
+            sink.start(action, href)
+        elif not sep.endswith("/"):  # <script/> etc. start nothing (as html.parser reads it)
+            sink.start(action, None)
+            text_start = _raw_text_end(html, name, end)
+    chunk = html[text_start:]  # empty if the input ends in markup: data() ignores it
+    sink.data(unescape(chunk) if "&" in chunk else chunk)
 
 
 def _skip_markup(html: str, lt: int) -> int:
-    """End of the comment, ``<!...>``, ``<?...>`` or ``</...>`` at ``lt``, or -1 at EOF."""
+    """End of the comment, ``<!...>``, ``<?...>`` or ``</...>`` at ``lt``.
+
+    Unterminated, it takes the rest of the input, as in HTML5: the end of the
+    input is returned and the scan ends there.
+    """
     if html.startswith("<!--", lt):
         if html.startswith(">", lt + 4):  # "<!-->" is an (empty) comment in HTML5
             return lt + 5
         if html.startswith("->", lt + 4):  # and so is "<!--->"
             return lt + 6
         end = _COMMENT_END_RE.search(html, lt + 4)
-        return -1 if end is None else end.end()
+        return len(html) if end is None else end.end()
     if html.startswith("</>", lt):  # ignored entirely
         return lt + 3
     gt = html.find(">", lt + 2)
-    return -1 if gt < 0 else gt + 1
+    return len(html) if gt < 0 else gt + 1
+
+
+def _raw_text_end(html: str, name: str, pos: int) -> int:
+    """Where the text resumes after the start tag of hidden element ``name`` ending at ``pos``.
+
+    Script, style and title hold raw text, skipped unread up to their end tag
+    (unclosed, the rest of the input is theirs); ``<template>`` holds markup,
+    tokenized as usual and hidden by the sink.
+    """
+    raw_end = _RAW_TEXT_END_RE.get(name)
+    if raw_end is None:
+        return pos
+    close = raw_end.search(html, pos)
+    return len(html) if close is None else close.start()
 
 
 def _first_href(html: str, pos: int, end: int) -> str | None:

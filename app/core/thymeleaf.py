@@ -201,18 +201,9 @@ def _scan_tags(source: str) -> list[_Tag]:
         pos = lt + 1  # unless markup is found below, this "<" is text
         kind = source[lt + 1]  # exists: a ">" follows
         if kind in "!?":
-            if source.startswith("<!--", lt):
-                close = source.find("-->", lt + 4)
-                if close == -1:
-                    break  # an unterminated comment hides the rest, as in HTML
-                pos = close + 3
-                continue
-            if source.startswith("<![CDATA[", lt):
-                cdata = cdata_close.search(lt + 9)
-                if cdata is not None:
-                    pos = cdata.end()
-                    continue
-            pos = source.find(">", lt + 2) + 1  # found: last_gt > lt + 1
+            pos = _skip_declaration(source, lt, cdata_close)
+            if pos < 0:
+                break  # an unterminated comment hides the rest, as in HTML
         elif kind == "/":
             end_tag = _END_TAG_RE.match(source, lt)
             if end_tag is not None:
@@ -221,16 +212,46 @@ def _scan_tags(source: str) -> list[_Tag]:
         elif (tag := start_tags.match(lt)) is not None:
             tags.append(tag)
             pos = tag.end
-            name = tag.name
-            if name in _RAW_TEXT_ELEMENTS and not tag.self_closing:
-                finder = raw_close.get(name)
-                if finder is None:
-                    finder = raw_close[name] = _NextMatch(_RAW_TEXT_CLOSE_RE[name], source)
-                close_tag = finder.search(pos)
+            if tag.name in _RAW_TEXT_ELEMENTS and not tag.self_closing:
+                close_tag = _raw_text_close(source, tag, raw_close)
                 if close_tag is not None:
-                    tags.append(_Tag("end", name, close_tag.start(), close_tag.end(), False, 0, 0))
-                    pos = close_tag.end()
+                    tags.append(close_tag)
+                    pos = close_tag.end
     return tags
+
+
+def _skip_declaration(source: str, lt: int, cdata_close: _NextMatch) -> int:
+    """Where the text resumes after the ``<!``/``<?`` markup at ``lt``; -1: it never ends.
+
+    An unterminated comment runs to the end of the input (as in HTML); an
+    unterminated CDATA section is read as a ``<!...>`` declaration instead,
+    which ends at the next ``>`` (there is one: the caller stops at the last).
+    """
+    if source.startswith("<!--", lt):
+        close = source.find("-->", lt + 4)
+        return -1 if close == -1 else close + 3
+    if source.startswith("<![CDATA[", lt):
+        cdata = cdata_close.search(lt + 9)
+        if cdata is not None:
+            return cdata.end()
+    return source.find(">", lt + 2) + 1
+
+
+def _raw_text_close(source: str, tag: _Tag, finders: dict[str, _NextMatch]) -> _Tag | None:
+    """The end tag closing the raw-text element ``tag`` (``<script>``...), or None.
+
+    One :class:`_NextMatch` per element name, made on first use and kept in
+    ``finders``, so a missing ``</script>`` is searched for once, not once per
+    ``<script>``.
+    """
+    name = tag.name
+    finder = finders.get(name)
+    if finder is None:
+        finder = finders[name] = _NextMatch(_RAW_TEXT_CLOSE_RE[name], source)
+    close = finder.search(tag.end)
+    if close is None:
+        return None
+    return _Tag("end", name, close.start(), close.end(), False, 0, 0)
 
 
 def _matching_ends(tags: list[_Tag]) -> list[int]:
@@ -321,97 +342,12 @@ class _Translator:
 
     # ---- elements
 
-    def matching_end(self, tags: list[_Tag], ends: list[int], index: int) -> int:
-        """Index of the end tag closing ``tags[index]`` (see :func:`_matching_ends`).
-
-        Looked up, not searched: the error is raised here, when the element is
-        reached, so the first problem in source order is the one reported.
-        """
-        end = ends[index]
-        if end < 0:
-            opening = tags[index]
-            self.fail(opening.start, f"<{opening.name}> with th:* attributes is never closed")
-        return end
-
     def elements(self) -> str:
         """Apply ``th:text/utext/if/unless`` (and drop ``xmlns:th``)."""
         src = self.source
         if "th" not in src.lower():  # fast path: nothing to do for most SMS bodies
             return src
-        tags = _scan_tags(src)
-        ends = _matching_ends(tags)
-        out: list[str] = []
-        cursor = 0
-        pending: dict[int, list[str]] = {}  # end-tag index -> text to emit after it
-        # Min-heap over pending's keys (entries of emitted keys are dropped lazily).
-        # Every pending key is after the current tag: keys before it were emitted
-        # when the loop passed them, and skipping over one is the nesting error
-        # below.  So "some pending key within (i, end]" is "smallest key <= end",
-        # asked in O(log n) rather than by scanning all keys for every element.
-        pending_keys: list[int] = []
-        i = 0
-        while i < len(tags):
-            tag = tags[i]
-            if tag.kind == "end":
-                if i in pending:
-                    out.append(src[cursor : tag.end])
-                    out.extend(pending.pop(i))
-                    cursor = tag.end
-                i += 1
-                continue
-            if tag.attrs_start == tag.attrs_end:  # no attributes (most tags): nothing to do
-                i += 1
-                continue
-            found = self.th_attributes(tag)
-            if found is None:
-                i += 1
-                continue
-            th, new_tag = found
-            if "th:text" in th and "th:utext" in th:
-                self.fail(tag.start, "th:text and th:utext cannot be used on the same element")
-            prefix, suffix = "", ""
-            if "th:if" in th:
-                prefix += "{% if " + th["th:if"] + " is thymeleaf_true %}"
-                suffix += "{% endif %}"
-            if "th:unless" in th:
-                prefix += "{% if " + th["th:unless"] + " is not thymeleaf_true %}"
-                suffix += "{% endif %}"
-            content = th.get("th:text") or th.get("th:utext")
-            has_content = not (tag.self_closing or tag.name in _VOID_ELEMENTS)
-            if content is not None and not has_content:
-                self.fail(tag.start, f"th:text/th:utext on <{tag.name}>, which has no content")
-            out.append(src[cursor : tag.start])
-            out.append(prefix)
-            out.append(new_tag)
-            cursor = tag.end
-            if not has_content:
-                out.append(suffix)
-                i += 1
-                continue
-            if content is None:
-                if suffix:
-                    end = ends[i] if ends[i] >= 0 else self.matching_end(tags, ends, i)
-                    if end not in pending:
-                        heapq.heappush(pending_keys, end)
-                    pending.setdefault(end, []).append(suffix)
-                i += 1
-                continue
-            end = ends[i] if ends[i] >= 0 else self.matching_end(tags, ends, i)
-            while pending_keys and pending_keys[0] not in pending:
-                heapq.heappop(pending_keys)
-            if pending_keys and pending_keys[0] <= end:
-                self.fail(tag.start, f"<{tag.name}> is not properly nested")
-            closing = tags[end]
-            out.append(self.output(content, escaped="th:text" in th))
-            out.append(_newlines_kept(src[tag.end : closing.start]))
-            out.append(src[closing.start : closing.end])
-            out.append(suffix)
-            cursor = closing.end
-            i = end + 1
-        if pending:  # defensive: every pending index is an existing end tag
-            self.fail(len(src), "internal error: unbalanced th:if/th:unless")
-        out.append(src[cursor:])
-        return "".join(out)
+        return _ElementPass(self, src).run()
 
     def th_attributes(self, tag: _Tag) -> tuple[dict[str, str], str] | None:
         """Parse a start tag; return its th:* directives and the tag without them."""
@@ -503,6 +439,146 @@ class _Translator:
 
     def translate(self) -> str:
         return self.inline(self.elements())
+
+
+class _ElementPass:
+    """One pass of :meth:`_Translator.elements` over the tags of one source, in order.
+
+    The source is copied to ``out`` up to ``cursor``, and each element with
+    ``th:*`` attributes is rewritten on the way.  The ``{% endif %}`` of a
+    ``th:if`` whose content is kept belongs after the element's end tag, which
+    the pass has not reached yet: it waits in ``pending`` (end-tag index ->
+    text to emit after it).
+
+    ``pending_keys`` is a min-heap over pending's keys (entries of emitted
+    keys are dropped lazily).  Every pending key is after the current tag:
+    keys before it were emitted when the pass went by them, and skipping over
+    one is the nesting error of :meth:`replace_content`.  So "some pending key
+    within (i, end]" is "smallest key <= end", asked in O(log n) rather than by
+    scanning all keys for every element.
+    """
+
+    __slots__ = ("cursor", "ends", "out", "pending", "pending_keys", "source", "tags", "translator")
+
+    def __init__(self, translator: _Translator, source: str) -> None:
+        self.translator = translator
+        self.source = source
+        self.tags = _scan_tags(source)
+        self.ends = _matching_ends(self.tags)
+        self.out: list[str] = []
+        self.cursor = 0
+        self.pending: dict[int, list[str]] = {}
+        self.pending_keys: list[int] = []
+
+    def run(self) -> str:
+        """The rewritten source; the common tags (end tags, no attributes) cost no call."""
+        tags, pending, out, src = self.tags, self.pending, self.out, self.source
+        th_attributes = self.translator.th_attributes
+        i = 0
+        while i < len(tags):
+            tag = tags[i]
+            if tag.kind == "end":
+                if i in pending:  # the {% endif %}s waiting for this end tag
+                    out.append(src[self.cursor : tag.end])
+                    out.extend(pending.pop(i))
+                    self.cursor = tag.end
+            elif tag.attrs_start != tag.attrs_end and (found := th_attributes(tag)) is not None:
+                i = self.element(i, tag, found)
+                continue
+            i += 1
+        if pending:  # defensive: every pending index is an existing end tag
+            self.translator.fail(len(src), "internal error: unbalanced th:if/th:unless")
+        out.append(src[self.cursor :])
+        return "".join(out)
+
+    def element(self, index: int, tag: _Tag, found: tuple[dict[str, str], str]) -> int:
+        """Rewrite the element opened by ``tags[index]``; returns the next tag index to read.
+
+        ``found`` is what :meth:`_Translator.th_attributes` read in its tag.
+        ``th:if``/``th:unless`` wrap the whole element, tag included, so a
+        false condition drops it as Thymeleaf does.  Checks run in the source
+        order of what they report, so the first problem in the template is the
+        one the author sees.
+        """
+        th, new_tag = found
+        if "th:text" in th and "th:utext" in th:
+            self.translator.fail(
+                tag.start, "th:text and th:utext cannot be used on the same element"
+            )
+        prefix = suffix = ""
+        if "th:if" in th:
+            prefix += "{% if " + th["th:if"] + " is thymeleaf_true %}"
+            suffix += "{% endif %}"
+        if "th:unless" in th:
+            prefix += "{% if " + th["th:unless"] + " is not thymeleaf_true %}"
+            suffix += "{% endif %}"
+        content = th.get("th:text") or th.get("th:utext")
+        has_content = not (tag.self_closing or tag.name in _VOID_ELEMENTS)
+        if content is not None and not has_content:
+            self.translator.fail(
+                tag.start, f"th:text/th:utext on <{tag.name}>, which has no content"
+            )
+        out = self.out
+        out.append(self.source[self.cursor : tag.start])
+        out.append(prefix)
+        out.append(new_tag)
+        self.cursor = tag.end
+        if not has_content:
+            out.append(suffix)
+        elif content is not None:
+            return self.replace_content(index, tag, content, "th:text" in th, suffix)
+        elif suffix:
+            self.close_after(index, suffix)
+        return index + 1
+
+    def close_after(self, index: int, suffix: str) -> None:
+        """Emit ``suffix`` right after the end tag of ``tags[index]``, when the pass gets there.
+
+        The element's content stays and may hold other th:* elements, so it is
+        not skipped: the pass goes on inside it.
+        """
+        end = self.ends[index]
+        if end < 0:
+            self.never_closed(index)
+        if end not in self.pending:
+            heapq.heappush(self.pending_keys, end)
+        self.pending.setdefault(end, []).append(suffix)
+
+    def replace_content(
+        self, index: int, tag: _Tag, content: str, escaped: bool, suffix: str
+    ) -> int:
+        """Replace the content of ``tags[index]`` by ``content``; returns the tag after its end.
+
+        The content is skipped, so a ``{% endif %}`` waiting for an end tag
+        inside it would never be written: that is the nesting error.
+        """
+        end = self.ends[index]
+        if end < 0:
+            self.never_closed(index)
+        pending_keys = self.pending_keys
+        while pending_keys and pending_keys[0] not in self.pending:
+            heapq.heappop(pending_keys)
+        if pending_keys and pending_keys[0] <= end:
+            self.translator.fail(tag.start, f"<{tag.name}> is not properly nested")
+        closing = self.tags[end]
+        src, out = self.source, self.out
+        out.append(self.translator.output(content, escaped=escaped))
+        out.append(_newlines_kept(src[tag.end : closing.start]))
+        out.append(src[closing.start : closing.end])
+        out.append(suffix)
+        self.cursor = closing.end
+        return end + 1
+
+    def never_closed(self, index: int) -> NoReturn:
+        """Refuse ``tags[index]``, which :func:`_matching_ends` found no end tag for.
+
+        Raised when the element is reached, not when the tags are matched, so
+        the first problem in source order is the one reported.
+        """
+        opening = self.tags[index]
+        self.translator.fail(
+            opening.start, f"<{opening.name}> with th:* attributes is never closed"
+        )
 
 
 def translate(field: str, source: str, *, html: bool) -> str:

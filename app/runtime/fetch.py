@@ -173,29 +173,9 @@ class TolerantPartitionRecords(aiokafka_fetcher.PartitionRecords):
         data = self._records.data if isinstance(self._records, _KeptRecords) else None
         if data is None:
             raise CorruptRecordException(f"undecodable record in {tp} and no raw batch kept")
-        view = memoryview(data)
-        pos = 0
-        while pos + _LOG_OVERHEAD <= len(view):
-            length = int.from_bytes(view[pos + 8 : pos + 12], "big", signed=True)
-            end = pos + _LOG_OVERHEAD + length
-            if length < 0 or end > len(view):
-                return  # a partial batch at the end of a response: fetched again next time
-            raw, pos = view[pos:end], end
-            if raw[_MAGIC_AT] < 2:
-                continue  # legacy batches have no headers; aiokafka read them already
+        for raw in _v2_batches(data):
             batch = _DefaultRecordBatchPy(bytes(raw))
-            if (
-                self._isolation_level == aiokafka_fetcher.READ_COMMITTED
-                and batch.producer_id is not None
-            ):
-                # As aiokafka does: skip batches of aborted transactions.
-                self._consume_aborted_up_to(batch.base_offset)
-                if batch.is_control_batch and self._contains_abort_marker(batch):
-                    self._aborted_producers.discard(batch.producer_id)
-                if batch.is_transactional and batch.producer_id in self._aborted_producers:
-                    self.next_fetch_offset = max(self.next_fetch_offset, batch.next_offset)
-                    continue
-            if batch.is_control_batch or batch.next_offset <= self.next_fetch_offset:
+            if self._skipped(batch):
                 self.next_fetch_offset = max(self.next_fetch_offset, batch.next_offset)
                 continue
             for record in read_batch(raw):
@@ -213,6 +193,48 @@ class TolerantPartitionRecords(aiokafka_fetcher.PartitionRecords):
                 self.next_fetch_offset = record.offset + 1
                 yield consumer_record
             self.next_fetch_offset = batch.next_offset
+
+    def _skipped(self, batch: _DefaultRecordBatchPy) -> bool:
+        """Whether a batch yields nothing: control, aborted, or delivered already.
+
+        Transactions are followed as aiokafka does, so the lenient path
+        delivers exactly what aiokafka's own would have.
+        """
+        if self._isolation_level == aiokafka_fetcher.READ_COMMITTED and self._aborted(batch):
+            return True
+        return batch.is_control_batch or batch.next_offset <= self.next_fetch_offset
+
+    def _aborted(self, batch: _DefaultRecordBatchPy) -> bool:
+        """Whether a batch belongs to an aborted transaction (``read_committed`` only).
+
+        Also tracks the aborted producers: the abort marker (a control batch)
+        ends a producer's aborted transaction.
+        """
+        if batch.producer_id is None:
+            return False
+        self._consume_aborted_up_to(batch.base_offset)
+        if batch.is_control_batch and self._contains_abort_marker(batch):
+            self._aborted_producers.discard(batch.producer_id)
+        return batch.is_transactional and batch.producer_id in self._aborted_producers
+
+
+def _v2_batches(data: bytes) -> Iterator[memoryview]:
+    """The complete record batches of a fetch response that can hold headers (magic 2).
+
+    A batch cut off at the end of the response (or a nonsensical length) ends
+    the walk: the consumer fetches from there again next time.  Legacy (magic
+    0/1) batches have no headers, so aiokafka read them already.
+    """
+    view = memoryview(data)
+    pos = 0
+    while pos + _LOG_OVERHEAD <= len(view):
+        length = int.from_bytes(view[pos + 8 : pos + 12], "big", signed=True)
+        end = pos + _LOG_OVERHEAD + length
+        if length < 0 or end > len(view):
+            return
+        raw, pos = view[pos:end], end
+        if raw[_MAGIC_AT] >= 2:
+            yield raw
 
 
 def install() -> None:

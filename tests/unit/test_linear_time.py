@@ -30,6 +30,9 @@ from app.core.thymeleaf import translate
 TEMPLATE_SIZE = 100_000
 TEXT_SIZE = 1_000_000
 TRANSLATE_BUDGET = 0.1  # seconds of CPU for a 100 KB template
+# Translate and Jinja's compile together: the compile is Jinja's, linear but slower, and a
+# shared CI machine must not turn a 60 ms compile into a failure.
+COMPILE_BUDGET = 0.25
 TEXT_BUDGET = 1.0  # seconds of CPU for a 1 MB body
 
 
@@ -158,8 +161,8 @@ def test_translate_is_fast(name: str) -> None:
 )
 def test_compile_is_fast(name: str) -> None:
     body = TEMPLATES[name](TEMPLATE_SIZE)
-    elapsed = cpu_time(lambda: _compile(body), budget=TRANSLATE_BUDGET)
-    assert elapsed < TRANSLATE_BUDGET, f"{name}: {elapsed:.3f}s"
+    elapsed = cpu_time(lambda: _compile(body), budget=COMPILE_BUDGET)
+    assert elapsed < COMPILE_BUDGET, f"{name}: {elapsed:.3f}s"
 
 
 @pytest.mark.parametrize(

@@ -509,7 +509,9 @@ def test_trial_render_refuses_budget_errors_only() -> None:
         template, compiled = model.validate(sms(source), default_language="en", max_body_chars=1000)
         with pytest.raises(model.TemplateInvalid) as info:
             model.trial_render(template, compiled, limits=LIMITS, otp_length=6)
-        assert "loop iterations" in info.value.problems[0].message
+        # The iteration limit, or on a loaded machine the clock, whichever comes first.
+        message = info.value.problems[0].message
+        assert "loop iterations" in message or "time budget" in message, message
     template, compiled = model.validate(
         sms("{{ client.name }}"), default_language="en", max_body_chars=1000
     )
