@@ -1468,8 +1468,6 @@ def compile_cached(
     return _compile_cached(cache_key, subject, body, html)
 
 
-compile_cached.cache_clear = _compile_cached.cache_clear  # type: ignore[attr-defined]
-compile_cached.cache_info = _compile_cached.cache_info  # type: ignore[attr-defined]
 
 # --------------------------------------------------------------------------- render
 
