@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from app import codec
 from app.core import render
 
 TYPES = ("MAIL", "SMS", "PUSH")
@@ -169,7 +170,7 @@ def check_fields(payload: Any, *, default_language: str, max_body_chars: int) ->
     context = payload.get("context", [])
     if want(context is None or isinstance(context, list), "context", "must be a list"):
         want(
-            _depth(context) <= MAX_CONTEXT_DEPTH,
+            codec.depth(context) <= MAX_CONTEXT_DEPTH,
             "context",
             f"is nested more than {MAX_CONTEXT_DEPTH} levels deep",
         )
@@ -221,20 +222,6 @@ def trial_render(
         raise TemplateInvalid([Problem(exc.field, str(exc))]) from None
     except render.RenderError:
         return
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of a JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
 
 
 def _params(value: Any, problems: list[Problem]) -> list[dict[str, Any]]:
