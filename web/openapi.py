@@ -15,13 +15,14 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
-        400: "invalid request (details name the field and why)",
+        400: "invalid request (details name the field and why; a template over its render "
+        "budget names the limit)",
         401: "missing or wrong bearer token",
         404: "no such template",
         409: "a template with this name and language exists",
         413: "body over the size limit (API_MAX_BODY_BYTES)",
         415: "body is not application/json",
-        503: "the template store did not answer in time",
+        503: "the template store did not answer in time, or every template renderer is busy",
     }
     return {
         str(c): {"description": reasons[c], "content": {"application/json": {"schema": _ERROR}}}
@@ -149,7 +150,7 @@ def document(max_body_bytes: int) -> dict[str, Any]:
                             },
                             "rendered",
                         ),
-                        **_errors(400, 401, 404, 413, 415),
+                        **_errors(400, 401, 404, 413, 415, 503),
                     },
                 },
             },
