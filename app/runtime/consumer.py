@@ -12,6 +12,7 @@ before a commit) stays Faust's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -80,13 +81,6 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         """Remember what the group had committed when Faust last positioned the partitions."""
         committed = await super().seek_to_committed()
         self._seek_committed = dict(committed)
-        return committed
-
-    async def _start_offset(self, tp: TP) -> int:
-        committed = self._known_start(tp)
-        if committed is None:
-            # Nothing committed yet: the group starts at the beginning (auto_offset_reset).
-            committed = (await self._ask_thread(self.earliest_offsets(tp))).get(tp) or 0
         return committed
 
     async def _ask_thread(self, call: Awaitable[T]) -> T:
@@ -161,14 +155,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         if self.ledger.started(tp):
             return True
         try:
-            start = await self._start_offset(tp)
+            await self._start_all([tp])
         except TimeoutError:
             return False
-        if not self._open(tp):
-            return False
-        if not self.ledger.started(tp):  # another caller may have started it meanwhile
-            self.ledger.start(tp, start)
-        return True
+        return self._open(tp) and self.ledger.started(tp)
 
     async def _start_all(self, tps: list[TP]) -> None:
         """Start every partition in ``tps`` that has no generation yet, with one request.
@@ -180,15 +170,12 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         """
         waiting = [tp for tp in tps if not self.ledger.started(tp)]
         unknown = [tp for tp in waiting if self._known_start(tp) is None]
-        earliest: Mapping[TP, int] = {}
-        if unknown:
-            try:
-                earliest = await self._ask_thread(self.earliest_offsets(*unknown))
-            except Exception:  # TimeoutError, or not assigned any more: per partition later
-                return
+        # Nothing committed yet: the group starts at the beginning (auto_offset_reset).
+        earliest = await self._ask_thread(self.earliest_offsets(*unknown)) if unknown else {}
         for tp in waiting:
             start = self._known_start(tp)
             start = earliest.get(tp) or 0 if start is None else start
+            # Started meanwhile by another caller, or no longer ours after a rebalance: leave it.
             if self._open(tp) and not self.ledger.started(tp):
                 self.ledger.start(tp, start)
 
@@ -250,7 +237,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 stalled = {}
                 continue
             owned = [tp for tp in self.assignment() if self.ledger.owns(tp.topic)]
-            await self._start_all(owned)
+            with contextlib.suppress(Exception):  # timed out, or not ours: per partition below
+                await self._start_all(owned)
             for tp in owned:
                 if self.app.rebalancing:
                     continue
