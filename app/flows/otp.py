@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from app import codec, records
 from app.channels.base import Channel, DeliveryError, Notification
@@ -35,6 +35,7 @@ GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
 KIND_NAMES = {GENERATE: "generate", VALIDATE: "validate"}
 INTERNAL_ERROR = "internal error while handling the request"
 Rows = MutableMapping[bytes, bytes]
+T = TypeVar("T")
 Undecodable = Callable[[str, int, int], "str | None"]
 
 
@@ -343,14 +344,7 @@ class ReceiverCounter:
 
     def expired_keys(self) -> list[bytes]:
         """Rows with nothing left to count (the sweep sends them an expire command)."""
-        found = []
-        for key, raw in list(self.rows.items()):
-            try:
-                if self.expired(ReceiverQuota.from_dict(codec.loads(raw))):
-                    found.append(key)
-            except (ValueError, KeyError, TypeError):
-                continue
-        return found
+        return expired_keys(self.rows, ReceiverQuota.from_dict, self.expired)
 
 
 class OtpProcessor:
@@ -519,15 +513,25 @@ class OtpProcessor:
     def expired_keys(self) -> list[bytes]:
         """Rows the sweep should delete; tables change only inside their stream, so the sweep
         sends "expire" commands instead of deleting."""
-        now, found = self.clock(), []
-        for key, raw in list(self.rows.items()):
-            try:
-                stored = OtpRecord.from_dict(codec.loads(raw))
-            except (ValueError, KeyError, TypeError):
-                continue
-            if otp.deletable(stored, self.policy, now):
-                found.append(key)
-        return found
+        now = self.clock()
+        return expired_keys(
+            self.rows, OtpRecord.from_dict, lambda stored: otp.deletable(stored, self.policy, now)
+        )
+
+
+def expired_keys(
+    rows: Rows, read: Callable[[dict[str, Any]], T], expired: Callable[[T], bool]
+) -> list[bytes]:
+    """Keys of the rows ``expired`` says can go; a row that does not decode is left alone."""
+    found = []
+    for key, raw in list(rows.items()):
+        try:
+            row = read(codec.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if expired(row):
+            found.append(key)
+    return found
 
 
 @dataclass(frozen=True)

@@ -470,3 +470,15 @@ def test_latency_is_observed_in_seconds(svc: Service):
         "otp_processing_seconds_sum", {"kind": "generate"}
     )
     assert samples is not None and 0 <= samples < 1
+
+
+def test_receiver_rows_are_swept_after_the_window(svc: Service):
+    run(svc.generate())
+    counter = svc.flows.receivers
+    [key] = list(svc.receiver_rows)
+    assert counter.expired_keys() == []
+    svc.receiver_rows[b"broken"] = b"not json"  # left alone, never a crash
+    svc.clock.now += 601
+    assert counter.expired_keys() == [key]
+    run(counter.handle(Inbound("hop", 0, 1, key, b'{"k": "x"}', [], None)))
+    assert key not in svc.receiver_rows
