@@ -12,6 +12,7 @@ Pure: no Kafka, no Faust; the quota is a ``(row, request) -> (row, verdict)`` st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, field, replace
@@ -48,26 +49,34 @@ def phone_number(raw: str) -> str:
     digits = text[1:]
     for separator in " .-()":
         digits = digits.replace(separator, "")
-    if not digits.isascii() or not digits.isdigit() or not 8 <= len(digits) <= 15:
-        raise AddressError(
-            "recipient must be a phone number in E.164 format (+ and 8 to 15 digits)"
-        )
-    try:
-        number = phonenumbers.parse("+" + digits, None)
-    except phonenumbers.NumberParseException:
-        raise AddressError("recipient is not a phone number of any country") from None
-    if not phonenumbers.is_possible_number(number):
-        raise AddressError("recipient is not a possible phone number for its country code")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164, _, problem = _parsed(digits)
+    if problem is not None:
+        raise AddressError(problem)
+    return e164
 
 
 def phone_region(e164: str) -> str | None:
     """The ISO 3166 region of an E.164 number (``+1 415`` is US, ``+1 416`` is CA)."""
+    return _parsed(e164[1:])[1] if e164.startswith("+") else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(digits: str) -> tuple[str, str | None, str | None]:
+    """``(E.164, region, None)`` for ``+digits``, or ``("", None, why not)``.
+
+    One libphonenumber parse per number: a generate asks for the normal form, the possibility
+    and the region several times (at ingest and again where it is sent), about 30 µs each.
+    """
+    if not digits.isascii() or not digits.isdigit() or not 8 <= len(digits) <= 15:
+        return "", None, "recipient must be a phone number in E.164 format (+ and 8 to 15 digits)"
     try:
-        number = phonenumbers.parse(e164, None)
+        number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:
-        return None
-    return phonenumbers.region_code_for_number(number)
+        return "", None, "recipient is not a phone number of any country"
+    if not phonenumbers.is_possible_number(number):
+        return "", None, "recipient is not a possible phone number for its country code"
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, phonenumbers.region_code_for_number(number), None
 
 
 def country_refusal(e164: str, allowed: frozenset[str] | None) -> str | None:
