@@ -1468,7 +1468,6 @@ def compile_cached(
     return _compile_cached(cache_key, subject, body, html)
 
 
-
 # --------------------------------------------------------------------------- render
 
 #: Control characters (category Cc) that are not whitespace: dropped from subjects.
