@@ -14,6 +14,13 @@ import faust
 from app.kafka_admin import TopicSpec
 from app.settings import Settings
 
+# The tables (raw bytes, see the module docstring), each with a changelog topic of its name.
+TABLES = {
+    "templates": "notification templates by name:language (orjson)",
+    "otps": "issued OTPs by clientId: HMAC, expiry, attempts, send times (never the code)",
+    "receivers": "send times per receiver, keyed by the receiver's HMAC (no address in clear)",
+}
+
 
 def otp_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-otp-commands"
@@ -51,7 +58,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # PartitionsMismatch until restarted.
     changelogs = [
         TopicSpec(f"{settings.app_id}-{table}-changelog", n, rf, {"cleanup.policy": "compact"})
-        for table in ("templates", "otps", "receivers")
+        for table in TABLES
     ]
     return [*(TopicSpec(name, n, rf) for name in names), results, *changelogs]
 
@@ -113,25 +120,14 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
 
 def define_tables(app: faust.App, settings: Settings) -> Tables:
     return Tables(
-        templates=app.Table(
-            "templates",
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.topic_partitions,
-            help="notification templates by name:language (orjson)",
-        ),
-        otps=app.Table(
-            "otps",
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.topic_partitions,
-            help="issued OTPs by clientId: HMAC, expiry, attempts, send times (never the code)",
-        ),
-        receivers=app.Table(
-            "receivers",
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.topic_partitions,
-            help="send times per receiver, keyed by the receiver's HMAC (no address in clear)",
-        ),
+        **{
+            name: app.Table(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                partitions=settings.topic_partitions,
+                help=help,
+            )
+            for name, help in TABLES.items()
+        }
     )
