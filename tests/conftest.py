@@ -21,6 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from devtools.support import ROOT, free_port
+from tests.s3_fixture import s3_store  # noqa: F401  (a fixture, used by name)
 
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 
