@@ -15,7 +15,7 @@ from unittest import mock
 
 import pytest
 from aiohttp.http_parser import HttpRequestParser
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from app import codec
@@ -358,10 +358,22 @@ def forms_of(secret: str) -> set[str]:
     fmt=st.sampled_from(FORMATS),
 )
 def test_embedded_secret_never_appears(secret: str, before: str, after: str, where: str, fmt: str):
+    # A "secret" that the log line's own scaffolding spells (a JSON key such as "exception", a
+    # word of the traceback) is not one a deployment could have; it says nothing here.
+    plain = JsonFormatter() if fmt == "json" else TextFormatter()
+    scaffolding = texts(plain.format(log_record(before + after, where)), fmt)
+    assume(not any(form in scaffolding for form in forms_of(secret)))
     formatter = (
         JsonFormatter(secrets=[secret]) if fmt == "json" else TextFormatter(secrets=[secret])
     )
-    text = before + secret + after
+    record = log_record(before + secret + after, where)
+    seen = texts(formatter.format(record), fmt)
+    for form in forms_of(secret):
+        assert form not in seen, (form, seen)
+
+
+def log_record(text: str, where: str) -> logging.LogRecord:
+    """A record carrying ``text`` in the place ``where`` names."""
     msg, args, exc_info = "event", (), None
     if where == "message":
         msg = text
@@ -381,10 +393,7 @@ def test_embedded_secret_never_appears(secret: str, before: str, after: str, whe
             raise error
         except Exception:
             exc_info = sys.exc_info()
-    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, msg, args, exc_info)
-    seen = texts(formatter.format(record), fmt)
-    for form in forms_of(secret):
-        assert form not in seen, (form, seen)
+    return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, msg, args, exc_info)
 
 
 PIECES = st.sampled_from(
