@@ -15,12 +15,16 @@ from typing import Any
 import faust
 
 from agents import KeyedDispatcher, TopicOutbox
+from agents import notify as notify_agents
 from agents import otp as otp_agents
 from agents import templates as template_agents
+from app.attachments import AttachmentStore
 from app.channels.base import Channel
-from app.channels.factory import build_channels
+from app.channels.factory import build_channels, build_forwarder
+from app.channels.kafka import KafkaForwarder
 from app.core.otp import OtpPolicy
 from app.core.render import RenderLimits
+from app.flows.notify import NotifyFlows, NotifyLimits
 from app.flows.otp import OtpFlows, OtpLimits
 from app.logs import logging_config
 from app.metrics import Metrics
@@ -35,6 +39,7 @@ from tables import (
     Topics,
     define_tables,
     define_topics,
+    notify_commands_topic,
     otp_commands_topic,
     receiver_commands_topic,
     template_commands_topic,
@@ -64,6 +69,10 @@ class Context:
     dispatcher: KeyedDispatcher
     flows: OtpFlows
     render_pool: RenderPool
+    forwarder: KafkaForwarder
+    store: AttachmentStore | None
+    notify_dispatcher: KeyedDispatcher
+    notify_flows: NotifyFlows
 
 
 def otp_policy(settings: Settings) -> OtpPolicy:
@@ -74,6 +83,33 @@ def otp_policy(settings: Settings) -> OtpPolicy:
         max_attempts=settings.otp_max_attempts,
         max_sends=settings.otp_max_sends,
         send_window_seconds=settings.otp_send_window_seconds,
+    )
+
+
+def attachment_store(settings: Settings) -> AttachmentStore | None:
+    """The S3-compatible store attachments are read from, if one is configured."""
+    if not settings.s3_url:
+        return None
+    return AttachmentStore(
+        url=settings.s3_url,
+        access_key=settings.s3_access_key or "",
+        secret_key=settings.s3_secret_key or "",
+        region=settings.s3_region,
+        bucket_prefix=settings.s3_bucket_prefix,
+        timeout=settings.delivery_timeout_seconds,
+    )
+
+
+def notify_limits(settings: Settings) -> NotifyLimits:
+    return NotifyLimits(
+        max_request_bytes=settings.max_request_bytes,
+        max_receivers=settings.notify_max_receivers,
+        default_language=settings.template_default_language,
+        sender_allowlist=settings.sender_allowlist,
+        attachment_max_bytes=settings.attachment_max_bytes,
+        replay_seconds=settings.notify_replay_seconds,
+        sms_allowed_countries=settings.sms_allowed_countries,
+        notify_in=settings.topic_notify_in,
     )
 
 
@@ -133,7 +169,9 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         [
             settings.topic_generate_in,
             settings.topic_validate_in,
+            settings.topic_notify_in,
             otp_commands_topic(settings),
+            notify_commands_topic(settings),
             receiver_commands_topic(settings),
             template_commands_topic(settings),
         ]
@@ -147,7 +185,9 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         settings.template_default_language,
         template_results_topic(settings),
     )
-    channels = channels if channels is not None else build_channels(settings)
+    forwarder = build_forwarder(settings)
+    channels = channels if channels is not None else build_channels(settings, forwarder)
+    store = attachment_store(settings)
     metrics = Metrics()
     outbox = TopicOutbox(topics)
     render_limits = RenderLimits(settings.render_timeout_ms, settings.render_max_output_bytes)
@@ -183,9 +223,26 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             undecodable=fetch.undecodable,
         ),
         render_pool=RenderPool(render_limits),
+        forwarder=forwarder,
+        store=store,
+        notify_dispatcher=KeyedDispatcher(MAX_IN_FLIGHT),
+        notify_flows=NotifyFlows.build(
+            rows=tables.notifications,
+            templates=cache,
+            channels=channels,
+            forwarder=forwarder,
+            store=store,
+            limits=notify_limits(settings),
+            render_limits=render_limits,
+            outbox=outbox,
+            metrics=metrics,
+            clock=time.time,
+            undecodable=fetch.undecodable,
+        ),
     )
     template_agents.register(ctx)
     otp_agents.register(ctx)
+    notify_agents.register(ctx)
     register_views(ctx)
 
     @app.task
@@ -209,6 +266,9 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         async def on_stop(self) -> None:
             for channel in ctx.channels.values():
                 await channel.close()
+            await ctx.forwarder.close()
+            if ctx.store is not None:
+                await ctx.store.close()
             await ctx.render_pool.close()
 
     return app

@@ -338,3 +338,169 @@ def validate_reply(
         "otpValid": valid,
         "error": error,
     }
+
+
+# -- send notification ------------------------------------------------------------------------
+MAX_ATTACHMENTS = 20
+_FILENAME_FORBIDDEN = frozenset('/\\"\r\n\0')
+
+
+@dataclass(frozen=True)
+class NotifyRequest:
+    """A send-notification request. ``channel`` None: the template's own type decides."""
+
+    process_instance_id: Any
+    identifier: Any
+    template_name: str
+    channel: str | None
+    language: str | None
+    receivers: list[str]
+    params: dict[str, Any]
+    sender_email: str | None = None
+    sender_name: str | None = None
+    attachments: list[dict[str, str]] | None = None
+
+    @property
+    def reply_key(self) -> str:
+        """Replies are keyed by processInstanceId; a request without one by its identifier."""
+        pid = self.process_instance_id
+        return str(pid if pid is not None else self.identifier)
+
+
+def header_process_instance_id(headers: Any) -> Any:
+    """The ``processInstanceId`` Kafka header FlowX's message send task sets, as text."""
+    for name, value in header_list(headers):
+        if name == "processInstanceId" and value:
+            try:
+                text = value.decode("utf-8").strip().strip('"')
+            except UnicodeDecodeError:
+                return None
+            return text if text and len(text) <= 200 else None
+    return None
+
+
+def _notify_correlation(data: dict[str, Any], header_pid: Any) -> tuple[Any, Any]:
+    """(processInstanceId, identifier): what a reply can be addressed by, body over header."""
+    pid = data.get("processInstanceId")
+    pid = _process_instance_id(data) if pid is not None else header_pid
+    identifier = data.get("identifier")
+    if identifier is not None and (
+        isinstance(identifier, bool)
+        or not isinstance(identifier, int | str)
+        or len(str(identifier)) > 200
+    ):
+        raise RequestError(
+            "identifier", "must be a string or a number of at most 200 characters", pid
+        )
+    return pid, identifier
+
+
+def _receivers(data: dict[str, Any], pid: Any, max_receivers: int) -> list[str]:
+    value = data.get("receivers")
+    if not isinstance(value, list) or not value:
+        raise RequestError("receivers", "is required (a non-empty list of addresses)", pid)
+    if len(value) > max_receivers:
+        raise RequestError("receivers", f"has more than {max_receivers} entries", pid)
+    out: list[str] = []
+    for i, receiver in enumerate(value):
+        if not isinstance(receiver, str) or not receiver.strip() or len(receiver) > 4096:
+            raise RequestError(f"receivers[{i}]", "must be a non-empty string", pid)
+        if receiver.strip() not in out:  # one mail per person, however often listed
+            out.append(receiver.strip())
+    return out
+
+
+def _attachments(data: dict[str, Any], pid: Any) -> list[dict[str, str]] | None:
+    value = data.get("attachments")
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list):
+        raise RequestError("attachments", "must be a list of {filename, path} objects", pid)
+    if len(value) > MAX_ATTACHMENTS:
+        raise RequestError("attachments", f"has more than {MAX_ATTACHMENTS} entries", pid)
+    out = []
+    for i, item in enumerate(value):
+        field = f"attachments[{i}]"
+        if not isinstance(item, dict):
+            raise RequestError(field, "must be an object {filename, path}", pid)
+        filename, path = item.get("filename"), item.get("path")
+        if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
+            raise RequestError(f"{field}.filename", "is required (at most 255 characters)", pid)
+        if _FILENAME_FORBIDDEN & set(filename) or not filename.isprintable():
+            raise RequestError(
+                f"{field}.filename", 'must not contain / \\ " or control characters', pid
+            )
+        if not isinstance(path, str) or not path.strip() or len(path) > 1024:
+            raise RequestError(f"{field}.path", "is required: <bucket>/<key>", pid)
+        out.append({"filename": filename.strip(), "path": path.strip()})
+    return out
+
+
+def _optional_string(data: dict[str, Any], field: str, pid: Any, max_len: int) -> str | None:
+    value = data.get(field)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
+        raise RequestError(field, f"must be a one-line string of at most {max_len} characters", pid)
+    return value.strip() or None
+
+
+def parse_notify(
+    raw: bytes | None, max_bytes: int, *, header_pid: Any = None, max_receivers: int = 50
+) -> NotifyRequest:
+    """Parse a send-notification request; parameters merge ``contentParams`` < ``data``.
+
+    A request the reply cannot be addressed to (no processInstanceId in the body or the
+    header, no identifier) is still parsed; the caller dead-letters it if it is refused.
+    """
+    try:
+        data = _decode(raw, max_bytes)
+    except RequestError as exc:
+        raise RequestError(exc.field, exc.reason, exc.process_instance_id or header_pid) from None
+    pid, identifier = _notify_correlation(data, header_pid)
+    params = dict(_object(data, "contentParams", pid))
+    params.update(_object(data, "data", pid))
+    if codec.depth(params) > MAX_PARAM_DEPTH:
+        raise RequestError("data", f"is nested more than {MAX_PARAM_DEPTH} levels deep", pid)
+    language = data.get("language")
+    if language is not None and (
+        not isinstance(language, str) or not LANGUAGE_RE.fullmatch(language)
+    ):
+        raise RequestError("language", "must be a language tag such as 'en' or 'pt-BR'", pid)
+    channel = _channel(data, pid) if data.get("channel") is not None else None
+    return NotifyRequest(
+        process_instance_id=pid,
+        identifier=identifier,
+        template_name=_string(data, "templateName", pid, max_len=100),
+        channel=channel,
+        language=language,
+        receivers=_receivers(data, pid, max_receivers),
+        params=params,
+        sender_email=_optional_string(data, "senderEmail", pid, 254),
+        sender_name=_optional_string(data, "senderName", pid, 200),
+        attachments=_attachments(data, pid),
+    )
+
+
+def notify_reply(
+    req: NotifyRequest | None,
+    *,
+    channel: str | None,
+    results: list[dict[str, Any]],
+    error: str | None,
+    forwarded: bool = False,
+    fallback: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """FlowX's reply fields, always present (null when unknown), plus per-receiver results."""
+    fields = fallback or {}
+    return {
+        "identifier": req.identifier if req else fields.get("identifier"),
+        "templateName": req.template_name if req else fields.get("templateName"),
+        "language": req.language if req else fields.get("language"),
+        "channel": channel,
+        "receivers": req.receivers if req else fields.get("receivers"),
+        "error": error,
+        "processInstanceId": req.process_instance_id if req else fields.get("processInstanceId"),
+        "forwarded": forwarded,
+        "results": results,
+    }

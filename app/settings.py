@@ -25,6 +25,8 @@ FLOWX_GENERATE_IN = "ai.flowx.plugin.notification.trigger.generate.otp.v1"
 FLOWX_GENERATE_OUT = "ai.flowx.engine.receive.plugin.notification.generate.otp.results.v1"
 FLOWX_VALIDATE_IN = "ai.flowx.plugin.notification.trigger.validate.otp.v1"
 FLOWX_VALIDATE_OUT = "ai.flowx.engine.receive.plugin.notification.validate.otp.results.v1"
+FLOWX_NOTIFY_IN = "ai.flowx.plugin.notification.trigger.send.notification.v1"
+FLOWX_NOTIFY_OUT = "ai.flowx.engine.receive.plugin.notification.confirm.send.notification.v1"
 DEFAULT_DLQ = "ai.flowx.plugin.notification.otp.dlq.v1"
 DEFAULT_ENGINE_PATTERN = r"^ai\.flowx\..*engine\.receive\..*"
 # Faust's producer refuses records over 1,000,000 bytes (``producer_max_request_size``); a
@@ -185,6 +187,18 @@ def _optional_headers(raw: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(headers)
 
 
+def _allowlist(raw: str) -> tuple[str, ...] | None:
+    """Addresses (``ops@example.com``) and domains (``@example.com``), lower-cased."""
+    entries = tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
+    if not entries:
+        return None
+    for entry in entries:
+        local, at, domain = entry.rpartition("@")
+        if not at or not re.fullmatch(r"[a-z0-9.-]+\.[a-z0-9-]+", domain) or " " in local:
+            raise ValueError(f"{entry!r} is neither an address nor an @domain entry")
+    return entries
+
+
 def _countries(raw: str) -> frozenset[str] | None:
     """ISO 3166-1 alpha-2 codes; phone numbers are matched to them by their E.164 prefix."""
     codes = frozenset(code.strip().upper() for code in raw.split(",") if code.strip())
@@ -310,6 +324,18 @@ class Settings:
         FLOWX_VALIDATE_OUT,
         _topic,
         "validate replies to the engine",
+    )
+    topic_notify_in: str = setting(
+        "KAFKA_TOPIC_NOTIFICATION_INTERNAL_IN",
+        FLOWX_NOTIFY_IN,
+        _topic,
+        "send-notification requests from the engine",
+    )
+    topic_notify_out: str = setting(
+        "KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT",
+        FLOWX_NOTIFY_OUT,
+        _topic,
+        "send-notification replies to the engine",
     )
     topic_dlq: str = setting(
         "KAFKA_TOPIC_OTP_DLQ",
@@ -554,6 +580,61 @@ class Settings:
         "sender display name",
         option=("smtp", "from_name"),
     )
+    mail_sender_allowlist: tuple[str, ...] | None = setting(
+        "MAIL_SENDER_ALLOWLIST",
+        None,
+        _allowlist,
+        "addresses and `@domain` entries a notification's `senderEmail` may use, comma-separated",
+        shown_default="the domain of `MAIL_FROM_EMAIL`",
+    )
+    notify_max_receivers: int = setting(
+        "NOTIFY_MAX_RECEIVERS", "50", _int(1, 1000), "receivers of one notification request"
+    )
+    notify_replay_seconds: int = setting(
+        "NOTIFY_REPLAY_SECONDS",
+        "86400",
+        _int(60, 30 * 86400),
+        "how long a handled notification is remembered, so a redelivery sends nothing again",
+    )
+    attachment_max_bytes: int = setting(
+        "ATTACHMENT_MAX_BYTES",
+        str(10 * 1024 * 1024),
+        _int(1, 50 * 1024 * 1024),
+        "attachment bytes of one notification, all attachments together",
+    )
+    s3_url: str | None = setting(
+        ("APPLICATION_FILE_STORAGE_S3_SERVER_URL", "S3_URL"),
+        None,
+        _optional_url,
+        "S3-compatible store attachments are read from; unset: attachment requests are refused",
+    )
+    s3_access_key: str | None = setting(
+        ("APPLICATION_FILE_STORAGE_S3_ACCESS_KEY", "S3_ACCESS_KEY"),
+        None,
+        _optional_text,
+        "access key of the store",
+        secret=True,
+    )
+    s3_secret_key: str | None = setting(
+        ("APPLICATION_FILE_STORAGE_S3_SECRET_KEY", "S3_SECRET_KEY"),
+        None,
+        _optional_text,
+        "secret key of the store",
+        secret=True,
+    )
+    s3_bucket_prefix: str = setting(
+        ("APPLICATION_FILE_STORAGE_S3_BUCKET_PREFIX", "S3_BUCKET_PREFIX"),
+        "",
+        str.strip,
+        "prefix put before the bucket named in an attachment's `path`",
+        shown_default="empty",
+    )
+    s3_region: str = setting(
+        ("APPLICATION_FILE_STORAGE_S3_REGION", "S3_REGION"),
+        "us-east-1",
+        _text,
+        "region the store's requests are signed for",
+    )
     sms_provider: str | None = setting(
         "SMS_PROVIDER",
         None,
@@ -749,6 +830,18 @@ class Settings:
             raise ConfigError("PUSH_WEBHOOK_URL", "is required when PUSH_PROVIDER=webhook")
         if self.push_provider == "fcm":
             self._check_fcm()
+        if self.s3_url and not (self.s3_access_key and self.s3_secret_key):
+            raise ConfigError(
+                "APPLICATION_FILE_STORAGE_S3_ACCESS_KEY",
+                "the access and secret keys are required when the S3 server URL is set",
+            )
+
+    @property
+    def sender_allowlist(self) -> tuple[str, ...]:
+        """What ``senderEmail`` may be: the setting, else the domain of the service's sender."""
+        if self.mail_sender_allowlist is not None:
+            return self.mail_sender_allowlist
+        return ("@" + self.mail_from_email.rpartition("@")[2].lower(),)
 
     def _check_twilio(self) -> None:
         for name, value in (
@@ -806,7 +899,7 @@ class Settings:
         pattern = re.compile(self.engine_topic_pattern)
         return [
             topic
-            for topic in (self.topic_generate_out, self.topic_validate_out)
+            for topic in (self.topic_generate_out, self.topic_validate_out, self.topic_notify_out)
             if not pattern.search(topic)
         ]
 

@@ -48,6 +48,9 @@ def topic_env(suffix: str) -> dict[str, str]:
         "KAFKA_TOPIC_OTP_VALIDATE_IN": f"test.{suffix}.validate.in",
         "KAFKA_TOPIC_OTP_VALIDATE_OUT": f"ai.flowx.test.engine.receive.{suffix}.validate.out",
         "KAFKA_TOPIC_OTP_DLQ": f"test.{suffix}.dlq",
+        "KAFKA_TOPIC_NOTIFICATION_INTERNAL_IN": f"test.{suffix}.notify.in",
+        "KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT": f"ai.flowx.test.engine.receive.{suffix}.notify",
+        "KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT": f"test.{suffix}.external.out",
     }
 
 

@@ -1,6 +1,6 @@
 """Topics and tables of the service: the names and shapes of everything kept in Kafka.
 
-Both tables hold raw bytes (orjson documents) so their changelog topics are readable by plain
+The tables hold raw bytes (orjson documents) so their changelog topics are readable by plain
 Kafka tools and by the template read model, and so no OTP code can slip in through a generic
 serializer: only :mod:`app.core.otp` records (HMACs) are written to ``otps``.
 """
@@ -19,6 +19,8 @@ TABLES = {
     "templates": "notification templates by name:language (orjson)",
     "otps": "issued OTPs by clientId: HMAC, expiry, attempts, send times (never the code)",
     "receivers": "send times per receiver, keyed by the receiver's HMAC (no address in clear)",
+    "notifications": "what became of each receiver of a notification request, by its source "
+    "record (topic/partition/offset); no rendered body",
 }
 
 
@@ -28,6 +30,10 @@ def otp_commands_topic(settings: Settings) -> str:
 
 def receiver_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-receiver-commands"
+
+
+def notify_commands_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-notify-commands"
 
 
 def template_commands_topic(settings: Settings) -> str:
@@ -46,8 +52,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         settings.topic_generate_out,
         settings.topic_validate_in,
         settings.topic_validate_out,
+        settings.topic_notify_in,
+        settings.topic_notify_out,
         settings.topic_dlq,
         otp_commands_topic(settings),
+        notify_commands_topic(settings),
         receiver_commands_topic(settings),
         template_commands_topic(settings),
     ]
@@ -74,6 +83,9 @@ class Topics:
     receiver_commands: faust.TopicT
     template_commands: faust.TopicT
     template_results: faust.TopicT
+    notify_in: faust.TopicT
+    notify_out: faust.TopicT
+    notify_commands: faust.TopicT
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class Tables:
     templates: faust.TableT
     otps: faust.TableT
     receivers: faust.TableT
+    notifications: faust.TableT
 
 
 def _raw_topic(app: faust.App, name: str, **kwargs: object) -> faust.TopicT:
@@ -115,6 +128,10 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         template_commands=_raw_topic(app, template_commands_topic(settings), **internal),
         # Write results for the HTTP views; read by every worker outside the consumer group.
         template_results=_raw_topic(app, template_results_topic(settings)),
+        notify_in=_raw_topic(app, settings.topic_notify_in, **internal),
+        notify_out=_raw_topic(app, settings.topic_notify_out, **internal),
+        # Notification requests keyed by their source record, next to its ``notifications`` row.
+        notify_commands=_raw_topic(app, notify_commands_topic(settings), **internal),
     )
 
 

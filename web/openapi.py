@@ -180,6 +180,12 @@ def document(max_body_bytes: int) -> dict[str, Any]:
                         "type": {"enum": ["MAIL", "SMS", "PUSH"]},
                         "strategyType": {"type": ["string", "null"]},
                         "active": {"type": "boolean", "default": True},
+                        "forwardOnKafka": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "notifications go to KAFKA_TOPIC_NOTIFICATION_"
+                            "EXTERNAL_OUT for an external adapter instead of being sent",
+                        },
                         "language": {"type": "string"},
                         "subject": {"type": ["string", "null"], "description": "required for MAIL"},
                         "body": {

@@ -26,6 +26,11 @@ class Notification:
     template_name: str
     process_instance_id: Any
     headers: dict[str, bytes] = field(default_factory=dict)
+    # MAIL only: files already base64 (``app.attachments.Attachment``), and a sender other
+    # than the service's own, checked against ``MAIL_SENDER_ALLOWLIST`` by the flow.
+    attachments: tuple[Any, ...] = ()
+    from_email: str | None = None
+    from_name: str | None = None
 
 
 class DeliveryError(Exception):

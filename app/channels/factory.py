@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from app.channels.base import Channel, UnconfiguredChannel
 from app.channels.fcm import FcmChannel, ServiceAccount
-from app.channels.kafka import KafkaChannel
+from app.channels.kafka import KafkaChannel, KafkaForwarder
 from app.channels.retry import RetryPolicy
 from app.channels.smtp import SmtpChannel
 from app.channels.twilio import TwilioChannel
@@ -19,11 +19,26 @@ from app.channels.webhook import WebhookChannel
 from app.settings import Settings
 
 
-def build_channels(settings: Settings) -> dict[str, Channel]:
+def build_forwarder(settings: Settings) -> KafkaForwarder:
+    """The producer both flows forward to external adapters with (its topic's settings)."""
+    return KafkaForwarder(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        **settings.channel_options("kafka"),
+        policy=RetryPolicy(timeout=settings.delivery_timeout_seconds),
+        max_concurrency=settings.delivery_max_concurrency,
+    )
+
+
+def build_channels(
+    settings: Settings, forwarder: KafkaForwarder | None = None
+) -> dict[str, Channel]:
     """One channel per FlowX channel name, each with its provider's client (opened lazily).
 
     ``settings`` must have passed ``check_channels`` (``Settings.from_env`` runs it): the
-    chosen providers' required values are then set.
+    chosen providers' required values are then set. ``SMS_PROVIDER=kafka`` publishes through
+    ``forwarder`` (the app's, shared with forwarded notifications) or one of its own.
     """
     policy = RetryPolicy(timeout=settings.delivery_timeout_seconds)
     concurrency = settings.delivery_max_concurrency
@@ -42,13 +57,11 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
             "SMS", **options("sms_webhook"), policy=policy, max_concurrency=concurrency
         )
     elif settings.sms_provider == "kafka":
+        forwarder = forwarder or build_forwarder(settings)
         channels["SMS"] = KafkaChannel(
             bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic_partitions=settings.topic_partitions,
-            topic_replication_factor=settings.topic_replication_factor,
-            **options("kafka"),
-            policy=policy,
-            max_concurrency=concurrency,
+            topic=forwarder.topic,
+            forwarder=forwarder,
         )
     if settings.push_provider == "fcm":
         channels["PUSH"] = FcmChannel(

@@ -42,8 +42,12 @@ def _header_value(value: Any) -> bytes:
     return b"" if value is None else str(value).encode()
 
 
-class KafkaChannel:
-    """Publishes rendered notifications; ``send`` returns once the broker has the record."""
+class KafkaForwarder:
+    """Publishes records for an external adapter; ``publish`` returns once the broker has one.
+
+    The one path both flows forward by: the OTP flow's SMS (``SMS_PROVIDER=kafka``, through
+    :class:`KafkaChannel`) and notifications whose template says "Forward on Kafka".
+    """
 
     provider = PROVIDER
 
@@ -52,36 +56,19 @@ class KafkaChannel:
         *,
         bootstrap_servers: str,
         topic: str,
-        name: str = "SMS",
-        check: Callable[[str], str | None] = check_phone,
         topic_partitions: int = 1,
         topic_replication_factor: int = 1,
         policy: RetryPolicy | None = None,
         max_concurrency: int = 16,
     ) -> None:
-        self.name = name
         self.topic = topic
         self._bootstrap = bootstrap_servers
-        self._check = check
         self._partitions = topic_partitions
         self._replication = topic_replication_factor
         self.delivery = Delivery(PROVIDER, policy or RetryPolicy(), max_concurrency)
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._topic_checked = False
-
-    def check_recipient(self, recipient: str) -> str | None:
-        return self._check(recipient)
-
-    def record(self, notification: Notification) -> dict[str, Any]:
-        return {
-            "channel": notification.channel,
-            "to": notification.recipient,
-            "subject": notification.subject,
-            "body": notification.text if notification.text is not None else notification.body,
-            "templateName": notification.template_name,
-            "processInstanceId": notification.process_instance_id,
-        }
 
     async def _ensure_topic(self, timeout: float) -> None:
         """Create the topic if missing; a cluster that forbids it still gets the send tried."""
@@ -115,15 +102,15 @@ class KafkaChannel:
                 self._producer = producer
         return self._producer
 
-    async def send(self, notification: Notification) -> None:
-        value = codec.dumps(self.record(notification))
-        key = str(notification.process_instance_id).encode()
-        headers = [(str(k), _header_value(v)) for k, v in (notification.headers or {}).items()]
+    async def publish(self, key: bytes, record: dict[str, Any], headers: dict[str, Any]) -> None:
+        """Produce ``record`` (JSON) with the request's ``headers``; raise DeliveryError."""
+        value = codec.dumps(record)
+        header_list = [(str(k), _header_value(v)) for k, v in (headers or {}).items()]
 
         async def attempt(timeout: float) -> None:
             try:
                 producer = await self._get_producer(timeout)
-                await producer.send_and_wait(self.topic, value, key=key, headers=headers)
+                await producer.send_and_wait(self.topic, value, key=key, headers=header_list)
             except KafkaConnectionError:
                 raise DeliveryError(PROVIDER, "cannot reach the broker", transient=True) from None
             except KafkaTimeoutError:
@@ -145,3 +132,62 @@ class KafkaChannel:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
+
+
+class KafkaChannel:
+    """The SMS channel of ``SMS_PROVIDER=kafka``: one record per message, keyed by
+    ``processInstanceId`` (the shape in the module docstring)."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        name: str = "SMS",
+        check: Callable[[str], str | None] = check_phone,
+        topic_partitions: int = 1,
+        topic_replication_factor: int = 1,
+        policy: RetryPolicy | None = None,
+        max_concurrency: int = 16,
+        forwarder: KafkaForwarder | None = None,
+    ) -> None:
+        self.name = name
+        self._check = check
+        self.forwarder = forwarder or KafkaForwarder(
+            bootstrap_servers=bootstrap_servers,
+            topic=topic,
+            topic_partitions=topic_partitions,
+            topic_replication_factor=topic_replication_factor,
+            policy=policy,
+            max_concurrency=max_concurrency,
+        )
+
+    @property
+    def topic(self) -> str:
+        return self.forwarder.topic
+
+    @property
+    def delivery(self) -> Delivery:
+        return self.forwarder.delivery
+
+    def check_recipient(self, recipient: str) -> str | None:
+        return self._check(recipient)
+
+    def record(self, notification: Notification) -> dict[str, Any]:
+        return {
+            "channel": notification.channel,
+            "to": notification.recipient,
+            "subject": notification.subject,
+            "body": notification.text if notification.text is not None else notification.body,
+            "templateName": notification.template_name,
+            "processInstanceId": notification.process_instance_id,
+        }
+
+    async def send(self, notification: Notification) -> None:
+        key = str(notification.process_instance_id).encode()
+        await self.forwarder.publish(key, self.record(notification), notification.headers)
+
+    async def close(self) -> None:
+        await self.forwarder.close()

@@ -92,13 +92,14 @@ class SmtpChannel:
         """HTML body with a plain-text alternative, so every mail client shows the code."""
         html = notification.body if notification.text is not None else None
         return build_mail(
-            from_name=self._from_name,
-            from_email=self._from_email,
+            from_name=notification.from_name or self._from_name,
+            from_email=notification.from_email or self._from_email,
             to=notification.recipient,
             subject=notification.subject,
             html=html,
             text=notification.text if notification.text is not None else notification.body,
             message_id_domain=self._from_domain,
+            attachments=notification.attachments,
         )
 
     def _new_client(self) -> aiosmtplib.SMTP:

@@ -141,6 +141,9 @@ def check_fields(payload: Any, *, default_language: str, max_body_chars: int) ->
     )
     active = payload.get("active", True)
     want(isinstance(active, bool), "active", "must be true or false")
+    # FlowX's "Forward on Kafka": notifications are handed to an external adapter, not sent.
+    forward = payload.get("forwardOnKafka", False)
+    want(isinstance(forward, bool), "forwardOnKafka", "must be true or false")
     language = payload.get("language") or default_language
     want(
         isinstance(language, str) and bool(LANGUAGE_RE.fullmatch(language)),
@@ -182,6 +185,7 @@ def check_fields(payload: Any, *, default_language: str, max_body_chars: int) ->
         "type": ttype,
         "strategyType": strategy,
         "active": active,
+        "forwardOnKafka": forward,
         "language": language,
         "subject": subject,
         "body": body,

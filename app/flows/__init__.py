@@ -35,6 +35,8 @@ class Route(enum.Enum):
     OTP_COMMANDS = "otp_commands"
     RECEIVER_COMMANDS = "receiver_commands"
     TEMPLATE_RESULTS = "template_results"
+    NOTIFY_OUT = "notify_out"
+    NOTIFY_COMMANDS = "notify_commands"
 
 
 class Outbox(Protocol):

@@ -155,7 +155,7 @@ def seeds(worker: Worker) -> dict[str, dict[str, Any]]:
 async def test_post_seed_templates_verbatim(api: Api, seeds: dict[str, dict[str, Any]]):
     for seed in (SEED_MAIL, SEED_SMS):
         stored = seeds[seed["name"]]
-        assert template_part(stored) == {"strategyType": None, **seed}
+        assert template_part(stored) == {"strategyType": None, "forwardOnKafka": False, **seed}
         assert stored["version"] == 1
         assert ISO_UTC.match(stored["createdAt"]), stored
         assert stored["createdAt"] == stored["updatedAt"]
@@ -267,7 +267,7 @@ async def test_put_replaces_with_version_bump(api: Api):
     assert v2["version"] == 2
     assert v2["createdAt"] == v1["createdAt"]
     assert v2["updatedAt"] >= v1["updatedAt"] and ISO_UTC.match(v2["updatedAt"])
-    assert template_part(v2) == {**changed, "strategyType": "SMS"}
+    assert template_part(v2) == {**changed, "strategyType": "SMS", "forwardOnKafka": False}
     assert await api.call("GET", f"/api/template/{name}") == (200, v2)
     status, preview = await api.call("POST", f"/api/template/{name}/preview", {"data": {}})
     assert status == 200, preview

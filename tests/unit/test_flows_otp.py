@@ -8,83 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from app import codec
-from app.channels.base import DeliveryError, Notification, UnconfiguredChannel, check_phone
+from app.channels.base import UnconfiguredChannel, check_phone
 from app.core import render
 from app.core.otp import OtpPolicy
 from app.flows import Inbound, Route
 from app.flows.otp import GENERATE, VALIDATE, OtpFlows, OtpLimits
 from app.metrics import Metrics
+from tests.fakes.flows import Clock, FakeChannel, Outbox, Templates, check_mail
 
 SECRET = b"flow-secret-0123456789"
 HEADERS = [("fxContext", b"main"), ("processInstanceUuid", b"u-1")]
-
-
-@dataclass
-class Entry:
-    data: dict[str, Any]
-    compiled: render.CompiledTemplate | None
-
-
-class Templates:
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], Entry] = {}
-
-    def add(self, name: str, ttype: str, body: str, subject: str | None = None, **data: Any):
-        compiled = render.compile_template(subject, body, html=ttype == "MAIL")
-        params = data.pop("params", [{"key": "otpValue", "mandatory": True}])
-        self.entries[(name, data.pop("language", "en"))] = Entry(
-            {"name": name, "type": ttype, "active": True, "params": params, **data}, compiled
-        )
-
-    def resolve(self, name: str, language: str | None) -> Entry | None:
-        return self.entries.get((name, language or "en")) or self.entries.get((name, "en"))
-
-
-@dataclass
-class FakeChannel:
-    check: Any
-    sent: list[Notification] = field(default_factory=list)
-    fail: str | None = None
-
-    def check_recipient(self, recipient: str) -> str | None:
-        return self.check(recipient)
-
-    async def send(self, notification: Notification) -> None:
-        if self.fail:
-            raise DeliveryError("fake", self.fail)
-        self.sent.append(notification)
-
-    async def close(self) -> None:
-        return None
-
-
-class Outbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Route, bytes | None, bytes | None, list[Any]]] = []
-
-    async def send(self, route: Route, key: bytes | None, value: bytes | None, headers: Any):
-        self.sent.append((route, key, value, headers))
-
-    def on(self, route: Route) -> list[Any]:
-        return [codec.loads(v) for r, _, v, _ in self.sent if r is route]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def check_mail(recipient: str) -> str | None:
-    return None if "@" in recipient else "recipient must be an e-mail address"
 
 
 class Service:

@@ -68,7 +68,7 @@ def test_seed_mail_accepted_verbatim() -> None:
     payload = copy.deepcopy(SEED_MAIL)
     template, compiled = check(payload)
     assert payload == SEED_MAIL  # validate does not mutate its input
-    assert template == {**SEED_MAIL, "strategyType": None}
+    assert template == {**SEED_MAIL, "strategyType": None, "forwardOnKafka": False}
     assert compiled.html is True
     assert compiled.variables == frozenset({"clientId", "otpValue"})
     out = render.render(compiled, {"clientId": "1234567890", "otpValue": "123456"})
@@ -78,7 +78,7 @@ def test_seed_mail_accepted_verbatim() -> None:
 
 def test_seed_sms_accepted_verbatim() -> None:
     template, compiled = check(copy.deepcopy(SEED_SMS))
-    assert template == SEED_SMS
+    assert template == {**SEED_SMS, "forwardOnKafka": False}
     assert compiled.html is False
     assert render.render(compiled, {"otpValue": "123456"}).body == "OTP 123456"
 
@@ -90,6 +90,7 @@ def test_defaults_and_unknown_fields_dropped() -> None:
         "type": "PUSH",
         "strategyType": None,
         "active": True,
+        "forwardOnKafka": False,
         "language": "en",
         "subject": None,
         "body": "hi",

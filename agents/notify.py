@@ -1,0 +1,41 @@
+"""The notification agents: each connects one stream to its handler in ``app.flows.notify``.
+
+``ingest_notifications`` reads the engine's topic, ``send_notifications`` the re-keyed
+``notify-commands`` (concurrently across requests: one slow receiver holds up no other
+request); the sweep finds rows past ``NOTIFY_REPLAY_SECONDS`` and deletes them through the
+stream, since tables change only inside their stream.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agents import for_each_event, inbound
+from app.flows.notify import EXPIRE_COMMAND
+
+if TYPE_CHECKING:
+    from app.main import Context
+
+
+def register(ctx: Context) -> None:
+    app, topics, flows = ctx.app, ctx.topics, ctx.notify_flows
+
+    @app.agent(topics.notify_in, name="ingest_notifications")
+    async def ingest_notifications(stream: Any) -> None:
+        handle = flows.ingest.handle
+        await for_each_event(stream, app.consumer.admit, lambda e: handle(inbound(e)))
+
+    @app.agent(topics.notify_commands, name="send_notifications")
+    async def send_notifications(stream: Any) -> None:
+        await ctx.cache.ready.wait()
+        stream.enable_acks = False  # each event is acked by its task once handled
+        handle = flows.sender.handle
+        async for event in stream.events():
+            await ctx.notify_dispatcher.dispatch(
+                stream, app.consumer.admit, event, lambda e: handle(inbound(e))
+            )
+
+    @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_notifications")
+    async def sweep_notifications() -> None:
+        for key in flows.sender.expired_keys():
+            await topics.notify_commands.send(key=key, value=EXPIRE_COMMAND)

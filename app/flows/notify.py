@@ -1,0 +1,569 @@
+"""The send-notification flow: a rendered template to a list of receivers, or to an adapter.
+
+:class:`NotifyIngest` reads the engine's requests (keyed however the engine likes), refuses
+what cannot be parsed (an error reply when the request names its ``processInstanceId``, in the
+body or the Kafka header, or an ``identifier``; else a dead letter) and forwards the rest to
+``notify-commands``, keyed by the request's own ``topic/partition/offset``.
+
+:class:`NotifySender` owns the ``notifications`` rows, keyed the same way: one row per request,
+holding what became of each receiver. A redelivered command (a crash, a rebalance) finds the
+row: receivers already handled get nothing again, and a finished request gets its first reply
+again. The crash window is the OTP flow's: a mail handed to the server in the moment before its
+row reached the changelog is sent again.
+
+The rules (which template, which channel, who may be a sender, what the reply says) are plain
+methods tested with a dict and fakes (``tests/unit/test_flows_notify.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+from app import codec, records
+from app.attachments import AttachmentError
+from app.channels.base import Channel, DeliveryError, Notification
+from app.channels.smtp import check_address
+from app.core import receivers, render
+from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route
+from app.flows.otp import INTERNAL_ERROR, Rows, Templates, Undecodable, expired_keys
+from app.logs import request_context
+from app.metrics import Metrics
+from app.records import NotifyRequest, RequestError
+
+log = logging.getLogger(__name__)
+
+EXPIRE = "x"
+# Requests whose attachments are in memory at once: each may hold ATTACHMENT_MAX_BYTES (base64).
+ATTACHMENT_REQUESTS_IN_FLIGHT = 4
+
+
+class AttachmentSource(Protocol):
+    """Reads one attachment (``app.attachments.AttachmentStore``); raises ``AttachmentError``."""
+
+    async def fetch(self, filename: str, path: str, budget: int) -> Any: ...
+
+
+class Forwarder(Protocol):
+    """Hands a rendered notification to an external adapter (``KafkaForwarder``)."""
+
+    topic: str
+
+    async def publish(
+        self, key: bytes, record: dict[str, Any], headers: dict[str, Any]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class NotifyLimits:
+    """The settings the flow reads (a slice of ``Settings``, so tests need not build one)."""
+
+    max_request_bytes: int = 65536
+    max_receivers: int = 50
+    default_language: str = "en"
+    sender_allowlist: tuple[str, ...] = ("@localhost",)
+    attachment_max_bytes: int = 10 * 1024 * 1024
+    replay_seconds: float = 86400
+    sms_allowed_countries: frozenset[str] | None = None
+    notify_in: str = "notify-in"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request resolved to: the template to render and where it goes."""
+
+    entry: Any
+    channel: str
+    language: str
+    receivers: list[str]
+    forward: bool
+
+
+@dataclass
+class State:
+    """A request's row: what became of each receiver, and the reply once it is finished."""
+
+    created: float
+    channel: str | None = None
+    language: str | None = None
+    results: dict[str, list[Any]] = field(default_factory=dict)  # receiver -> [sent, error]
+    error: str | None = None
+    forwarded: bool = False
+    done: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
+        return cls(**data)
+
+
+def sender_refusal(email: str, allowlist: tuple[str, ...]) -> str | None:
+    """Why ``email`` may not be a notification's sender: it would impersonate someone."""
+    address = email.strip().lower()
+    if check_address(address) is not None:
+        return "senderEmail: must be one e-mail address (user@domain)"
+    domain = "@" + address.rpartition("@")[2]
+    if address in allowlist or domain in allowlist:
+        return None
+    return "senderEmail: is not allowed to send (MAIL_SENDER_ALLOWLIST)"
+
+
+class NotifyReplies:
+    """Answers on ``_OUT``: keyed by processInstanceId (else identifier), every header kept."""
+
+    def __init__(self, outbox: Outbox, metrics: Metrics, limits: NotifyLimits, clock: Clock):
+        self.outbox = outbox
+        self.metrics = metrics
+        self.limits = limits
+        self.clock = clock
+
+    async def send(
+        self, body: dict[str, Any], key: str, headers: Headers, received_at: Any, outcome: str
+    ) -> None:
+        await self.outbox.send(Route.NOTIFY_OUT, key.encode(), codec.dumps(body), headers)
+        self.metrics.requests.labels(self.limits.notify_in, outcome).inc()
+        if isinstance(received_at, int | float) and received_at > 0:
+            self.metrics.latency.labels("notify").observe(max(0.0, self.clock() - received_at))
+        log.info(
+            "notification %s%s",
+            outcome,
+            f": {body['error']}" if body["error"] else "",
+            extra=request_context(body["processInstanceId"], body["identifier"]),
+        )
+
+
+class NotifyIngest:
+    """Parse an engine request, refuse it or forward it re-keyed (see the module docstring)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        replies: NotifyReplies,
+        dead_letters: DeadLetters,
+        limits: NotifyLimits,
+        undecodable: Undecodable,
+    ) -> None:
+        self.outbox = outbox
+        self.replies = replies
+        self.dead_letters = dead_letters
+        self.limits = limits
+        self.undecodable = undecodable
+
+    async def handle(self, record: Inbound) -> None:
+        try:
+            await self._handle(record)
+        except Exception:  # the stream must go on (app.flows.otp's module docstring)
+            log.exception("unexpected failure ingesting %s", record.source)
+            await self.dead_letters.send(record, INTERNAL_ERROR)
+
+    async def _handle(self, record: Inbound) -> None:
+        problem = self.undecodable(record.topic, record.partition, record.offset)
+        if problem is not None:
+            await self.dead_letters.send(record, f"undecodable record: {problem}", "undecodable")
+            return
+        header_pid = records.header_process_instance_id(record.headers)
+        size = records.record_size(record.key, record.value, record.headers)
+        try:
+            if size > self.limits.max_request_bytes:
+                exc = records.oversized(record.value, size, self.limits.max_request_bytes)
+                raise RequestError(None, exc.reason, exc.process_instance_id or header_pid)
+            request = records.parse_notify(
+                record.value,
+                self.limits.max_request_bytes,
+                header_pid=header_pid,
+                max_receivers=self.limits.max_receivers,
+            )
+        except RequestError as exc:
+            await self.refuse(record, exc)
+            return
+        command = {
+            "r": asdict(request),
+            "src": [record.topic, record.partition, record.offset],
+            "ts": record.timestamp,
+        }
+        key = record.source.encode()
+        await self.outbox.send(Route.NOTIFY_COMMANDS, key, codec.dumps(command), record.headers)
+
+    async def refuse(self, record: Inbound, exc: RequestError) -> None:
+        """Answer the engine if the request can be told apart, else dead-letter it."""
+        fields: dict[str, Any] = {}
+        if len(record.value or b"") <= records.MAX_SALVAGE_BYTES:
+            fields = salvage(record.value)
+        pid = exc.process_instance_id
+        if pid is None:
+            pid = records.header_process_instance_id(record.headers)
+        fields["processInstanceId"] = pid
+        headers_size = records.record_size(None, None, record.headers)
+        correlated = pid is not None or fields.get("identifier") is not None
+        if not correlated or headers_size > self.limits.max_request_bytes:
+            await self.dead_letters.send(record, str(exc), "malformed")
+            return
+        body = records.notify_reply(None, channel=None, results=[], error=str(exc), fallback=fields)
+        key = str(pid if pid is not None else fields["identifier"])
+        await self.replies.send(body, key, record.headers, record.timestamp, "malformed")
+
+
+def salvage(raw: bytes | None) -> dict[str, Any]:
+    """Best effort: the reply fields of a request that failed to parse, where well-typed."""
+    try:
+        data = codec.loads(raw) if raw else None
+    except codec.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for name in ("identifier", "templateName", "language"):
+        value = data.get(name)
+        if isinstance(value, int | str) and not isinstance(value, bool) and len(str(value)) <= 200:
+            out[name] = value
+    return out
+
+
+class NotifySender:
+    """Resolve, render and deliver one request to each receiver; owns ``notifications`` rows."""
+
+    def __init__(
+        self,
+        rows: Rows,
+        templates: Templates,
+        channels: Mapping[str, Channel],
+        forwarder: Forwarder,
+        store: AttachmentSource | None,
+        replies: NotifyReplies,
+        dead_letters: DeadLetters,
+        limits: NotifyLimits,
+        render_limits: render.RenderLimits,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.rows = rows
+        self.templates = templates
+        self.channels = channels
+        self.forwarder = forwarder
+        self.store = store
+        self.replies = replies
+        self.dead_letters = dead_letters
+        self.limits = limits
+        self.render_limits = render_limits
+        self.metrics = metrics
+        self.clock = clock
+        self._attachment_slots = asyncio.Semaphore(ATTACHMENT_REQUESTS_IN_FLIGHT)
+
+    def load(self, key: bytes) -> State | None:
+        raw = self.rows.get(key)
+        return State.from_dict(codec.loads(raw)) if raw is not None else None
+
+    def save(self, key: bytes, state: State) -> None:
+        self.rows[key] = codec.dumps(asdict(state))
+
+    async def handle(self, record: Inbound) -> None:
+        command: dict[str, Any] = {}
+        try:
+            command = codec.loads(record.value or b"")
+            await self._handle(record, command)
+        except Exception:  # the stream must go on (app.flows.otp's module docstring)
+            log.exception("unexpected failure sending %s", record.source)
+            await self._internal_error(record, command)
+
+    async def _handle(self, record: Inbound, command: dict[str, Any]) -> None:
+        key = record.key or b""
+        if command.get("k") == EXPIRE:
+            state = self.load(key)
+            if state is not None and self.expired(state):
+                del self.rows[key]
+            return
+        req = NotifyRequest(**command["r"])
+        state = self.load(key) or State(created=self.clock())
+        if not state.done:
+            await self.run(key, req, state, record.headers)
+        await self.reply(req, state, record.headers, command.get("ts"))
+
+    # -- the steps ---------------------------------------------------------------------------
+    async def run(self, key: bytes, req: NotifyRequest, state: State, headers: Headers) -> None:
+        """Take ``state`` to done: refused, forwarded, or each receiver sent to (or failed)."""
+        plan = self.plan(req)
+        if isinstance(plan, str):
+            state.error, state.done = plan, True
+            self.save(key, state)
+            return
+        state.channel, state.language = plan.channel, plan.language
+        rendered = self.render(req, plan)
+        if isinstance(rendered, str):
+            state.error, state.done = rendered, True
+        elif plan.forward:
+            state.error = await self.forward(req, plan, rendered, headers)
+            state.forwarded = state.error is None
+            state.done = True
+        else:
+            await self.deliver(key, req, plan, rendered, state, headers)
+        self.save(key, state)
+
+    def plan(self, req: NotifyRequest) -> Plan | str:
+        """The template, channel and receivers of a request, or why it cannot be sent."""
+        entry = self.templates.resolve(req.template_name, req.language)
+        if entry is None:
+            return f"template '{req.template_name}' not found"
+        data = entry.data
+        channel = req.channel or data.get("type")
+        refusal = self._template_refusal(req, entry, channel)
+        if refusal is not None:
+            return refusal
+        normalized = self._receivers(req, channel)
+        if isinstance(normalized, str):
+            return normalized
+        refusal = self._mail_refusal(req, channel)
+        if refusal is not None:
+            return refusal
+        language = data.get("language") or self.limits.default_language
+        forward = bool(data.get("forwardOnKafka"))
+        return Plan(entry, channel, language, normalized, forward)
+
+    def _template_refusal(self, req: NotifyRequest, entry: Any, channel: str) -> str | None:
+        data, name = entry.data, req.template_name
+        if not data.get("active", True):
+            return f"template '{name}' is inactive"
+        if data.get("type") != channel:
+            return f"template '{name}' is a {data.get('type')} template, not {channel}"
+        if entry.compiled is None:
+            return f"template '{name}' does not compile"
+        missing = render.missing_mandatory(data.get("params", []), req.params)
+        if missing:
+            return f"missing mandatory parameter(s): {', '.join(missing)}"
+        return None
+
+    def _receivers(self, req: NotifyRequest, channel: str) -> list[str] | str:
+        """Every receiver checked for the channel (SMS numbers in E.164), or the first refusal:
+        nothing is sent unless every address is usable, so the engine fixes one request."""
+        out: list[str] = []
+        for i, receiver in enumerate(req.receivers):
+            address = receiver
+            if channel == "SMS":
+                try:
+                    address = receivers.phone_number(receiver)
+                except receivers.AddressError as exc:
+                    return f"receivers[{i}]: {exc}"
+                refusal = receivers.country_refusal(address, self.limits.sms_allowed_countries)
+            else:
+                refusal = self.channels[channel].check_recipient(address)
+            if refusal is not None:
+                return f"receivers[{i}]: {refusal}"
+            if address not in out:
+                out.append(address)
+        return out
+
+    def _mail_refusal(self, req: NotifyRequest, channel: str) -> str | None:
+        if req.attachments and channel != "MAIL":
+            return f"attachments: only MAIL notifications carry attachments, not {channel}"
+        if req.attachments and self.store is None:
+            names = ", ".join(a["filename"] for a in req.attachments)
+            return f"attachments: no file store is configured, cannot attach {names}"
+        if channel == "MAIL" and req.sender_email:
+            return sender_refusal(req.sender_email, self.limits.sender_allowlist)
+        return None
+
+    def render(self, req: NotifyRequest, plan: Plan) -> render.Rendered | str:
+        try:
+            return render.render(plan.entry.compiled, req.params, limits=self.render_limits)
+        except render.RenderError as exc:
+            return f"template '{req.template_name}' could not be rendered: {exc}"
+
+    async def forward(
+        self, req: NotifyRequest, plan: Plan, rendered: render.Rendered, headers: Headers
+    ) -> str | None:
+        record = {
+            "templateName": req.template_name,
+            "channel": plan.channel,
+            "language": plan.language,
+            "receivers": plan.receivers,
+            "subject": rendered.subject,
+            "body": rendered.body,
+            "text": rendered.text,
+            "attachments": req.attachments or [],
+            "identifier": req.identifier,
+            "processInstanceId": req.process_instance_id,
+        }
+        try:
+            await self.forwarder.publish(req.reply_key.encode(), record, _header_map(headers))
+        except DeliveryError as exc:
+            self.metrics.sends.labels(plan.channel, "failed").inc()
+            return str(exc)
+        self.metrics.sends.labels(plan.channel, "forwarded").inc()
+        return None
+
+    async def deliver(
+        self,
+        key: bytes,
+        req: NotifyRequest,
+        plan: Plan,
+        rendered: render.Rendered,
+        state: State,
+        headers: Headers,
+    ) -> None:
+        """Send to every receiver not yet handled, concurrently; record each as it finishes."""
+        pending = [r for r in plan.receivers if r not in state.results]
+        if not pending:
+            state.done = True
+            return
+        slot = self._attachment_slots if req.attachments else contextlib.nullcontext()
+        async with slot:
+            attachments = await self.fetch_attachments(req)
+            if isinstance(attachments, str):
+                state.error, state.done = attachments, True
+                return
+            notification = Notification(
+                channel=plan.channel,
+                recipient="",
+                subject=rendered.subject,
+                body=rendered.body,
+                text=rendered.text,
+                template_name=req.template_name,
+                process_instance_id=req.process_instance_id,
+                headers=_header_map(headers),
+                attachments=attachments,
+                from_email=req.sender_email if plan.channel == "MAIL" else None,
+                from_name=req.sender_name if plan.channel == "MAIL" else None,
+            )
+
+            async def one(receiver: str) -> None:
+                error = await self._send(notification, receiver)
+                state.results[receiver] = [error is None, error]
+                self.save(key, state)
+
+            await asyncio.gather(*(one(receiver) for receiver in pending))
+        state.done = True
+
+    async def _send(self, notification: Notification, receiver: str) -> str | None:
+        channel = self.channels[notification.channel]
+        try:
+            await channel.send(_with_recipient(notification, receiver))
+        except DeliveryError as exc:
+            self.metrics.sends.labels(notification.channel, "failed").inc()
+            return str(exc)
+        self.metrics.sends.labels(notification.channel, "delivered").inc()
+        return None
+
+    async def fetch_attachments(self, req: NotifyRequest) -> tuple[Any, ...] | str:
+        """Every attachment, within ``ATTACHMENT_MAX_BYTES`` together, or why not: no mail
+        goes out with an attachment missing."""
+        if not req.attachments or self.store is None:
+            return ()
+        budget = self.limits.attachment_max_bytes
+        fetched = []
+        for item in req.attachments:
+            try:
+                attachment = await self.store.fetch(item["filename"], item["path"], budget)
+            except AttachmentError as exc:
+                return f"attachments: {exc.filename} ({exc.path}): {exc.reason}"
+            budget -= attachment.size
+            fetched.append(attachment)
+        return tuple(fetched)
+
+    # -- the reply ---------------------------------------------------------------------------
+    async def reply(self, req: NotifyRequest, state: State, headers: Headers, ts: Any) -> None:
+        results = [
+            {"receiver": receiver, "sent": sent, "error": error}
+            for receiver, (sent, error) in state.results.items()
+        ]
+        error = state.error
+        failed = [r for r in results if not r["sent"]]
+        if error is None and failed:
+            error = f"{len(failed)} of {len(results)} receivers not reached: " + "; ".join(
+                f"{r['receiver']}: {r['error']}" for r in failed[:5]
+            )
+        body = records.notify_reply(
+            req,
+            channel=state.channel or req.channel,
+            results=results,
+            error=error,
+            forwarded=state.forwarded,
+        )
+        body["language"] = state.language or req.language or self.limits.default_language
+        outcome = _outcome(state, results, failed)
+        await self.replies.send(body, req.reply_key, headers, ts, outcome)
+
+    async def _internal_error(self, record: Inbound, command: dict[str, Any]) -> None:
+        try:
+            req = NotifyRequest(**command["r"])
+        except Exception:
+            await self.dead_letters.send(record, INTERNAL_ERROR)
+            return
+        body = records.notify_reply(req, channel=req.channel, results=[], error=INTERNAL_ERROR)
+        try:
+            await self.replies.send(body, req.reply_key, record.headers, command.get("ts"), "error")
+        except Exception:
+            log.exception("could not answer %s", record.source)
+            await self.dead_letters.send(record, INTERNAL_ERROR)
+
+    # -- retention ---------------------------------------------------------------------------
+    def expired(self, state: State) -> bool:
+        return state.done and self.clock() - state.created > self.limits.replay_seconds
+
+    def expired_keys(self) -> list[bytes]:
+        return expired_keys(self.rows, State.from_dict, self.expired)
+
+
+def _outcome(state: State, results: list[dict[str, Any]], failed: list[Any]) -> str:
+    if state.forwarded:
+        return "forwarded"
+    if state.error is not None or not results:
+        return "refused"
+    if not failed:
+        return "sent"
+    return "partial" if len(failed) < len(results) else "failed"
+
+
+def _header_map(headers: Headers) -> dict[str, bytes]:
+    return {name: value for name, value in headers if value is not None}
+
+
+def _with_recipient(notification: Notification, receiver: str) -> Notification:
+    return replace(notification, recipient=receiver)
+
+
+@dataclass(frozen=True)
+class NotifyFlows:
+    """The handlers of the notification flow, wired to one outbox; built once per app."""
+
+    ingest: NotifyIngest
+    sender: NotifySender
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        rows: Rows,
+        templates: Templates,
+        channels: Mapping[str, Channel],
+        forwarder: Forwarder,
+        store: AttachmentSource | None,
+        limits: NotifyLimits,
+        render_limits: render.RenderLimits,
+        outbox: Outbox,
+        metrics: Metrics,
+        clock: Clock,
+        undecodable: Undecodable,
+    ) -> NotifyFlows:
+        replies = NotifyReplies(outbox, metrics, limits, clock)
+        dead_letters = DeadLetters(outbox, metrics)
+        return cls(
+            ingest=NotifyIngest(outbox, replies, dead_letters, limits, undecodable),
+            sender=NotifySender(
+                rows,
+                templates,
+                channels,
+                forwarder,
+                store,
+                replies,
+                dead_letters,
+                limits,
+                render_limits,
+                metrics,
+                clock,
+            ),
+        )
+
+
+EXPIRE_COMMAND = codec.dumps({"k": EXPIRE})

@@ -1,0 +1,77 @@
+"""Fakes the flow handlers are tested with: templates, channels, an outbox and a clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import codec
+from app.channels.base import DeliveryError, Notification
+from app.core import render
+from app.flows import Route
+
+
+@dataclass
+class Entry:
+    data: dict[str, Any]
+    compiled: render.CompiledTemplate | None
+
+
+class Templates:
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], Entry] = {}
+
+    def add(self, name: str, ttype: str, body: str, subject: str | None = None, **data: Any):
+        compiled = render.compile_template(subject, body, html=ttype == "MAIL")
+        params = data.pop("params", [{"key": "otpValue", "mandatory": True}])
+        self.entries[(name, data.pop("language", "en"))] = Entry(
+            {"name": name, "type": ttype, "active": True, "params": params, **data}, compiled
+        )
+
+    def resolve(self, name: str, language: str | None) -> Entry | None:
+        return self.entries.get((name, language or "en")) or self.entries.get((name, "en"))
+
+
+@dataclass
+class FakeChannel:
+    check: Any
+    sent: list[Notification] = field(default_factory=list)
+    fail: str | None = None
+    # Recipients this provider refuses, with its status (a mailbox the server does not know).
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def check_recipient(self, recipient: str) -> str | None:
+        return self.check(recipient)
+
+    async def send(self, notification: Notification) -> None:
+        if self.fail:
+            raise DeliveryError("fake", self.fail)
+        if notification.recipient in self.refused:
+            raise DeliveryError("fake", self.refused[notification.recipient])
+        self.sent.append(notification)
+
+    async def close(self) -> None:
+        return None
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Route, bytes | None, bytes | None, list[Any]]] = []
+
+    async def send(self, route: Route, key: bytes | None, value: bytes | None, headers: Any):
+        self.sent.append((route, key, value, headers))
+
+    def on(self, route: Route) -> list[Any]:
+        return [codec.loads(v) for r, _, v, _ in self.sent if r is route]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def check_mail(recipient: str) -> str | None:
+    return None if "@" in recipient else "recipient must be an e-mail address"
