@@ -42,7 +42,7 @@ format: $(STAMP)
 
 ## bench: the OTP pipeline against raw aiokafka and Faust echo baselines (README, Performance);
 ## options as make or environment variables: BENCH_REQUESTS, BENCH_RATES, BENCH_WORKERS,
-## BENCH_CHANNELS, BENCH_STEP_SECONDS, BENCH_BASELINE_RATES, BENCH_PARTITIONS (bench/run.py -h)
+## BENCH_CHANNELS, BENCH_NOTIFY, BENCH_STEP_SECONDS, BENCH_BASELINE_RATES, BENCH_PARTITIONS (bench/run.py -h)
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
 $(BENCH_STAMP): pyproject.toml constraints.txt | $(STAMP)

@@ -7,9 +7,11 @@
 - :func:`start_otp_workers`, :func:`start_raw_echo`, :func:`start_faust_echo` start the systems
   under test, each in its own process.
 - :class:`Driver` plays the engine: it produces requests and reads replies, matching them by
-  ``processInstanceId``. :meth:`Driver.saturate` sends as fast as it can; :meth:`Driver.fixed_rate`
-  sends on a fixed schedule and measures every latency from the request's *scheduled* time, so
-  a stalled pipeline cannot hide its backlog (no coordinated omission).
+  ``processInstanceId`` (a number, or its decimal string as the notification replies carry
+  it; a :class:`Target` can also put it in a Kafka header). :meth:`Driver.saturate` sends as
+  fast as it can; :meth:`Driver.fixed_rate` sends on a fixed schedule and measures every
+  latency from the request's *scheduled* time, so a stalled pipeline cannot hide its backlog
+  (no coordinated omission).
 - :class:`CpuMeter` records how much CPU each process (and the whole machine) used per phase.
 """
 
@@ -47,6 +49,7 @@ DEFAULT_KAFKA_PORT = 19192
 DEFAULT_KAFKA_DATA_DIR = ".local/kafka-bench"
 SEED_MAIL = orjson.loads((ROOT / "examples" / "otpMail.json").read_bytes())
 SEED_SMS = orjson.loads((ROOT / "examples" / "otpSMS.json").read_bytes())
+SEED_WELCOME = orjson.loads((ROOT / "examples" / "welcomeLetter.json").read_bytes())
 
 
 # ---------------------------------------------------------------------------- processes
@@ -204,6 +207,11 @@ def run_topics(run_id: str) -> dict[str, str]:
         "KAFKA_TOPIC_OTP_VALIDATE_IN": f"bench.{run_id}.validate.in",
         "KAFKA_TOPIC_OTP_VALIDATE_OUT": f"ai.flowx.bench.engine.receive.{run_id}.validate.out",
         "KAFKA_TOPIC_OTP_DLQ": f"bench.{run_id}.dlq",
+        "KAFKA_TOPIC_NOTIFICATION_INTERNAL_IN": f"bench.{run_id}.notify.in",
+        "KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT": (
+            f"ai.flowx.bench.engine.receive.{run_id}.notify.out"
+        ),
+        "KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT": f"bench.{run_id}.notify.external.out",
         "ECHO_IN": f"bench.{run_id}.echo.in",
         "ECHO_OUT": f"bench.{run_id}.echo.out",
         "FAUST_ECHO_IN": f"bench.{run_id}.faust-echo.in",
@@ -373,13 +381,19 @@ Request = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers
 
 @dataclass
 class Target:
-    """One request/reply pipeline: where requests go, where replies come back, what is OK."""
+    """One request/reply pipeline: where requests go, where replies come back, what is OK.
+
+    ``pid_header`` names a Kafka header the driver adds to every request, holding its pid as a
+    decimal string (FlowX's message send task puts ``processInstanceId`` there, not in the
+    body); ``None`` for pipelines that read the pid from the body.
+    """
 
     name: str
     in_topic: str
     out_topic: str
     make: Callable[[int], Request]
     ok: Callable[[dict[str, Any]], bool]
+    pid_header: str | None = None
 
 
 def engine_headers(run_id: str, pid: int) -> list[tuple[str, bytes]]:
@@ -410,6 +424,31 @@ def generate_request(
         return str(pid).encode(), orjson.dumps(body), engine_headers(run_id, pid)
 
     return make
+
+
+def notify_request(run_id: str) -> Callable[[int], Request]:
+    """The README's send-notification request (``examples/notify-welcome.json``), one receiver
+    of its own per request (nothing dedups); the pid goes in a header (``Target.pid_header``)."""
+
+    def make(pid: int) -> Request:
+        body = {
+            "templateName": SEED_WELCOME["name"],
+            "channel": "MAIL",
+            "language": "en",
+            "receivers": [f"notify{pid}@example.com"],
+            "contentParams": {"firstName": f"User{pid}"},
+        }
+        return str(pid).encode(), orjson.dumps(body), engine_headers(run_id, pid)
+
+    return make
+
+
+def notify_ok(body: dict[str, Any]) -> bool:
+    """A notification reply that reached every receiver: no error and each result sent."""
+    results = body.get("results")
+    return (
+        body.get("error") is None and bool(results) and all(r.get("sent") is True for r in results)
+    )
 
 
 @dataclass
@@ -473,6 +512,8 @@ class Collector:
                 for record in records:
                     body = orjson.loads(record.value)
                     pid = body.get("processInstanceId")
+                    if isinstance(pid, str) and pid.isdigit():  # notification replies
+                        pid = int(pid)
                     phase = self.waiting.pop(pid, None)
                     if phase is not None:
                         phase.reply(pid, body, now)
@@ -519,6 +560,8 @@ class Driver:
     async def _send(self, target: Target, phase: Phase, pid: int, scheduled: float) -> None:
         assert self.producer is not None
         key, value, headers = target.make(pid)
+        if target.pid_header is not None:
+            headers = [*headers, (target.pid_header, str(pid).encode())]
         phase.scheduled[pid] = scheduled
         self.collectors[target.out_topic].waiting[pid] = phase
         await self.producer.send(target.in_topic, value, key=key, headers=headers)

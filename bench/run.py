@@ -7,23 +7,29 @@ One run starts (or reuses) the bench broker (``scripts/kafka-local`` on port 191
 workers (``python -m app worker``, each with its own DATA_DIR and WEB_PORT, LOG_LEVEL=WARNING),
 N raw aiokafka echo services (``bench/echo_raw.py``, the limit) and N Faust echo services
 (``bench/echo_faust.py``, the framework floor), all on fresh topics of this run with the same
-partition count, and creates the seed templates (``examples/otpMail.json``, ``otpSMS.json``)
-over REST. Then, after a warm-up of every pipeline:
+partition count, and creates the seed templates (``examples/otpMail.json``, ``otpSMS.json``,
+``welcomeLetter.json``) over REST. Then, after a warm-up of every pipeline:
 
 1. saturation: ``--requests`` requests produced as fast as possible, for the raw echo, the Faust
-   echo, generate+MAIL, generate+SMS and validate; completed replies per second from the first
-   send to the last reply. The echo services get the very generate-request bytes (and engine
-   headers) the OTP service gets, and answer a reply of the OTP reply's shape.
-2. fixed rate: generate (first of ``--channels``) at each of ``--rates`` for ``--step-seconds``
-   each, and the two echo baselines at ``--baseline-rates``; latency from each request's
-   *scheduled* send time to its reply being consumed (p50/p95/p99/max), so a stalled pipeline
-   cannot hide its backlog. A step whose replies do not all arrive in time ends the sweep.
+   echo, generate+MAIL, generate+SMS, validate and notify+MAIL; completed replies per second
+   from the first send to the last reply. The echo services get the very generate-request bytes
+   (and engine headers) the OTP service gets, and answer a reply of the OTP reply's shape.
+2. fixed rate: generate (first of ``--channels``), then notify+MAIL, at each of ``--rates`` for
+   ``--step-seconds`` each, and the two echo baselines at ``--baseline-rates``; latency from
+   each request's *scheduled* send time to its reply being consumed (p50/p95/p99/max), so a
+   stalled pipeline cannot hide its backlog. A step whose replies do not all arrive in time
+   ends the sweep.
 
 Validate is measured with WRONG codes against the records generate+MAIL just stored: the
 counting sink does not read mails, so the codes are unknown. Each identifier gets exactly one
 wrong guess, which costs what a right one costs (table read, HMAC, constant-time compare,
 table write, reply); only ``otpValid: false, error: invalid code`` (or, one time in a million,
 ``true``) counts as done.
+
+Notify+MAIL (``--notify``, the default; ``--no-notify`` or BENCH_NOTIFY=0 leaves it out) sends
+the README's send-notification request (``examples/notify-welcome.json``) with the
+``processInstanceId`` Kafka header, one receiver of its own per request (nothing dedups); only
+a reply with ``error: null`` and every result ``sent`` counts as done.
 
 Writes ``bench/results/latest.json`` (every figure, the machine, the options) and
 ``bench/results/latency.png``, and prints a table. Every process it started is stopped at the
@@ -70,12 +76,18 @@ OVERLOAD = 0.9
 # A saturation round of a fast pipeline gets enough requests to last about this long.
 MIN_ROUND_SECONDS = 2.0
 MAX_ROUND_REQUESTS = 200_000
-# Seconds kept for the fixed-rate sweep and the clean-up when deciding on another round.
+# Seconds kept for the fixed-rate sweep and the clean-up when deciding on another round,
+# and for the notify+MAIL sweep when it runs.
 SWEEP_RESERVE = 90.0
+NOTIFY_SWEEP_RESERVE = 30.0
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _floats(text: str) -> list[float]:
@@ -96,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rates",
         type=_floats,
         default=_floats(_env("BENCH_RATES", "100,200,500,1000")),
-        help="fixed rates for the OTP pipeline, req/s (BENCH_RATES, 100,200,500,1000)",
+        help="fixed rates for generate and notify, req/s (BENCH_RATES, 100,200,500,1000)",
     )
     p.add_argument(
         "--baseline-rates",
@@ -121,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_env("BENCH_CHANNELS", "MAIL,SMS"),
         help="generate channels to measure; the first is used for validate and the fixed-rate "
         "sweep (BENCH_CHANNELS, MAIL,SMS)",
+    )
+    p.add_argument(
+        "--notify",
+        action=argparse.BooleanOptionalAction,
+        default=_flag(_env("BENCH_NOTIFY", "1")),
+        help="measure notify+MAIL too, saturation and fixed rate (BENCH_NOTIFY, 1)",
     )
     p.add_argument(
         "--partitions",
@@ -177,6 +195,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+def _median(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 2) if present else None
+
+
 def _gen_ok(body: dict[str, Any]) -> bool:
     return body.get("otpSent") is True
 
@@ -208,6 +231,7 @@ class Run:
         self.sinks: harness.Sinks | None = None
         self.sms_available = False
         self.delivered = {"MAIL": 0, "SMS": 0}
+        self.notified = 0  # receivers notify+MAIL reported sent (one per request)
         self.last_cpu_seconds: dict[str, float] = {}
         self.began = began
         self.last_round = 0.0
@@ -260,6 +284,15 @@ class Run:
                 harness.generate_request(rid, channel, bench_client),
                 _gen_ok,
             )
+        if self.args.notify:
+            targets["notify_mail"] = Target(
+                "notify+MAIL",
+                t["KAFKA_TOPIC_NOTIFICATION_INTERNAL_IN"],
+                t["KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT"],
+                harness.notify_request(rid),
+                harness.notify_ok,
+                pid_header="processInstanceId",
+            )
         return targets
 
     def validate_target(self, channel: str, clients: list[str]) -> Target:
@@ -297,6 +330,8 @@ class Run:
         for channel in ("MAIL", "SMS"):
             if target.name == f"generate+{channel}":
                 self.delivered[channel] += ok
+        if target.name == "notify+MAIL":
+            self.notified += ok
 
     async def saturation(
         self, key: str, target: Target, pids: range, service: str = "worker"
@@ -328,9 +363,10 @@ class Run:
 
     def summarize_saturation(self) -> None:
         """Median over the rounds (and their spread) for every saturation mode."""
-        order = ["echo", "faust_echo", "generate_mail", "generate_sms", "validate"]
+        order = ["echo", "faust_echo", "generate_mail", "generate_sms", "validate", "notify_mail"]
         sat = self.results["saturation"]
         self.results["saturation"] = sat = {k: sat[k] for k in sorted(sat, key=order.index)}
+        faust_rounds = (sat.get("faust_echo") or {}).get("rounds") or []
         for key, entry in sat.items():
             rounds = entry.get("rounds")
             if not rounds:
@@ -347,7 +383,17 @@ class Run:
                 service_cpu_ms_per_request=round(statistics.median(c for c in cpu if c), 3)
                 if any(cpu)
                 else None,
+                **{
+                    q: _median(r[q] for r in rounds)
+                    for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms")
+                },
                 failed=sum(r["failed"] for r in rounds),
+                # Against the Faust echo of the same round (same neighbour load): the spread.
+                vs_faust_echo_by_round=[
+                    _ratio(r["rps"], f["rps"]) for r, f in zip(rounds, faust_rounds, strict=False)
+                ]
+                if key not in ("echo", "faust_echo")
+                else None,
                 missing=sum(r["missing"] for r in rounds),
                 cpu_cores={
                     role: round(statistics.mean(c.get(role, 0.0) for c in cores), 2)
@@ -424,16 +470,18 @@ class Run:
         await asyncio.gather(*(w.wait_ready(timeout=180) for w in self.workers))
         self.log(f"OTP workers ready in {time.monotonic() - began:.1f}s")
         templates = [harness.SEED_MAIL] + ([harness.SEED_SMS] if "SMS" in a.channels else [])
+        if a.notify:
+            templates.append(harness.SEED_WELCOME)
         await harness.create_templates(self.workers[0], templates)
-        await self.driver.start(
-            [
-                t["ECHO_OUT"],
-                t["FAUST_ECHO_OUT"],
-                t["KAFKA_TOPIC_OTP_GENERATE_OUT"],
-                t["KAFKA_TOPIC_OTP_VALIDATE_OUT"],
-            ],
-            a.partitions,
-        )
+        reply_topics = [
+            t["ECHO_OUT"],
+            t["FAUST_ECHO_OUT"],
+            t["KAFKA_TOPIC_OTP_GENERATE_OUT"],
+            t["KAFKA_TOPIC_OTP_VALIDATE_OUT"],
+        ]
+        if a.notify:
+            reply_topics.append(t["KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT"])
+        await self.driver.start(reply_topics, a.partitions)
 
     def round_size(self, warm: harness.Phase) -> int:
         """Requests per saturation round: ``--requests``, or more for a pipeline so fast that
@@ -488,12 +536,20 @@ class Run:
                 self.log(f"{name} {skipped}")
             else:
                 channels.append(channel)
+        if a.notify:
+            key = "notify_mail"
+            warm = await self.warm_up(targets[key], retry_on=("not found",))
+            errors = sorted({str(f.get("error")) for f in warm.failures})
+            if errors:
+                raise RuntimeError(f"{targets[key].name} warm-up failed: {errors[:3]}")
+            size[key] = self.round_size(warm)
 
         # Saturation, in rounds: each round measures every mode once, so a neighbour's load
         # that comes and goes hits baselines and pipeline alike; the medians are reported.
         for number in range(a.repeats):
             began = time.monotonic()
-            if number and self.elapsed() + self.last_round > a.time_budget - SWEEP_RESERVE:
+            reserve = SWEEP_RESERVE + (NOTIFY_SWEEP_RESERVE if a.notify and a.rates else 0.0)
+            if number and self.elapsed() + self.last_round > a.time_budget - reserve:
                 self.log(f"time budget ({a.time_budget:g} s): stopping after {number} round(s)")
                 break
             for key, service in (("echo", "raw-echo"), ("faust_echo", "faust-echo")):
@@ -509,6 +565,9 @@ class Run:
                 # Validate the identifiers this round's generate just stored, one guess each.
                 target = self.validate_target(first, [f"bench-{p}" for p in generated])
                 await self.saturation("validate", target, self.driver.pids(len(generated)))
+            if a.notify:
+                key = "notify_mail"
+                await self.saturation(key, targets[key], self.driver.pids(size[key]))
             self.last_round = time.monotonic() - began
         self.summarize_saturation()
 
@@ -520,6 +579,10 @@ class Run:
         if first in channels:
             key = f"generate_{first.lower()}"
             await self.sweep(key, targets[key], a.rates)
+        if a.notify and a.rates:
+            # What the generate sweep left queued (an overloaded step) drains first.
+            await self.warm_up(targets["notify_mail"], 50)
+            await self.sweep("notify_mail", targets["notify_mail"], a.rates)
 
     async def stop(self) -> None:
         """Stop everything this run started (but the broker) and delete the run's topics."""
@@ -544,13 +607,16 @@ def headline(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
             return None  # an incomplete run has no throughput to speak of
         return entry.get("rps")
 
+    def p99_at_200(key: str) -> float | None:
+        for step in results["fixed_rate"].get(key, {}).get("steps", []):
+            if step["offered_rps"] == 200 and step.get("completed") and not step["missing"]:
+                return step["p99_ms"]
+        return None
+
     echo, faust = rps("echo"), rps("faust_echo")
     mail, sms, validate = rps("generate_mail"), rps("generate_sms"), rps("validate")
-    p99_200 = None
-    sweep = results["fixed_rate"].get(f"generate_{args.channels[0].lower()}", {})
-    for step in sweep.get("steps", []):
-        if step["offered_rps"] == 200 and step.get("completed") and not step["missing"]:
-            p99_200 = step["p99_ms"]
+    notify = rps("notify_mail")
+    notify_entry = sat.get("notify_mail") or {}
     return {
         "echo_baseline_rps": echo,
         "faust_echo_rps": faust,
@@ -564,7 +630,14 @@ def headline(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         "validate_rps": validate,
         "ratio_validate_vs_echo": _ratio(validate, echo),
         "ratio_validate_vs_faust_echo": _ratio(validate, faust),
-        "p99_ms_at_200rps": p99_200,
+        "notify_mail_rps": notify,
+        "notify_mail_status": notify_entry.get("status", "not run"),
+        "ratio_notify_mail_vs_echo": _ratio(notify, echo),
+        "ratio_notify_mail_vs_faust_echo": _ratio(notify, faust),
+        "notify_mail_saturation_p50_ms": notify_entry.get("p50_ms"),
+        "notify_mail_saturation_p99_ms": notify_entry.get("p99_ms"),
+        "notify_mail_p99_ms_at_200rps": p99_at_200("notify_mail"),
+        "p99_ms_at_200rps": p99_at_200(f"generate_{args.channels[0].lower()}"),
     }
 
 
@@ -610,7 +683,8 @@ def table(doc: dict[str, Any]) -> str:
         f"{opts['partitions']} partitions ({doc['machine']['cpu_count']} CPUs, "
         f"{doc['machine']['cpu_model']})",
         f"  {'pipeline':<20} {'req/s':>8} {'min-max':>13} {'vs echo':>8} {'vs Faust':>9} "
-        f"{'CPU ms/req':>11} {'req/round':>10}  cores: service/broker/driver/not ours",
+        f"{'p50/p99 ms':>13} {'CPU ms/req':>11} {'req/round':>10}"
+        "  cores: service/broker/driver/not ours",
     ]
     for key, entry in sat.items():
         if entry.get("status", "ok") != "ok":
@@ -624,12 +698,14 @@ def table(doc: dict[str, Any]) -> str:
         vs_faust = (
             _ratio(rps, head["faust_echo_rps"]) if key not in ("echo", "faust_echo") else None
         )
+        latency = f"{_fmt(entry.get('p50_ms'))}/{_fmt(entry.get('p99_ms'))}"
         note = ""
         if entry["failed"] or entry["missing"]:
             note = f"  INCOMPLETE: {entry['failed']} failed, {entry['missing']} missing"
         lines.append(
             f"  {entry['name']:<20} {_fmt(rps):>8} {spread:>13} {_fmt(vs_echo, '.2f'):>8} "
-            f"{_fmt(vs_faust, '.2f'):>9} {_fmt(entry['service_cpu_ms_per_request'], '.2f'):>11}"
+            f"{_fmt(vs_faust, '.2f'):>9} {latency:>13}"
+            f" {_fmt(entry['service_cpu_ms_per_request'], '.2f'):>11}"
             f" {entry['rounds'][0]['requests']:>10}"
             f"  {service:.2f}/{cpu.get('broker', 0):.2f}/{cpu.get('driver', 0):.2f}/"
             f"{cpu.get('other', 0):.2f}{note}"
@@ -655,11 +731,14 @@ def table(doc: dict[str, Any]) -> str:
             )
     lines.append("")
     for channel, d in (doc.get("deliveries") or {}).items():
-        if d["otpSent_replies"]:
+        notified = d.get("notify_sent_receivers", 0)
+        expected = d["otpSent_replies"] + notified
+        if expected:
             lines.append(
-                f"{channel}: {d['otpSent_replies']} 'otpSent: true' replies, "
-                f"{d['sink_received']} received by the sink"
-                + ("" if d["sink_received"] >= d["otpSent_replies"] else "  MISSING DELIVERIES")
+                f"{channel}: {d['otpSent_replies']} 'otpSent: true' replies"
+                + (f" + {notified} notify receivers sent" if notified else "")
+                + f", {d['sink_received']} received by the sink"
+                + ("" if d["sink_received"] >= expected else "  MISSING DELIVERIES")
             )
     lines += ["", "targets:"]
     for name, v in doc["targets"].items():
@@ -683,6 +762,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     colors = {"p50_ms": "tab:blue", "p95_ms": "tab:orange", "p99_ms": "tab:red"}
     fig, ax = plt.subplots(figsize=(10, 5))
     rates_seen: set[float] = set()
+    skipped_notes = 0
     for key, sweep in doc["fixed_rate"].items():
         steps = [s for s in sweep["steps"] if s.get("p50_ms") is not None]
         if not steps:
@@ -697,7 +777,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                 marker = "o" if key == "echo" else "x"
                 ax.scatter(rates, values, marker=marker, color=color, alpha=0.6, label=label)
             else:
-                ax.plot(rates, values, "o-", color=color, linewidth=2, label=label)
+                style = "s--" if key.startswith("notify") else "o-"
+                ax.plot(rates, values, style, color=color, linewidth=2, label=label)
         if not baseline:
             for s in steps:
                 if s.get("status") == "overloaded":
@@ -713,10 +794,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                 note = ", ".join(f"{r:g}" for r in skipped)
                 ax.annotate(
                     f"{sweep['name']}: {note} req/s not run (overloaded below)",
-                    (0.01, 0.96),
+                    (0.01, 0.96 - 0.04 * skipped_notes),
                     xycoords="axes fraction",
                     fontsize=8,
                 )
+                skipped_notes += 1
     ax.axhline(TARGETS["p99_ms_at_200rps"], color="grey", linestyle="--", linewidth=1)
     ax.annotate("target: p99 <= 25 ms at 200 req/s", (0.01, 0.01), xycoords="axes fraction")
     ax.set_xscale("log")
@@ -757,6 +839,7 @@ def finish(args: argparse.Namespace, run: Run, machine: dict[str, Any], wall: fl
             "step_seconds": args.step_seconds,
             "workers": args.workers,
             "channels": args.channels,
+            "notify": args.notify,
             "partitions": args.partitions,
             "warmup": args.warmup,
             "repeats": args.repeats,
@@ -771,6 +854,9 @@ def finish(args: argparse.Namespace, run: Run, machine: dict[str, Any], wall: fl
             "latency": "reply consumed minus the request's scheduled send time "
             "(coordinated-omission-safe); at saturation every request is 'scheduled' when sent",
             "validate": "one WRONG code per identifier stored by the generate saturation run",
+            "notify": "examples/notify-welcome.json (template examples/welcomeLetter.json), "
+            "processInstanceId in a Kafka header, one receiver of its own per request; done = "
+            "error null and every result sent",
             "sinks": "bench/sinks.py: SMTP that only counts DATA, SMS webhook that answers 200",
             "same_machine": "broker, workers, sinks and this driver share the machine's CPUs; "
             "cpu_cores shows who used what during each phase ('other' = not ours)",
@@ -806,6 +892,7 @@ async def main_async(args: argparse.Namespace, run: Run) -> None:
                 channel: {"otpSent_replies": run.delivered[channel], "sink_received": got}
                 for channel, got in (("MAIL", received["mails"]), ("SMS", received["sms"]))
             }
+            run.results["deliveries"]["MAIL"]["notify_sent_receivers"] = run.notified
     finally:
         await run.stop()
 
