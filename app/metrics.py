@@ -65,3 +65,9 @@ class Metrics:
         )
         self.templates = Gauge("otp_templates", "Templates in this worker's read model", registry=r)
         self.in_flight = Gauge("otp_in_flight", "Requests being handled right now", registry=r)
+        self.events = Counter(
+            "otp_delivery_events",
+            "Delivery events by type, and whether the broker took them (written, lost)",
+            ["type", "outcome"],
+            registry=r,
+        )

@@ -337,6 +337,12 @@ class Settings:
         _topic,
         "send-notification replies to the engine",
     )
+    topic_events: str = setting(
+        "KAFKA_TOPIC_NOTIFICATION_EVENTS",
+        "ai.flowx.plugin.notification.events.v1",
+        _topic,
+        "delivery events of every OTP and notification, keyed by receiver",
+    )
     topic_dlq: str = setting(
         "KAFKA_TOPIC_OTP_DLQ",
         DEFAULT_DLQ,

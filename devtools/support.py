@@ -51,6 +51,7 @@ def topic_env(suffix: str) -> dict[str, str]:
         "KAFKA_TOPIC_NOTIFICATION_INTERNAL_IN": f"test.{suffix}.notify.in",
         "KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT": f"ai.flowx.test.engine.receive.{suffix}.notify",
         "KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT": f"test.{suffix}.external.out",
+        "KAFKA_TOPIC_NOTIFICATION_EVENTS": f"test.{suffix}.events",
     }
 
 

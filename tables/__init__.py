@@ -17,7 +17,8 @@ from app.settings import Settings
 # The tables (raw bytes, see the module docstring), each with a changelog topic of its name.
 TABLES = {
     "templates": "notification templates by name:language (orjson)",
-    "otps": "issued OTPs by clientId: HMAC, expiry, attempts, send times (never the code)",
+    "otps": "issued OTPs by clientId: HMAC, expiry, attempts, send times, receiver (never the "
+    "code)",
     "receivers": "send times per receiver, keyed by the receiver's HMAC (no address in clear)",
     "notifications": "what became of each receiver of a notification request, by its source "
     "record (topic/partition/offset); no rendered body",
@@ -54,6 +55,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         settings.topic_validate_out,
         settings.topic_notify_in,
         settings.topic_notify_out,
+        settings.topic_events,
         settings.topic_dlq,
         otp_commands_topic(settings),
         notify_commands_topic(settings),
@@ -86,6 +88,7 @@ class Topics:
     notify_in: faust.TopicT
     notify_out: faust.TopicT
     notify_commands: faust.TopicT
+    events: faust.TopicT
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         notify_out=_raw_topic(app, settings.topic_notify_out, **internal),
         # Notification requests keyed by their source record, next to its ``notifications`` row.
         notify_commands=_raw_topic(app, notify_commands_topic(settings), **internal),
+        events=_raw_topic(app, settings.topic_events, **internal),
     )
 
 

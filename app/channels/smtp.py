@@ -52,6 +52,7 @@ class SmtpChannel:
     """The MAIL channel. ``send`` is safe to call concurrently; at most ``pool_size`` sessions."""
 
     name = "MAIL"
+    provider = PROVIDER
 
     def __init__(
         self,

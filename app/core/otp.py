@@ -107,6 +107,8 @@ class OtpRecord:
     history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     # HMAC of the transaction a payment code was issued for (PSD2 dynamic linking), or "".
     transaction: str = ""
+    # Where the code went, so the validate's and the expiry's delivery events can name it.
+    receiver: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Short keys: this is written to RocksDB and the changelog once per request."""
@@ -121,6 +123,7 @@ class OtpRecord:
             "n": list(self.sends),
             "h": [list(item) for item in self.history],
             **({"t": self.transaction} if self.transaction else {}),
+            **({"r": self.receiver} if self.receiver else {}),
         }
 
     @classmethod
@@ -136,6 +139,7 @@ class OtpRecord:
             sends=tuple(float(t) for t in data.get("n", ())),
             history=tuple((str(src), str(outcome)) for src, outcome in data.get("h", ())),
             transaction=str(data.get("t", "")),
+            receiver=str(data.get("r", "")),
         )
 
 
@@ -192,6 +196,7 @@ def issue(
     code: str | None = None,
     source: str | None = None,
     transaction: Transaction | None = None,
+    receiver: str = "",
 ) -> tuple[str, OtpRecord]:
     """Make a new code that replaces any previous one; the send counter carries over.
 
@@ -210,6 +215,7 @@ def issue(
         expires_at=now + policy.ttl_seconds,
         sends=(*recent_sends(previous, policy, now), now),
         history=_remember(previous, source, SENT),
+        receiver=receiver,
     )
     return code, record
 

@@ -37,6 +37,7 @@ class Route(enum.Enum):
     TEMPLATE_RESULTS = "template_results"
     NOTIFY_OUT = "notify_out"
     NOTIFY_COMMANDS = "notify_commands"
+    EVENTS = "events"
 
 
 class Outbox(Protocol):

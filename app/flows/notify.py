@@ -30,6 +30,8 @@ from app.channels.base import Channel, DeliveryError, Notification
 from app.channels.smtp import check_address
 from app.core import receivers, render
 from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route
+from app.flows import events as ev
+from app.flows.events import Events
 from app.flows.otp import INTERNAL_ERROR, Rows, Templates, Undecodable, expired_keys
 from app.logs import request_context
 from app.metrics import Metrics
@@ -238,8 +240,10 @@ class NotifySender:
         render_limits: render.RenderLimits,
         metrics: Metrics,
         clock: Clock,
+        events: Events,
     ) -> None:
         self.rows = rows
+        self.events = events
         self.templates = templates
         self.channels = channels
         self.forwarder = forwarder
@@ -288,6 +292,7 @@ class NotifySender:
         if isinstance(plan, str):
             state.error, state.done = plan, True
             self.save(key, state)
+            await self._failed(key, req, state)
             return
         state.channel, state.language = plan.channel, plan.language
         rendered = self.render(req, plan)
@@ -300,6 +305,49 @@ class NotifySender:
         else:
             await self.deliver(key, req, plan, rendered, state, headers)
         self.save(key, state)
+        if state.forwarded:
+            for receiver in plan.receivers:
+                await self._event(ev.NOTIFICATION_FORWARDED, key, req, state, receiver, None)
+        elif state.error is not None and not state.results:
+            await self._failed(key, req, state)
+
+    async def _failed(self, key: bytes, req: NotifyRequest, state: State) -> None:
+        """A request refused as a whole: every receiver's ``notification.failed``."""
+        for receiver in req.receivers:
+            await self._event(ev.NOTIFICATION_FAILED, key, req, state, receiver, state.error)
+
+    async def _event(
+        self,
+        event_type: str,
+        key: bytes,
+        req: NotifyRequest,
+        state: State,
+        receiver: str,
+        error: str | None,
+    ) -> None:
+        channel = state.channel or req.channel
+        status = {
+            ev.NOTIFICATION_SENT: "sent",
+            ev.NOTIFICATION_FORWARDED: "forwarded",
+        }.get(event_type, "failed")
+        await self.events.emit(
+            event_type,
+            key.decode("utf-8", "replace"),
+            receiver,
+            processInstanceId=req.process_instance_id,
+            identifier=req.identifier,
+            templateName=req.template_name,
+            language=state.language or req.language,
+            channel=channel,
+            provider=self._provider(channel, event_type),
+            status=status,
+            error=error,
+        )
+
+    def _provider(self, channel: str | None, event_type: str) -> str | None:
+        if event_type == ev.NOTIFICATION_FORWARDED:
+            return "kafka"
+        return getattr(self.channels.get(channel or ""), "provider", None)
 
     def plan(self, req: NotifyRequest) -> Plan | str:
         """The template, channel and receivers of a request, or why it cannot be sent."""
@@ -431,6 +479,8 @@ class NotifySender:
                 error = await self._send(notification, receiver)
                 state.results[receiver] = [error is None, error]
                 self.save(key, state)
+                event_type = ev.NOTIFICATION_SENT if error is None else ev.NOTIFICATION_FAILED
+                await self._event(event_type, key, req, state, receiver, error)
 
             await asyncio.gather(*(one(receiver) for receiver in pending))
         state.done = True
@@ -548,6 +598,7 @@ class NotifyFlows:
     ) -> NotifyFlows:
         replies = NotifyReplies(outbox, metrics, limits, clock)
         dead_letters = DeadLetters(outbox, metrics)
+        events = Events(outbox, metrics, clock)
         return cls(
             ingest=NotifyIngest(outbox, replies, dead_letters, limits, undecodable),
             sender=NotifySender(
@@ -562,6 +613,7 @@ class NotifyFlows:
                 render_limits,
                 metrics,
                 clock,
+                events,
             ),
         )
 

@@ -25,6 +25,8 @@ from app.core import otp, receivers, render
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited
 from app.core.receivers import ReceiverQuota
 from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, command_source
+from app.flows import events as ev
+from app.flows.events import Events
 from app.logs import request_context
 from app.metrics import Metrics
 from app.records import GenerateRequest, RequestError, ValidateRequest
@@ -362,8 +364,10 @@ class OtpProcessor:
         metrics: Metrics,
         clock: Clock,
         render_limits: render.RenderLimits,
+        events: Events,
     ) -> None:
         self.rows = rows
+        self.events = events
         self.checks = checks
         self.channels = channels
         self.policy = policy
@@ -390,7 +394,7 @@ class OtpProcessor:
     async def _dispatch(self, record: Inbound, command: dict[str, Any]) -> None:
         kind, key = command["k"], record.key or b""
         if kind == EXPIRE:
-            self.expire(key)
+            await self.expire(key)
             return
         call = Call(key, command_source(command), record.headers, command.get("ts"))
         if kind == GENERATE:
@@ -424,6 +428,7 @@ class OtpProcessor:
                 now=now,
                 source=call.source,
                 transaction=req.transaction,
+                receiver=req.recipient,
             )
         except RateLimited as exc:
             await self._refuse(call, req, previous, str(exc), now)
@@ -433,6 +438,7 @@ class OtpProcessor:
             await self._refuse(call, req, previous, failure, now)
             return
         self.rows[call.key] = codec.dumps(issued.to_dict())
+        await self._event(ev.OTP_SENT, call, req)
         await self._answer(call, req, True, None)
 
     async def _deliver(self, req: GenerateRequest, code: str, headers: Headers) -> str | None:
@@ -469,7 +475,25 @@ class OtpProcessor:
         """No code kept, nothing sent; the refusal is remembered for a redelivery."""
         remembered = otp.remember(previous, call.source, otp.REFUSED + error, now)
         self.rows[call.key] = codec.dumps(remembered.to_dict())
+        await self._event(ev.OTP_SEND_REFUSED, call, req, error=error)
         await self._answer(call, req, False, error)
+
+    async def _event(
+        self, event_type: str, call: Call, req: GenerateRequest, error: str | None = None
+    ) -> None:
+        await self.events.emit(
+            event_type,
+            call.source,
+            req.recipient,
+            processInstanceId=req.process_instance_id,
+            clientId=req.client_id,
+            templateName=req.template_name,
+            language=req.language,
+            channel=req.channel,
+            provider=getattr(self.channels.get(req.channel), "provider", None),
+            status="sent" if error is None else "refused",
+            error=error,
+        )
 
     async def _answer(
         self, call: Call, req: GenerateRequest, sent: bool, error: str | None
@@ -482,6 +506,7 @@ class OtpProcessor:
     # -- validate and expire --------------------------------------------------------------
     async def validate(self, call: Call, req: ValidateRequest) -> None:
         stored = self.load(call.key)
+        replay = otp.replayed(stored, call.source) is not None
         outcome, updated = otp.verify(
             self.policy,
             self.secret,
@@ -503,12 +528,42 @@ class OtpProcessor:
             outcome.error,
         )
         self.metrics.validations.labels(outcome.value).inc()
+        if not replay:  # a redelivery's events were written the first time
+            await self._validate_events(call, req, stored, outcome)
         await self.replies.send(VALIDATE, body, call.headers, call.received_at)
 
-    def expire(self, key: bytes) -> None:
+    async def _validate_events(
+        self, call: Call, req: ValidateRequest, stored: OtpRecord | None, outcome: Outcome
+    ) -> None:
+        fields = {
+            "processInstanceId": req.process_instance_id,
+            "clientId": req.client_id,
+            "channel": req.channel,
+            "status": outcome.value,
+            "error": outcome.error,
+        }
+        receiver = stored.receiver if stored is not None else ""
+        if outcome is Outcome.VALID:
+            await self.events.emit(ev.OTP_VALIDATED, call.source, receiver, **fields)
+            return
+        await self.events.emit(ev.OTP_ATTEMPT_FAILED, call.source, receiver, **fields)
+        if outcome is Outcome.LOCKED and stored is not None and stored.status is otp.Status.PENDING:
+            await self.events.emit(ev.OTP_LOCKED, call.source, receiver, **fields)
+
+    async def expire(self, key: bytes) -> None:
         stored = self.load(key)
         if stored is not None and otp.deletable(stored, self.policy, self.clock()):
             del self.rows[key]
+            if stored.digest and stored.status is otp.Status.PENDING:  # never validated
+                await self.events.emit(
+                    ev.OTP_EXPIRED,
+                    f"expire/{key.decode('utf-8', 'replace')}/{stored.issued_at}",
+                    stored.receiver,
+                    processInstanceId=stored.process_instance_id,
+                    clientId=key.decode("utf-8", "replace"),
+                    channel=stored.channel,
+                    status="expired",
+                )
 
     def expired_keys(self) -> list[bytes]:
         """Rows the sweep should delete; tables change only inside their stream, so the sweep
@@ -592,6 +647,7 @@ class OtpFlows:
         replies = Replies(outbox, metrics, limits, clock)
         dead_letters = DeadLetters(outbox, metrics)
         checks = GenerateChecks(templates, channels, limits, secret)
+        events = Events(outbox, metrics, clock)
 
         def ingest(kind: str) -> Ingest:
             return Ingest(kind, outbox, replies, dead_letters, checks, limits, undecodable)
@@ -613,5 +669,6 @@ class OtpFlows:
                 metrics,
                 clock,
                 render_limits,
+                events,
             ),
         )

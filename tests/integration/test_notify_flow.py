@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,23 @@ from typing import Any
 import pytest
 
 from app import codec
-from devtools.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from devtools.support import (
+    SEED_MAIL,
+    Api,
+    Collector,
+    Kafka,
+    Worker,
+    topic_env,
+    unique,
+    worker_env,
+)
 from tests.conftest import SmtpSink
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+CODE_IN_MAIL = re.compile(r"<p>(\d{6})</p>")
 PDF = b"%PDF-1.7\n" + os.urandom(300_000) + b"\n%%EOF\n"
 
 
@@ -173,3 +184,49 @@ async def test_a_missing_attachment_sends_nothing_and_names_it(
     _, reply = await notify(kafka_bootstrap, suffix, request, "9005")
     assert reply["error"].startswith("attachments: gone.pdf (contracts/gone.pdf): not found")
     assert reply["results"] == [] and sink.to("nobody@five.example") == []
+
+
+async def test_every_step_is_one_event_on_the_events_topic(
+    worker: Worker, templates: None, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    topics = topic_env(suffix)
+    status, body = await Api(worker.url).call("POST", "/api/template", SEED_MAIL)
+    assert status in (201, 409), body
+    person = "events.person@six.example"
+    generate = {
+        "processInstanceId": 9100,
+        "templateName": "otpMail",
+        "channel": "MAIL",
+        "recipient": person,
+        "clientId": "events-client",
+    }
+    validate = {"processInstanceId": 9101, "clientId": "events-client", "channel": "MAIL"}
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_NOTIFICATION_EVENTS"]) as events,
+    ):
+        await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], generate)
+        await gen_out.wait_for(lambda v: v["processInstanceId"] == 9100)
+        [mail] = sink.to(person)
+        code = CODE_IN_MAIL.search(mail.get_body(preferencelist=("html",)).get_content())[1]
+        wrong = "000000" if code != "000000" else "111111"
+        await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": wrong})
+        await val_out.wait_for(lambda v: v["otpValid"] is False)
+        await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": code})
+        await val_out.wait_for(lambda v: v["otpValid"] is True)
+        request = {**example("notify-welcome.json"), "receivers": [person, "other@six.example"]}
+        await notify(kafka_bootstrap, suffix, request, "9102")
+        await events.wait_for(lambda v: v["receiver"] in (person, "other@six.example"), count=5)
+    mine = [codec.loads(r.value) for r in events.records if r.key == person.encode()]
+    assert [e["type"] for e in mine] == [
+        "otp.sent",
+        "otp.attempt_failed",
+        "otp.validated",
+        "notification.sent",
+    ]
+    other = [codec.loads(r.value) for r in events.records if r.key == b"other@six.example"]
+    assert [e["type"] for e in other] == ["notification.sent"]
+    assert all(e["provider"] == "smtp" for e in mine if e["type"].endswith("sent"))
+    assert code not in str([r.value for r in events.records])

@@ -133,7 +133,7 @@ class Service:
         record = Inbound("notify-in", 0, self.offset, None, value, headers, self.clock.now)
         start = len(self.outbox.sent)
         await self.flows.ingest.handle(record)
-        [(route, key, command, hdrs)] = self.outbox.sent[start:]
+        [(route, key, command, hdrs)] = self.produced(start)
         if route is Route.DLQ:
             return None
         if route is Route.NOTIFY_OUT:
@@ -144,10 +144,18 @@ class Service:
         self.commands.append(hop)
         return await self.play(hop)
 
+    def produced(self, start: int) -> list[Any]:
+        """What a handler produced since ``start``, delivery events aside (``self.events``)."""
+        return [sent for sent in self.outbox.sent[start:] if sent[0] is not Route.EVENTS]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.outbox.on(Route.EVENTS)
+
     async def play(self, hop: Inbound) -> dict[str, Any]:
         start = len(self.outbox.sent)
         await self.flows.sender.handle(hop)
-        [(route, key, value, _)] = self.outbox.sent[start:]
+        [(route, key, value, _)] = self.produced(start)
         assert route is Route.NOTIFY_OUT
         reply = codec.loads(value)
         assert key == str(reply["processInstanceId"] or reply["identifier"]).encode()
