@@ -63,4 +63,5 @@ lock:
 
 clean:
 	-scripts/kafka-local stop
+	-scripts/s3-local stop
 	rm -rf .local

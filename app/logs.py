@@ -330,6 +330,9 @@ def logging_config(
             "aiokafka": {"level": library_level},
             "faust": {"level": library_level},
             "mode": {"level": library_level},
+            # The attachment store's client: at DEBUG it prints request headers (access key id).
+            "botocore": {"level": library_level},
+            "aiobotocore": {"level": library_level},
             "aiokafka.cluster": {"level": "CRITICAL"},
         },
     }

@@ -444,7 +444,7 @@ def _redacted(match: re.Match[str]) -> str:
 def test_libraries_log_at_their_own_level():
     """``make run`` shows the service's INFO lines, not Faust's partition tables."""
     config = logging_config("INFO", "text", library_level="WARNING")
-    for name in ("aiokafka", "faust", "mode"):
+    for name in ("aiokafka", "faust", "mode", "botocore", "aiobotocore"):
         assert config["loggers"][name] == {"level": "WARNING"}
     assert config["root"]["level"] == "INFO"
     assert logging_config("DEBUG", "json", library_level="DEBUG")["loggers"]["faust"] == {
