@@ -37,7 +37,14 @@ async def test_kill_one_of_two_workers_during_notifications(
 ):
     suffix = unique("nchaos")
     topics = topic_env(suffix)
-    env = worker_env(kafka_bootstrap, suffix, smtp_sink.port, TOPIC_PARTITIONS="4")
+    # DELIVERY_TIMEOUT_SECONDS: as in test_scaling, the sink's speed is not what is tested.
+    env = worker_env(
+        kafka_bootstrap,
+        suffix,
+        smtp_sink.port,
+        TOPIC_PARTITIONS="4",
+        DELIVERY_TIMEOUT_SECONDS="60",
+    )
 
     def new_worker(name: str) -> Worker:
         return Worker(
