@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -315,28 +316,52 @@ def salvage_reply_fields(raw: bytes | None) -> dict[str, Any]:
     return out
 
 
+def iso_utc(timestamp: float | None) -> str | None:
+    """ISO-8601 in UTC with milliseconds (``2026-12-01T10:15:02.113Z``), as replies and events
+    write every time."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def generate_reply(
-    process_instance_id: Any, client_id: Any, channel: str | None, sent: bool, error: str | None
+    process_instance_id: Any,
+    client_id: Any,
+    channel: str | None,
+    sent: bool,
+    error: str | None,
+    expires_at: float | None = None,
 ) -> dict[str, Any]:
-    """The seed's reply shape, field for field."""
+    """The seed's reply shape, field for field, and when the code expires (null if none)."""
     return {
         "processInstanceId": process_instance_id,
         "clientId": client_id,
         "channel": channel,
         "otpSent": sent,
         "error": error,
+        "expiresAt": iso_utc(expires_at),
     }
 
 
 def validate_reply(
-    process_instance_id: Any, client_id: Any, channel: str | None, valid: bool, error: str | None
+    process_instance_id: Any,
+    client_id: Any,
+    channel: str | None,
+    valid: bool,
+    error: str | None,
+    attempts_remaining: int | None = None,
+    expires_at: float | None = None,
 ) -> dict[str, Any]:
+    """FlowX's fields, then the wrong tries left and the expiry while the code still lives."""
     return {
         "processInstanceId": process_instance_id,
         "clientId": client_id,
         "channel": channel,
         "otpValid": valid,
         "error": error,
+        "attemptsRemaining": attempts_remaining,
+        "expiresAt": iso_utc(expires_at),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+ADDED_REPLY_FIELDS = ("expiresAt", "attemptsRemaining")
+_ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def flowx(reply: dict[str, Any]) -> dict[str, Any]:
+    """An OTP reply's FlowX fields, after checking the ones this service adds are well-formed:
+    the FlowX contract is compared exactly, the additions (``expiresAt``, ``attemptsRemaining``)
+    by shape, since they depend on the clock."""
+    expires = reply["expiresAt"]
+    assert expires is None or _ISO_UTC.fullmatch(expires), reply
+    if "otpValid" in reply:
+        remaining = reply["attemptsRemaining"]
+        assert remaining is None or (isinstance(remaining, int) and remaining >= 0), reply
+    return {k: v for k, v in reply.items() if k not in ADDED_REPLY_FIELDS}
 
 
 def unique(prefix: str) -> str:

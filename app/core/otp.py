@@ -214,10 +214,62 @@ def issue(
         issued_at=now,
         expires_at=now + policy.ttl_seconds,
         sends=(*recent_sends(previous, policy, now), now),
-        history=_remember(previous, source, SENT),
+        history=_remember(previous, source, sent_outcome(now + policy.ttl_seconds)),
         receiver=receiver,
     )
     return code, record
+
+
+def sent_outcome(expires_at: float) -> str:
+    """The history entry of a delivered code: it keeps the expiry the first reply named, so a
+    redelivered generate answers with the same ``expiresAt`` even after a newer code."""
+    return f"{SENT}@{expires_at!r}"
+
+
+def sent_expiry(outcome: str | None) -> float | None:
+    """The expiry a ``sent`` entry recorded (None for entries written before it was kept)."""
+    if not outcome or not outcome.startswith(SENT + "@"):
+        return None
+    try:
+        return float(outcome[len(SENT) + 1 :])
+    except ValueError:
+        return None
+
+
+def was_sent(outcome: str | None) -> bool:
+    return outcome == SENT or sent_expiry(outcome) is not None
+
+
+@dataclass(frozen=True)
+class ValidateFacts:
+    """What a validate reply reports besides the outcome, as of that validate."""
+
+    attempts_remaining: int | None
+    expires_at: float | None
+
+
+def _validate_outcome(
+    outcome: Outcome, record: OtpRecord | None, policy: OtpPolicy, now: float
+) -> str:
+    """``outcome#remaining#expiry``: the facts of the reply, kept for a redelivery."""
+    if record is None or not record.digest:
+        return outcome.value
+    remaining = max(0, policy.max_attempts - record.attempts)
+    live = record.status is Status.PENDING and now < record.expires_at
+    expiry = repr(record.expires_at) if live else ""
+    return f"{outcome.value}#{remaining}#{expiry}"
+
+
+def validate_facts(record: OtpRecord | None, source: str | None) -> ValidateFacts:
+    """The facts recorded for the validate from ``source`` (see :func:`_validate_outcome`)."""
+    _, _, facts = (replayed(record, source) or "").partition("#")
+    remaining, _, expiry = facts.partition("#")
+    try:
+        return ValidateFacts(
+            int(remaining) if remaining else None, float(expiry) if expiry else None
+        )
+    except ValueError:
+        return ValidateFacts(None, None)
 
 
 def replayed(record: OtpRecord | None, source: str | None) -> str | None:
@@ -275,12 +327,12 @@ def verify(
     the first time and changes nothing, so a ``true`` never turns into ``false`` and a wrong
     guess is never counted twice.
     """
-    earlier = replayed(record, source)
+    earlier = (replayed(record, source) or "").partition("#")[0]
     if earlier in _OUTCOMES:
         return Outcome(earlier), record
     outcome, updated = _verify(policy, secret, record, identifier, channel, code, now, transaction)
     if source is not None:
-        updated = remember(updated, source, outcome.value, now)
+        updated = remember(updated, source, _validate_outcome(outcome, updated, policy, now), now)
     return outcome, updated
 
 

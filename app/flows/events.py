@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
 from app.flows import Clock, Outbox, Route
 from app.metrics import Metrics
+from app.records import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,6 @@ def event_id(source: str, event_type: str, receiver: str) -> str:
     """The same id for the same step: a retry or a redelivery cannot mint a new one."""
     digest = hashlib.sha256(f"{source}\x00{event_type}\x00{receiver}".encode()).hexdigest()
     return digest[:32]
-
-
-def iso_utc(timestamp: float) -> str:
-    """ISO-8601 in UTC with milliseconds, as every event's ``at``."""
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Events:

@@ -408,7 +408,8 @@ class OtpProcessor:
         earlier = otp.replayed(previous, call.source)
         if earlier is not None:
             # Redelivered (a crash, a rebalance): answer exactly as the first time.
-            await self._answer(call, req, earlier == otp.SENT, otp.refused(earlier))
+            sent = otp.was_sent(earlier)
+            await self._answer(call, req, sent, otp.refused(earlier), otp.sent_expiry(earlier))
             return
         now = self.clock()
         refusal = self.checks.refusal(req)
@@ -439,7 +440,7 @@ class OtpProcessor:
             return
         self.rows[call.key] = codec.dumps(issued.to_dict())
         await self._event(ev.OTP_SENT, call, req)
-        await self._answer(call, req, True, None)
+        await self._answer(call, req, True, None, issued.expires_at)
 
     async def _deliver(self, req: GenerateRequest, code: str, headers: Headers) -> str | None:
         """Render and send the code; the refusal if either failed, else None."""
@@ -496,10 +497,15 @@ class OtpProcessor:
         )
 
     async def _answer(
-        self, call: Call, req: GenerateRequest, sent: bool, error: str | None
+        self,
+        call: Call,
+        req: GenerateRequest,
+        sent: bool,
+        error: str | None,
+        expires_at: float | None = None,
     ) -> None:
         body = records.generate_reply(
-            req.process_instance_id, req.client_id, req.channel, sent, error
+            req.process_instance_id, req.client_id, req.channel, sent, error, expires_at
         )
         await self.replies.send(GENERATE, body, call.headers, call.received_at)
 
@@ -520,12 +526,15 @@ class OtpProcessor:
         )
         if updated is not None and updated != stored:
             self.rows[call.key] = codec.dumps(updated.to_dict())
+        facts = otp.validate_facts(updated, call.source)
         body = records.validate_reply(
             req.process_instance_id,
             req.client_id,
             req.channel,
             outcome is Outcome.VALID,
             outcome.error,
+            facts.attempts_remaining,
+            facts.expires_at,
         )
         self.metrics.validations.labels(outcome.value).inc()
         if not replay:  # a redelivery's events were written the first time

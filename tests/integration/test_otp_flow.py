@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from devtools.support import (
     Collector,
     Kafka,
     Worker,
+    flowx,
     topic_env,
     unique,
     worker_env,
@@ -89,13 +92,17 @@ async def test_generate_mail_then_validate(
         assert reply.value and reply.key == b"12345"
         from app import codec
 
-        assert codec.loads(reply.value) == {
+        generated = codec.loads(reply.value)
+        assert flowx(generated) == {
             "processInstanceId": 12345,
             "clientId": "1234567890",
             "channel": "MAIL",
             "otpSent": True,
             "error": None,
         }
+        # Added to FlowX's fields: when the code expires (the default ttl: 600 s from now).
+        expires = datetime.fromisoformat(generated["expiresAt"]).timestamp()
+        assert 590 < expires - time.time() <= 601
         assert dict(reply.headers) == dict(headers)
         [mail] = sink.to("user@example.com")
         assert mail["Subject"] == "otp for 1234567890"
@@ -116,6 +123,8 @@ async def test_generate_mail_then_validate(
             "channel": "MAIL",
             "otpValid": True,
             "error": None,
+            "attemptsRemaining": 5,
+            "expiresAt": None,  # used: the code no longer lives
         }
         assert dict(ok.headers) == dict(headers)
         await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate)

@@ -31,7 +31,7 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.partitioner import murmur2
 
 from app import codec
-from devtools.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from devtools.support import Api, Collector, Kafka, Worker, flowx, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -250,7 +250,7 @@ async def generate_everywhere(
         found = await replies.wait_for(lambda v: v["clientId"] in ours, count=len(ours))
         answers = {codec.loads(r.value)["clientId"]: codec.loads(r.value) for r in found}
         for cid in client_ids:
-            assert answers[cid] == {
+            assert flowx(answers[cid]) == {
                 "processInstanceId": pids[cid],
                 "clientId": cid,
                 "channel": "MAIL",

@@ -131,6 +131,7 @@ def test_generate_sends_a_code_and_replies_with_the_request_headers(svc: Service
         "channel": "MAIL",
         "otpSent": True,
         "error": None,
+        "expiresAt": "1970-01-12T13:47:40.000Z",
     }
     [(route, key, _, headers)] = [s for s in svc.outbox.sent if s[0] is Route.GENERATE_OUT]
     assert key == b"7" and headers == HEADERS
@@ -351,8 +352,33 @@ def test_validate_right_code_once(svc: Service):
         "channel": "MAIL",
         "otpValid": True,
         "error": None,
+        "attemptsRemaining": 3,
+        "expiresAt": None,  # consumed: the code no longer lives
     }
     assert run(svc.validate(code))["error"] == "code already used"
+
+
+def test_replies_say_when_the_code_expires_and_how_many_tries_are_left(svc: Service):
+    generated = run(svc.generate())
+    assert generated["expiresAt"] == "1970-01-12T13:47:40.000Z"  # clock + 60 s ttl
+    code = svc.last_code()
+    wrong = run(svc.validate("000000" if code != "000000" else "111111"))
+    assert wrong["attemptsRemaining"] == 2 and wrong["expiresAt"] == generated["expiresAt"]
+    svc.clock.now += 61
+    expired = run(svc.validate(code))
+    assert expired["error"] == "code expired" and expired["expiresAt"] is None
+    assert run(svc.validate("1", clientId="nobody"))["attemptsRemaining"] is None
+
+
+def test_a_redelivered_validate_reports_the_facts_of_its_first_reply(svc: Service):
+    run(svc.generate())
+    code = svc.last_code()
+    wrong = "000000" if code != "000000" else "111111"
+    request = {"processInstanceId": 8, "clientId": "c1", "channel": "MAIL", "otp": wrong}
+    first = run(svc.run(VALIDATE, request, offset=900))
+    run(svc.validate(wrong))  # a later wrong try changes the count
+    assert run(svc.run(VALIDATE, request, offset=900)) == first
+    assert first["attemptsRemaining"] == 2
 
 
 def test_validate_refusals(svc: Service):

@@ -218,7 +218,12 @@ def test_replayed_recognises_redelivered_generates_even_after_later_ones():
             now=1.0 + n,
             source=f"in/3/{n}",
         )
-    assert [otp.replayed(record, f"in/3/{n}") for n in range(3)] == [otp.SENT] * 3
+    outcomes = [otp.replayed(record, f"in/3/{n}") for n in range(3)]
+    assert all(otp.was_sent(outcome) for outcome in outcomes)
+    # Each keeps the expiry its own reply named, though a newer code replaced it since.
+    ttl = POLICY.ttl_seconds
+    assert [otp.sent_expiry(outcome) for outcome in outcomes] == [1.0 + n + ttl for n in range(3)]
+    assert otp.was_sent(otp.SENT) and otp.sent_expiry(otp.SENT) is None  # rows from before
     assert otp.replayed(record, "in/3/9") is None and otp.replayed(None, "in/3/0") is None
     assert OtpRecord.from_dict(record.to_dict()) == record
 
