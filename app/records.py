@@ -133,7 +133,7 @@ def _process_instance_id(data: dict[str, Any]) -> Any:
     return pid
 
 
-def _identifier(value: Any, field: str, pid: Any) -> Any:
+def identifier(value: Any, field: str, pid: Any) -> Any:
     """An identifier that rate limits and codes are counted under: one spelling per person.
 
     ``" 42"``, ``"42\t"`` and ``"\u00a042"`` would each get a fresh send quota, so whitespace
@@ -166,9 +166,9 @@ def _client_id(data: dict[str, Any], pid: Any) -> Any:
         if isinstance(source, dict) and source.get("clientId") is not None
     ]
     if not given:
-        return _identifier(None, "clientId", pid)
+        return identifier(None, "clientId", pid)
     for where, value in given:
-        _identifier(value, where, pid)
+        identifier(value, where, pid)
     first_field, first = given[0]
     for where, value in given[1:]:
         if str(value) != str(first):
@@ -289,7 +289,7 @@ def parse_validate(raw: bytes | None, max_bytes: int) -> ValidateRequest:
         raise RequestError("otp", "is longer than 64 characters", pid)
     return ValidateRequest(
         process_instance_id=pid,
-        client_id=_identifier(data.get("clientId"), "clientId", pid),
+        client_id=identifier(data.get("clientId"), "clientId", pid),
         channel=_channel(data, pid),
         otp=otp.strip(),
         transaction=_transaction(data, pid),

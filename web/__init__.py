@@ -6,9 +6,10 @@ from typing import Any
 
 
 def register_views(ctx: Any) -> None:
-    from web import health, metrics, openapi, templates
+    from web import health, metrics, openapi, otp, templates
 
     health.register(ctx)
     templates.register(ctx)
+    otp.register(ctx)
     openapi.register(ctx)
     metrics.register(ctx)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from app import codec
 from web.errors import ApiError
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from tables.template_cache import TemplateCache
 
 
 def authorize(request: web.Request, token: str | None, enabled: bool) -> None:
@@ -29,6 +34,17 @@ def authorize(request: web.Request, token: str | None, enabled: bool) -> None:
             "invalid bearer token",
             [{"field": "Authorization", "message": "token not accepted"}],
         )
+
+
+async def guard(request: web.Request, settings: Settings, cache: TemplateCache) -> None:
+    """Authenticate, then make sure this worker's read model has caught up: before that, a
+    read could miss a template and a command (a template write, an OTP cancel) its answer."""
+    authorize(request, settings.notify_api_token, settings.notify_api_auth == "enabled")
+    if not cache.ready.is_set():
+        try:
+            await asyncio.wait_for(cache.ready.wait(), timeout=settings.api_write_timeout_seconds)
+        except TimeoutError:
+            raise ApiError(503, "the service is still loading; retry") from None
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:

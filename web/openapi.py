@@ -18,11 +18,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "invalid request (details name the field and why; a template over its render "
         "budget names the limit)",
         401: "missing or wrong bearer token",
-        404: "no such template",
-        409: "a template with this name and language exists",
+        404: "no such template, or no code for the clientId",
+        409: "a template with this name and language exists, or the code is not pending",
         413: "body over the size limit (API_MAX_BODY_BYTES)",
         415: "body is not application/json",
-        503: "the template store did not answer in time, or every template renderer is busy",
+        503: "the template or OTP store did not answer in time, or every template renderer is busy",
     }
     return {
         str(c): {"description": reasons[c], "content": {"application/json": {"schema": _ERROR}}}
@@ -34,6 +34,28 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+CLIENT_ID = {
+    "name": "clientId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 200},
+}
+OTP_STATUS = {
+    "type": "object",
+    "properties": {
+        "clientId": {"type": "string"},
+        "status": {"enum": ["pending", "approved", "expired", "max_attempts_reached", "canceled"]},
+        "channel": {"type": "string"},
+        "receiver": {"type": ["string", "null"], "description": "masked"},
+        "processInstanceId": {},
+        "issuedAt": {"type": "string", "format": "date-time"},
+        "expiresAt": {"type": "string", "format": "date-time"},
+        "attempts": {"type": "integer"},
+        "attemptsRemaining": {"type": "integer"},
+        "sendsInWindow": {"type": "integer"},
+        "maxSends": {"type": "integer"},
+    },
+}
 NAME = {
     "name": "name",
     "in": "path",
@@ -151,6 +173,27 @@ def document(max_body_bytes: int) -> dict[str, Any]:
                             "rendered",
                         ),
                         **_errors(400, 401, 404, 413, 415, 503),
+                    },
+                },
+            },
+            "/api/otp/{clientId}": {
+                "parameters": [CLIENT_ID],
+                "get": {
+                    "summary": "The identifier's current code: status, masked receiver, times, "
+                    "attempts and sends in the window (never the code)",
+                    "responses": {
+                        "200": _json(OTP_STATUS, "the code"),
+                        **_errors(400, 401, 404, 503),
+                    },
+                },
+            },
+            "/api/otp/{clientId}/cancel": {
+                "parameters": [CLIENT_ID],
+                "post": {
+                    "summary": "Cancel a pending code: later validates answer `code canceled`",
+                    "responses": {
+                        "200": _json(OTP_STATUS, "canceled"),
+                        **_errors(400, 401, 404, 409, 503),
                     },
                 },
             },

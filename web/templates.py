@@ -32,7 +32,7 @@ from app.render_pool import (
 )
 from tables.template_cache import CachedTemplate
 from web.errors import ApiError, json_response
-from web.http import authorize, query_bool, read_json
+from web.http import guard, query_bool, read_json
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -46,19 +46,9 @@ class TemplateApi:
         self.cache = ctx.cache
         self.pool = ctx.render_pool
         self.commands = ctx.topics.template_commands
-        self.auth_enabled = ctx.settings.notify_api_auth == "enabled"
 
     async def guard(self, request: web.Request) -> None:
-        """Authenticate, then make sure this worker's read model has caught up: before that, a
-        read could miss a template and a write could miss its answer."""
-        authorize(request, self.settings.notify_api_token, self.auth_enabled)
-        if not self.cache.ready.is_set():
-            try:
-                await asyncio.wait_for(
-                    self.cache.ready.wait(), timeout=self.settings.api_write_timeout_seconds
-                )
-            except TimeoutError:
-                raise ApiError(503, "templates are still loading; retry") from None
+        await guard(request, self.settings, self.cache)
 
     def language_of(self, request: web.Request) -> str:
         language = request.query.get("language") or self.settings.template_default_language

@@ -47,6 +47,7 @@ class Status(enum.StrEnum):
     PENDING = "pending"
     CONSUMED = "consumed"
     LOCKED = "locked"
+    CANCELED = "canceled"
 
 
 class Outcome(enum.StrEnum):
@@ -59,6 +60,7 @@ class Outcome(enum.StrEnum):
     CONSUMED = "consumed"
     UNKNOWN = "unknown"
     MISMATCH = "transaction_mismatch"
+    CANCELED = "canceled"
 
     @property
     def error(self) -> str | None:
@@ -74,6 +76,7 @@ _OUTCOME_ERRORS: dict[Outcome, str | None] = {
     Outcome.CONSUMED: "code already used",
     Outcome.UNKNOWN: "no code was generated for this client",
     Outcome.MISMATCH: "code does not match the transaction",
+    Outcome.CANCELED: "code canceled",
 }
 
 #: ``(amount, payee)`` in canonical form (``app.records``): what a payment code is bound to.
@@ -352,6 +355,8 @@ def _verify(
         return Outcome.CONSUMED, record
     if record.status is Status.LOCKED:
         return Outcome.LOCKED, record
+    if record.status is Status.CANCELED:
+        return Outcome.CANCELED, record
     if now >= record.expires_at:
         return Outcome.EXPIRED, record
     # Another transaction is a failed attempt too: it must not become a way to probe codes.
@@ -378,3 +383,38 @@ def deletable(record: OtpRecord, policy: OtpPolicy, now: float) -> bool:
     table without bound.
     """
     return now >= record.expires_at + policy.send_window_seconds
+
+
+def cancel(record: OtpRecord | None, now: float) -> OtpRecord | None:
+    """The record with its code canceled, or None if there is no live code to cancel."""
+    if record is None or not record.digest or describe_status(record, now) != "pending":
+        return None
+    return replace(record, status=Status.CANCELED)
+
+
+def describe_status(record: OtpRecord, now: float) -> str:
+    """The code's status as Twilio Verify names them: pending, approved, expired,
+    max_attempts_reached, canceled."""
+    if record.status is Status.CONSUMED:
+        return "approved"
+    if record.status is Status.LOCKED:
+        return "max_attempts_reached"
+    if record.status is Status.CANCELED:
+        return "canceled"
+    return "pending" if now < record.expires_at else "expired"
+
+
+def describe(record: OtpRecord, policy: OtpPolicy, now: float) -> dict[str, Any]:
+    """What an operator may see of an identifier's current code: never the code or its HMAC,
+    and the receiver only masked (by the caller, which owns the masking rule)."""
+    return {
+        "status": describe_status(record, now),
+        "channel": record.channel,
+        "processInstanceId": record.process_instance_id,
+        "issuedAt": record.issued_at,
+        "expiresAt": record.expires_at,
+        "attempts": record.attempts,
+        "attemptsRemaining": max(0, policy.max_attempts - record.attempts),
+        "sendsInWindow": len(recent_sends(record, policy, now)),
+        "maxSends": policy.max_sends,
+    }

@@ -27,13 +27,15 @@ from app.core.receivers import ReceiverQuota
 from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, command_source
 from app.flows import events as ev
 from app.flows.events import Events
-from app.logs import request_context
+from app.logs import mask_recipient, request_context
 from app.metrics import Metrics
 from app.records import GenerateRequest, RequestError, ValidateRequest
 
 log = logging.getLogger(__name__)
 
 GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
+# Operator commands from the HTTP API (web/otp.py), answered on the API results topic.
+STATUS, CANCEL = "s", "c"
 KIND_NAMES = {GENERATE: "generate", VALIDATE: "validate"}
 INTERNAL_ERROR = "internal error while handling the request"
 Rows = MutableMapping[bytes, bytes]
@@ -365,9 +367,11 @@ class OtpProcessor:
         clock: Clock,
         render_limits: render.RenderLimits,
         events: Events,
+        outbox: Outbox,
     ) -> None:
         self.rows = rows
         self.events = events
+        self.outbox = outbox
         self.checks = checks
         self.channels = channels
         self.policy = policy
@@ -395,6 +399,9 @@ class OtpProcessor:
         kind, key = command["k"], record.key or b""
         if kind == EXPIRE:
             await self.expire(key)
+            return
+        if kind in (STATUS, CANCEL):
+            await self.operator(key, kind, str(command.get("id", "")))
             return
         call = Call(key, command_source(command), record.headers, command.get("ts"))
         if kind == GENERATE:
@@ -559,6 +566,30 @@ class OtpProcessor:
         if outcome is Outcome.LOCKED and stored is not None and stored.status is otp.Status.PENDING:
             await self.events.emit(ev.OTP_LOCKED, call.source, receiver, **fields)
 
+    async def operator(self, key: bytes, kind: str, request_id: str) -> None:
+        """Show (or cancel, then show) the identifier's current code, for the HTTP API."""
+        stored, now = self.load(key), self.clock()
+        status, body = 200, None
+        if stored is None or not stored.digest:
+            status = 404
+        elif kind == CANCEL:
+            canceled = otp.cancel(stored, now)
+            if canceled is None:
+                status = 409  # nothing live to cancel: the body says what the code is
+            else:
+                self.rows[key] = codec.dumps(canceled.to_dict())
+                stored = canceled
+        if stored is not None and stored.digest:
+            body = {
+                "clientId": key.decode("utf-8", "replace"),
+                **otp.describe(stored, self.policy, now),
+                "receiver": mask_recipient(stored.receiver) if stored.receiver else None,
+            }
+            for field in ("issuedAt", "expiresAt"):
+                body[field] = records.iso_utc(body[field])
+        result = {"id": request_id, "status": status, "body": body}
+        await self.outbox.send(Route.TEMPLATE_RESULTS, None, codec.dumps(result), [])
+
     async def expire(self, key: bytes) -> None:
         stored = self.load(key)
         if stored is not None and otp.deletable(stored, self.policy, self.clock()):
@@ -679,5 +710,6 @@ class OtpFlows:
                 clock,
                 render_limits,
                 events,
+                outbox,
             ),
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app import codec
 from devtools.support import (
     SEED_MAIL,
     SEED_SMS,
@@ -90,8 +91,6 @@ async def test_generate_mail_then_validate(
         )
         [reply] = await gen_out.wait_for(lambda v: v["processInstanceId"] == 12345)
         assert reply.value and reply.key == b"12345"
-        from app import codec
-
         generated = codec.loads(reply.value)
         assert flowx(generated) == {
             "processInstanceId": 12345,
@@ -434,3 +433,46 @@ async def test_faust_builtin_views_are_not_exposed(worker: Worker):
         status, body = await Api(worker.url, token=None).call("GET", path)
         assert status == 404, (path, body)
         assert body["error"]
+
+
+async def test_status_and_cancel_over_http(
+    worker: Worker, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    topics = topic_env(suffix)
+    api = Api(worker.url)
+    status, body = await api.call("POST", "/api/template", SEED_MAIL)
+    assert status in (201, 409), body
+    generate = {
+        "processInstanceId": 7001,
+        "templateName": "otpMail",
+        "channel": "MAIL",
+        "recipient": "status.person@example.com",
+        "clientId": "status-client",
+    }
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+    ):
+        await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], generate)
+        await gen_out.wait_for(lambda v: v["processInstanceId"] == 7001)
+        code = code_from(sink.to("status.person@example.com")[0])
+        status, shown = await api.call("GET", "/api/otp/status-client")
+        assert status == 200, shown
+        assert shown["status"] == "pending" and shown["receiver"] == "s***@example.com"
+        assert shown["attemptsRemaining"] == 5 and shown["sendsInWindow"] == 1
+        assert code not in str(shown)
+        status, canceled = await api.call("POST", "/api/otp/status-client/cancel")
+        assert (status, canceled["status"]) == (200, "canceled")
+        validate = {"processInstanceId": 7002, "clientId": "status-client", "channel": "MAIL"}
+        await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": code})
+        [reply] = await val_out.wait_for(lambda v: v["processInstanceId"] == 7002)
+        assert codec.loads(reply.value)["error"] == "code canceled"
+    status, body = await api.call("POST", "/api/otp/status-client/cancel")
+    assert status == 409 and "canceled" in body["error"]
+    status, body = await api.call("GET", "/api/otp/nobody-here")
+    assert status == 404 and "nobody-here" in body["error"]
+    status, body = await api.call("GET", "/api/otp/%20padded")
+    assert status == 400 and body["details"][0]["field"] == "clientId"
+    status, _ = await Api(worker.url, token="wrong").call("GET", "/api/otp/status-client")
+    assert status == 401

@@ -448,3 +448,53 @@ def test_receiver_rows_are_swept_after_the_window(svc: Service):
     assert counter.expired_keys() == [key]
     run(counter.handle(Inbound("hop", 0, 1, key, b'{"k": "x"}', [], None)))
     assert key not in svc.receiver_rows
+
+
+# -- operator commands (the HTTP API's status and cancel) -----------------------------------
+
+
+def operator(svc: Service, kind: str, client: str = "c1") -> dict[str, Any]:
+    start = len(svc.outbox.sent)
+    command = codec.dumps({"k": kind, "id": "req-1"})
+    run(svc.flows.processor.handle(Inbound("otp-commands", 0, 1, client.encode(), command, [])))
+    [(route, _, value, _)] = svc.outbox.sent[start:]
+    assert route is Route.TEMPLATE_RESULTS
+    return codec.loads(value)
+
+
+def test_status_shows_the_code_without_the_code(svc: Service):
+    assert operator(svc, "s") == {"id": "req-1", "status": 404, "body": None}
+    run(svc.generate())
+    result = operator(svc, "s")
+    assert result["status"] == 200
+    body = result["body"]
+    assert body["status"] == "pending" and body["receiver"] == "a***@example.com"
+    assert body["attempts"] == 0 and body["attemptsRemaining"] == 3 and body["sendsInWindow"] == 1
+    assert body["expiresAt"] == "1970-01-12T13:47:40.000Z" and body["clientId"] == "c1"
+    assert svc.last_code() not in str(result) and "ann@" not in str(result)
+
+
+def test_cancel_makes_later_validates_answer_code_canceled(svc: Service):
+    run(svc.generate())
+    code = svc.last_code()
+    assert operator(svc, "c")["body"]["status"] == "canceled"
+    reply = run(svc.validate(code))
+    assert reply["otpValid"] is False and reply["error"] == "code canceled"
+    again = operator(svc, "c")
+    assert again["status"] == 409 and again["body"]["status"] == "canceled"
+    svc.clock.now += 61
+    assert operator(svc, "s")["body"]["status"] == "canceled"
+
+
+def test_status_names_each_end_of_a_code(svc: Service):
+    run(svc.generate())
+    run(svc.validate(svc.last_code()))
+    assert operator(svc, "s")["body"]["status"] == "approved"
+    run(svc.generate())
+    for _ in range(3):
+        run(svc.validate("000000" if svc.last_code() != "000000" else "111111"))
+    assert operator(svc, "s")["body"]["status"] == "max_attempts_reached"
+    run(svc.generate(clientId="c2"))
+    svc.clock.now += 61
+    assert operator(svc, "s", "c2")["body"]["status"] == "expired"
+    assert operator(svc, "c", "c2")["status"] == 409
