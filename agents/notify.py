@@ -12,12 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from agents import for_each_event, inbound
 from app.flows.notify import EXPIRE_COMMAND
+from app.flows.receipts import EXPIRE_COMMAND as RECEIPTS_EXPIRE
 
 if TYPE_CHECKING:
     from app.main import Context
 
 
 def register(ctx: Context) -> None:
+    register_notifications(ctx)
+    register_receipts(ctx)
+
+
+def register_notifications(ctx: Context) -> None:
     app, topics, flows = ctx.app, ctx.topics, ctx.notify_flows
 
     @app.agent(topics.notify_in, name="ingest_notifications")
@@ -39,3 +45,16 @@ def register(ctx: Context) -> None:
     async def sweep_notifications() -> None:
         for key in flows.sender.expired_keys():
             await topics.notify_commands.send(key=key, value=EXPIRE_COMMAND)
+
+
+def register_receipts(ctx: Context) -> None:
+    app, topics, receipts = ctx.app, ctx.topics, ctx.receipts
+
+    @app.agent(topics.message_commands, name="track_receipts")
+    async def track_receipts(stream: Any) -> None:
+        await for_each_event(stream, app.consumer.admit, lambda e: receipts.handle(inbound(e)))
+
+    @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_receipts")
+    async def sweep_receipts() -> None:
+        for key in receipts.expired_keys():
+            await topics.message_commands.send(key=key, value=RECEIPTS_EXPIRE)

@@ -24,8 +24,10 @@ from app.channels.factory import build_channels, build_forwarder
 from app.channels.kafka import KafkaForwarder
 from app.core.otp import OtpPolicy
 from app.core.render import RenderLimits
+from app.flows.events import Events
 from app.flows.notify import NotifyFlows, NotifyLimits
 from app.flows.otp import OtpFlows, OtpLimits
+from app.flows.receipts import ReceiptProcessor
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
@@ -39,6 +41,7 @@ from tables import (
     Topics,
     define_tables,
     define_topics,
+    message_commands_topic,
     notify_commands_topic,
     otp_commands_topic,
     receiver_commands_topic,
@@ -73,6 +76,7 @@ class Context:
     store: AttachmentStore | None
     notify_dispatcher: KeyedDispatcher
     notify_flows: NotifyFlows
+    receipts: ReceiptProcessor
 
 
 def otp_policy(settings: Settings) -> OtpPolicy:
@@ -172,6 +176,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             settings.topic_notify_in,
             otp_commands_topic(settings),
             notify_commands_topic(settings),
+            message_commands_topic(settings),
             receiver_commands_topic(settings),
             template_commands_topic(settings),
         ]
@@ -238,6 +243,13 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             metrics=metrics,
             clock=time.time,
             undecodable=fetch.undecodable,
+        ),
+        receipts=ReceiptProcessor(
+            tables.messages,
+            outbox,
+            Events(outbox, metrics, time.time),
+            settings.receipt_window_seconds,
+            time.time,
         ),
     )
     template_agents.register(ctx)

@@ -760,6 +760,19 @@ class Settings:
         secret=True,
         option=("push_webhook", "headers"),
     )
+    public_base_url: str | None = setting(
+        "PUBLIC_BASE_URL",
+        None,
+        _optional_url,
+        "the service's address as providers reach it; with `SMS_PROVIDER=twilio`, messages are "
+        "sent with a status callback to `{PUBLIC_BASE_URL}/api/callbacks/twilio`",
+    )
+    receipt_window_seconds: int = setting(
+        "RECEIPT_WINDOW_SECONDS",
+        str(3 * 86400),
+        _int(60, 30 * 86400),
+        "how long after a send its provider's status reports are taken",
+    )
     delivery_timeout_seconds: float = setting(
         "DELIVERY_TIMEOUT_SECONDS",
         "15",

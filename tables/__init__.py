@@ -20,6 +20,8 @@ TABLES = {
     "otps": "issued OTPs by clientId: HMAC, expiry, attempts, send times, receiver (never the "
     "code)",
     "receivers": "send times per receiver, keyed by the receiver's HMAC (no address in clear)",
+    "messages": "messages a provider reports on (Twilio's status callbacks), by its message "
+    "id: receiver, request, statuses so far",
     "notifications": "what became of each receiver of a notification request, by its source "
     "record (topic/partition/offset); no rendered body",
 }
@@ -35,6 +37,10 @@ def receiver_commands_topic(settings: Settings) -> str:
 
 def notify_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-notify-commands"
+
+
+def message_commands_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-message-commands"
 
 
 def template_commands_topic(settings: Settings) -> str:
@@ -59,6 +65,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         settings.topic_dlq,
         otp_commands_topic(settings),
         notify_commands_topic(settings),
+        message_commands_topic(settings),
         receiver_commands_topic(settings),
         template_commands_topic(settings),
     ]
@@ -89,6 +96,7 @@ class Topics:
     notify_out: faust.TopicT
     notify_commands: faust.TopicT
     events: faust.TopicT
+    message_commands: faust.TopicT
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Tables:
     otps: faust.TableT
     receivers: faust.TableT
     notifications: faust.TableT
+    messages: faust.TableT
 
 
 def _raw_topic(app: faust.App, name: str, **kwargs: object) -> faust.TopicT:
@@ -136,6 +145,8 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         # Notification requests keyed by their source record, next to its ``notifications`` row.
         notify_commands=_raw_topic(app, notify_commands_topic(settings), **internal),
         events=_raw_topic(app, settings.topic_events, **internal),
+        # Provider message ids (Twilio's MessageSid), next to their ``messages`` rows.
+        message_commands=_raw_topic(app, message_commands_topic(settings), **internal),
     )
 
 

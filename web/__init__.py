@@ -6,10 +6,11 @@ from typing import Any
 
 
 def register_views(ctx: Any) -> None:
-    from web import health, metrics, openapi, otp, templates
+    from web import callbacks, health, metrics, openapi, otp, templates
 
     health.register(ctx)
     templates.register(ctx)
     otp.register(ctx)
+    callbacks.register(ctx)
     openapi.register(ctx)
     metrics.register(ctx)

@@ -73,8 +73,9 @@ class Channel(Protocol):
     def check_recipient(self, recipient: str) -> str | None:
         """Return why ``recipient`` cannot be used on this channel, or None if it can."""
 
-    async def send(self, notification: Notification) -> None:
-        """Deliver or raise :class:`DeliveryError`."""
+    async def send(self, notification: Notification) -> str | None:
+        """Deliver or raise :class:`DeliveryError`; the provider's id of the message, if any
+        (delivery events record it as ``providerMessageId``)."""
 
     async def close(self) -> None:
         """Release connections; called once on shutdown."""

@@ -14,7 +14,7 @@ from app.channels.fcm import FcmChannel, ServiceAccount
 from app.channels.kafka import KafkaChannel, KafkaForwarder
 from app.channels.retry import RetryPolicy
 from app.channels.smtp import SmtpChannel
-from app.channels.twilio import TwilioChannel
+from app.channels.twilio import TWILIO_CALLBACK_PATH, TwilioChannel
 from app.channels.webhook import WebhookChannel
 from app.settings import Settings
 
@@ -49,8 +49,12 @@ def build_channels(
         "PUSH": UnconfiguredChannel("PUSH"),
     }
     if settings.sms_provider == "twilio":
+        base = settings.public_base_url
         channels["SMS"] = TwilioChannel(
-            **options("twilio"), policy=policy, max_concurrency=concurrency
+            **options("twilio"),
+            policy=policy,
+            max_concurrency=concurrency,
+            status_callback=f"{base}{TWILIO_CALLBACK_PATH}" if base else None,
         )
     elif settings.sms_provider == "webhook":
         channels["SMS"] = WebhookChannel(

@@ -218,14 +218,15 @@ class FcmChannel:
             shown = {"title": notification.subject, **shown}
         return {"message": {"token": notification.recipient, "notification": shown}}
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification) -> str | None:
+        """Send; FCM's message ``name`` (``projects/.../messages/...``)."""
         data = codec.dumps(self.message(notification))
 
         async def post(token: str, timeout: float) -> Any:
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             return await self.http.post(self._url, data=data, headers=headers, timeout=timeout)
 
-        async def attempt(timeout: float) -> None:
+        async def attempt(timeout: float) -> str | None:
             token = await self.tokens.get(timeout)
             answer = await post(token, timeout)
             if answer.status == 401:  # revoked or expired early: one fresh token, one more try
@@ -233,8 +234,9 @@ class FcmChannel:
                 answer = await post(token, timeout)
             if not answer.ok:
                 raise self.http.error(answer, describe(answer, _fcm_detail))
+            return answer.field("name")
 
-        await self.delivery.run(attempt)
+        return await self.delivery.run(attempt)
 
     async def close(self) -> None:
         await self.http.close()

@@ -43,6 +43,12 @@ class Answer:
         except ValueError:
             return None
 
+    def field(self, name: str) -> str | None:
+        """A short string field of a JSON object body (a provider's message id), else None."""
+        body = self.json()
+        value = body.get(name) if isinstance(body, dict) else None
+        return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+
 
 def is_transient_status(status: int) -> bool:
     """HTTP statuses worth another try: timeouts, throttling and server-side failures."""

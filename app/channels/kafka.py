@@ -102,15 +102,19 @@ class KafkaForwarder:
                 self._producer = producer
         return self._producer
 
-    async def publish(self, key: bytes, record: dict[str, Any], headers: dict[str, Any]) -> None:
-        """Produce ``record`` (JSON) with the request's ``headers``; raise DeliveryError."""
+    async def publish(
+        self, key: bytes, record: dict[str, Any], headers: dict[str, Any]
+    ) -> str | None:
+        """Produce ``record`` (JSON) with the request's ``headers``; its
+        ``topic/partition/offset``, or DeliveryError."""
         value = codec.dumps(record)
         header_list = [(str(k), _header_value(v)) for k, v in (headers or {}).items()]
 
-        async def attempt(timeout: float) -> None:
+        async def attempt(timeout: float) -> str | None:
             try:
                 producer = await self._get_producer(timeout)
-                await producer.send_and_wait(self.topic, value, key=key, headers=header_list)
+                meta = await producer.send_and_wait(self.topic, value, key=key, headers=header_list)
+                return f"{meta.topic}/{meta.partition}/{meta.offset}"
             except KafkaConnectionError:
                 raise DeliveryError(PROVIDER, "cannot reach the broker", transient=True) from None
             except KafkaTimeoutError:
@@ -126,7 +130,7 @@ class KafkaForwarder:
                     PROVIDER, f"cannot reach the broker ({type(exc).__name__})", transient=True
                 ) from None
 
-        await self.delivery.run(attempt)
+        return await self.delivery.run(attempt)
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -185,9 +189,9 @@ class KafkaChannel:
             "processInstanceId": notification.process_instance_id,
         }
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification) -> str | None:
         key = str(notification.process_instance_id).encode()
-        await self.forwarder.publish(key, self.record(notification), notification.headers)
+        return await self.forwarder.publish(key, self.record(notification), notification.headers)
 
     async def close(self) -> None:
         await self.forwarder.close()

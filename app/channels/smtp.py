@@ -126,10 +126,12 @@ class SmtpChannel:
             await conn.client.connect()
             self.connections_opened += 1
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification) -> str | None:
+        """Send; the server's reply to DATA (``2.0.0 Ok: queued as 4Bc1x``), which names the
+        message in the server's own log."""
         message = self.build_message(notification)
 
-        async def attempt(timeout: float) -> None:
+        async def attempt(timeout: float) -> str | None:
             async with self._slots:
                 try:
                     conn = self._idle.get_nowait()
@@ -138,7 +140,7 @@ class SmtpChannel:
                     self._all.append(conn)
                 reusable = False
                 try:
-                    await self._send_on(conn, notification.recipient, message)
+                    accepted = await self._send_on(conn, notification.recipient, message)
                     reusable = True
                 except _RecipientRefused:
                     reusable = True  # the client reset the envelope: the session is fine
@@ -150,15 +152,16 @@ class SmtpChannel:
                         self._abort(conn)
                     conn.last_used = time.monotonic()
                     self._idle.put_nowait(conn)
+                return accepted
 
-        await self.delivery.run(attempt)
+        return await self.delivery.run(attempt)
 
-    async def _send_on(self, conn: _Connection, recipient: str, message: bytes) -> None:
+    async def _send_on(self, conn: _Connection, recipient: str, message: bytes) -> str | None:
         for attempt in (1, 2):
             try:
                 await self._ready(conn)
-                await conn.client.sendmail(self._from_email, [recipient], message)
-                return
+                _, reply = await conn.client.sendmail(self._from_email, [recipient], message)
+                return " ".join(str(reply).split())[:200] or None
             except aiosmtplib.SMTPServerDisconnected:
                 # A kept-open session the server closed meanwhile: reopen once, then give up.
                 self._abort(conn)

@@ -18,6 +18,8 @@ from app.channels.http import HttpClient, describe
 from app.channels.retry import Delivery, RetryPolicy
 
 PROVIDER = "twilio"
+# The route Twilio's status callbacks come to (web/callbacks.py), under PUBLIC_BASE_URL.
+TWILIO_CALLBACK_PATH = "/api/callbacks/twilio"
 
 
 def _twilio_detail(body: Any) -> str | None:
@@ -44,6 +46,7 @@ class TwilioChannel:
         base_url: str,
         policy: RetryPolicy | None = None,
         max_concurrency: int = 16,
+        status_callback: str | None = None,
     ) -> None:
         if not (from_number or messaging_service_sid):
             raise ValueError("TwilioChannel needs from_number or messaging_service_sid")
@@ -63,21 +66,28 @@ class TwilioChannel:
             PROVIDER, max_connections=max_concurrency, secrets=(auth_token, credentials)
         )
         self.delivery = Delivery(PROVIDER, policy or RetryPolicy(), max_concurrency)
+        # Where Twilio reports each message's status (``PUBLIC_BASE_URL``/api/callbacks/twilio).
+        self._status_callback = status_callback
+        self.reports_status = bool(status_callback)
 
     def check_recipient(self, recipient: str) -> str | None:
         return check_phone(recipient)
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification) -> str | None:
+        """Send; the message's ``sid``, which Twilio's status callbacks name."""
         form = {"To": notification.recipient, **self._sender, "Body": plain_text(notification)}
+        if self._status_callback:
+            form["StatusCallback"] = self._status_callback
 
-        async def attempt(timeout: float) -> None:
+        async def attempt(timeout: float) -> str | None:
             answer = await self.http.post(
                 self._url, data=form, headers=self._headers, timeout=timeout
             )
             if not answer.ok:
                 raise self.http.error(answer, describe(answer, _twilio_detail))
+            return answer.field("sid")
 
-        await self.delivery.run(attempt)
+        return await self.delivery.run(attempt)
 
     async def close(self) -> None:
         await self.http.close()

@@ -63,7 +63,8 @@ class WebhookChannel:
         body["processInstanceId"] = notification.process_instance_id
         return body
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification) -> str | None:
+        """Send; the endpoint's ``id`` if its JSON answer has one."""
         data = codec.dumps(self.payload(notification))
         headers = {
             **self._headers,
@@ -71,12 +72,13 @@ class WebhookChannel:
             "Idempotency-Key": uuid.uuid4().hex,
         }
 
-        async def attempt(timeout: float) -> None:
+        async def attempt(timeout: float) -> str | None:
             answer = await self.http.post(self._url, data=data, headers=headers, timeout=timeout)
             if not answer.ok:
                 raise self.http.error(answer)
+            return answer.field("id")
 
-        await self.delivery.run(attempt)
+        return await self.delivery.run(attempt)
 
     async def close(self) -> None:
         await self.http.close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from app import codec, records
 from app.metrics import Metrics
@@ -21,6 +21,8 @@ from app.settings import PRODUCER_MAX_REQUEST_BYTES
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes | None]]
+Rows = MutableMapping[bytes, bytes]
+T = TypeVar("T")
 Clock = Callable[[], float]
 # Room left in a producer request for what a dead letter adds around the original record.
 DLQ_HEADROOM = 4096
@@ -38,6 +40,7 @@ class Route(enum.Enum):
     NOTIFY_OUT = "notify_out"
     NOTIFY_COMMANDS = "notify_commands"
     EVENTS = "events"
+    MESSAGE_COMMANDS = "message_commands"
 
 
 class Outbox(Protocol):
@@ -115,3 +118,18 @@ class DeadLetters:
 def command_source(command: dict[str, Any]) -> str:
     """The engine record a command came from (``topic/partition/offset``), for idempotency."""
     return "/".join(map(str, command.get("src", ())))
+
+
+def expired_keys(
+    rows: Rows, read: Callable[[dict[str, Any]], T], expired: Callable[[T], bool]
+) -> list[bytes]:
+    """Keys of the rows ``expired`` says can go; a row that does not decode is left alone."""
+    found = []
+    for key, raw in list(rows.items()):
+        try:
+            row = read(codec.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if expired(row):
+            found.append(key)
+    return found

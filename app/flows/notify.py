@@ -29,10 +29,11 @@ from app.attachments import AttachmentError
 from app.channels.base import Channel, DeliveryError, Notification
 from app.channels.smtp import check_address
 from app.core import receivers, render
-from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route
+from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, Rows, expired_keys
 from app.flows import events as ev
 from app.flows.events import Events
-from app.flows.otp import INTERNAL_ERROR, Rows, Templates, Undecodable, expired_keys
+from app.flows.otp import INTERNAL_ERROR, Templates, Undecodable
+from app.flows.receipts import Receipts
 from app.logs import request_context
 from app.metrics import Metrics
 from app.records import NotifyRequest, RequestError
@@ -57,7 +58,7 @@ class Forwarder(Protocol):
 
     async def publish(
         self, key: bytes, record: dict[str, Any], headers: dict[str, Any]
-    ) -> None: ...
+    ) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -241,9 +242,11 @@ class NotifySender:
         metrics: Metrics,
         clock: Clock,
         events: Events,
+        receipts: Receipts,
     ) -> None:
         self.rows = rows
         self.events = events
+        self.receipts = receipts
         self.templates = templates
         self.channels = channels
         self.forwarder = forwarder
@@ -324,6 +327,7 @@ class NotifySender:
         state: State,
         receiver: str,
         error: str | None,
+        message_id: str | None = None,
     ) -> None:
         channel = state.channel or req.channel
         status = {
@@ -340,6 +344,7 @@ class NotifySender:
             language=state.language or req.language,
             channel=channel,
             provider=self._provider(channel, event_type),
+            providerMessageId=message_id,
             status=status,
             error=error,
         )
@@ -476,24 +481,45 @@ class NotifySender:
             )
 
             async def one(receiver: str) -> None:
-                error = await self._send(notification, receiver)
+                error, message_id = await self._send(notification, receiver)
                 state.results[receiver] = [error is None, error]
                 self.save(key, state)
                 event_type = ev.NOTIFICATION_SENT if error is None else ev.NOTIFICATION_FAILED
-                await self._event(event_type, key, req, state, receiver, error)
+                await self._event(event_type, key, req, state, receiver, error, message_id)
+                if message_id:
+                    await self._track(req, plan.channel, receiver, message_id)
 
             await asyncio.gather(*(one(receiver) for receiver in pending))
         state.done = True
 
-    async def _send(self, notification: Notification, receiver: str) -> str | None:
+    async def _send(
+        self, notification: Notification, receiver: str
+    ) -> tuple[str | None, str | None]:
+        """(the failure, the provider's message id) of one receiver's send."""
         channel = self.channels[notification.channel]
         try:
-            await channel.send(_with_recipient(notification, receiver))
+            message_id = await channel.send(_with_recipient(notification, receiver))
         except DeliveryError as exc:
             self.metrics.sends.labels(notification.channel, "failed").inc()
-            return str(exc)
+            return str(exc), None
         self.metrics.sends.labels(notification.channel, "delivered").inc()
-        return None
+        return None, message_id
+
+    async def _track(
+        self, req: NotifyRequest, channel_name: str, receiver: str, message_id: str
+    ) -> None:
+        """Register the message for its provider's status reports, if it sends any."""
+        channel = self.channels[channel_name]
+        if not getattr(channel, "reports_status", False):
+            return
+        context = {
+            "processInstanceId": req.process_instance_id,
+            "identifier": req.identifier,
+            "templateName": req.template_name,
+            "language": req.language,
+            "channel": channel_name,
+        }
+        await self.receipts.register(channel.provider, message_id, receiver, context)
 
     async def fetch_attachments(self, req: NotifyRequest) -> tuple[Any, ...] | str:
         """Every attachment, within ``ATTACHMENT_MAX_BYTES`` together, or why not: no mail
@@ -614,6 +640,7 @@ class NotifyFlows:
                 metrics,
                 clock,
                 events,
+                Receipts(outbox, clock),
             ),
         )
 

@@ -15,18 +15,29 @@ dead letter) and returns.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from app import codec, records
 from app.channels.base import Channel, DeliveryError, Notification
 from app.core import otp, receivers, render
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited
 from app.core.receivers import ReceiverQuota
-from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, command_source
+from app.flows import (
+    Clock,
+    DeadLetters,
+    Headers,
+    Inbound,
+    Outbox,
+    Route,
+    Rows,
+    command_source,
+    expired_keys,
+)
 from app.flows import events as ev
 from app.flows.events import Events
+from app.flows.receipts import Receipts
 from app.logs import mask_recipient, request_context
 from app.metrics import Metrics
 from app.records import GenerateRequest, RequestError, ValidateRequest
@@ -38,8 +49,6 @@ GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
 STATUS, CANCEL = "s", "c"
 KIND_NAMES = {GENERATE: "generate", VALIDATE: "validate"}
 INTERNAL_ERROR = "internal error while handling the request"
-Rows = MutableMapping[bytes, bytes]
-T = TypeVar("T")
 Undecodable = Callable[[str, int, int], "str | None"]
 
 
@@ -368,10 +377,12 @@ class OtpProcessor:
         render_limits: render.RenderLimits,
         events: Events,
         outbox: Outbox,
+        receipts: Receipts,
     ) -> None:
         self.rows = rows
         self.events = events
         self.outbox = outbox
+        self.receipts = receipts
         self.checks = checks
         self.channels = channels
         self.policy = policy
@@ -441,16 +452,28 @@ class OtpProcessor:
         except RateLimited as exc:
             await self._refuse(call, req, previous, str(exc), now)
             return
-        failure = await self._deliver(req, code, call.headers)
+        failure, message_id = await self._deliver(req, code, call.headers)
         if failure is not None:
             await self._refuse(call, req, previous, failure, now)
             return
         self.rows[call.key] = codec.dumps(issued.to_dict())
-        await self._event(ev.OTP_SENT, call, req)
+        await self._event(ev.OTP_SENT, call, req, message_id=message_id)
+        channel = self.channels[req.channel]
+        if message_id and getattr(channel, "reports_status", False):
+            context = {
+                "processInstanceId": req.process_instance_id,
+                "clientId": req.client_id,
+                "templateName": req.template_name,
+                "language": req.language,
+                "channel": req.channel,
+            }
+            await self.receipts.register(channel.provider, message_id, req.recipient, context)
         await self._answer(call, req, True, None, issued.expires_at)
 
-    async def _deliver(self, req: GenerateRequest, code: str, headers: Headers) -> str | None:
-        """Render and send the code; the refusal if either failed, else None."""
+    async def _deliver(
+        self, req: GenerateRequest, code: str, headers: Headers
+    ) -> tuple[str | None, str | None]:
+        """Render and send the code: (the refusal if either failed, the provider's message id)."""
         entry = self.checks.templates.resolve(req.template_name, req.language)
         assert entry is not None and entry.compiled is not None  # checked by ``refusal``
         try:
@@ -458,7 +481,7 @@ class OtpProcessor:
                 entry.compiled, {**req.params, "otpValue": code}, limits=self.render_limits
             )
         except render.RenderError as exc:
-            return f"template '{req.template_name}' could not be rendered: {exc}"
+            return f"template '{req.template_name}' could not be rendered: {exc}", None
         notification = Notification(
             channel=req.channel,
             recipient=req.recipient,
@@ -470,12 +493,12 @@ class OtpProcessor:
             headers={name: value for name, value in headers if value is not None},
         )
         try:
-            await self.channels[req.channel].send(notification)
+            message_id = await self.channels[req.channel].send(notification)
         except DeliveryError as exc:
             self.metrics.sends.labels(req.channel, "failed").inc()
-            return str(exc)
+            return str(exc), None
         self.metrics.sends.labels(req.channel, "delivered").inc()
-        return None
+        return None, message_id
 
     async def _refuse(
         self, call: Call, req: GenerateRequest, previous: OtpRecord | None, error: str, now: float
@@ -487,7 +510,12 @@ class OtpProcessor:
         await self._answer(call, req, False, error)
 
     async def _event(
-        self, event_type: str, call: Call, req: GenerateRequest, error: str | None = None
+        self,
+        event_type: str,
+        call: Call,
+        req: GenerateRequest,
+        error: str | None = None,
+        message_id: str | None = None,
     ) -> None:
         await self.events.emit(
             event_type,
@@ -499,6 +527,7 @@ class OtpProcessor:
             language=req.language,
             channel=req.channel,
             provider=getattr(self.channels.get(req.channel), "provider", None),
+            providerMessageId=message_id,
             status="sent" if error is None else "refused",
             error=error,
         )
@@ -614,21 +643,6 @@ class OtpProcessor:
         )
 
 
-def expired_keys(
-    rows: Rows, read: Callable[[dict[str, Any]], T], expired: Callable[[T], bool]
-) -> list[bytes]:
-    """Keys of the rows ``expired`` says can go; a row that does not decode is left alone."""
-    found = []
-    for key, raw in list(rows.items()):
-        try:
-            row = read(codec.loads(raw))
-        except (ValueError, KeyError, TypeError):
-            continue
-        if expired(row):
-            found.append(key)
-    return found
-
-
 @dataclass(frozen=True)
 class Call:
     """What every step of one command needs: its row key, source, headers and arrival time."""
@@ -711,5 +725,6 @@ class OtpFlows:
                 render_limits,
                 events,
                 outbox,
+                Receipts(outbox, clock),
             ),
         )

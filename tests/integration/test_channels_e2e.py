@@ -7,10 +7,12 @@ the way a user would: from the messages the providers received.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from app import codec
@@ -85,7 +87,9 @@ def worker(
         FCM_BASE_URL=google.url,
         DELIVERY_TIMEOUT_SECONDS="5",
     )
-    w = Worker(env=env, data_dir=base / "data", log_path=base / "worker.log").start()
+    w = Worker(env=env, data_dir=base / "data", log_path=base / "worker.log")
+    w.env["PUBLIC_BASE_URL"] = w.url  # Twilio's status callbacks come back to this worker
+    w.start()
     w.wait_ready_sync()
     yield w
     w.stop()
@@ -224,3 +228,63 @@ async def test_provider_refusals_become_error_replies(
         )
         [reply] = await val_out.wait_for(lambda v: v["processInstanceId"] == 515)
         assert codec.loads(reply.value)["error"] == "no code was generated for this client"
+
+
+async def test_twilio_status_callbacks_become_delivery_events(
+    worker: Worker, twilio: TwilioFake, kafka_bootstrap: str, suffix: str
+):
+    await create_templates(worker)
+    topics = topic_env(suffix)
+    delivered, undelivered = "+40722100001", "+40722100099"
+    async with (
+        Kafka(kafka_bootstrap) as kafka,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+        Collector(kafka_bootstrap, topics["KAFKA_TOPIC_NOTIFICATION_EVENTS"]) as events,
+    ):
+        for pid, number in ((801, delivered), (802, undelivered)):
+            await kafka.send(
+                topics["KAFKA_TOPIC_OTP_GENERATE_IN"], generate(pid, f"cb-{pid}", "SMS", number)
+            )
+        await gen_out.wait_for(lambda v: v["processInstanceId"] in (801, 802), count=2)
+
+        def statuses(number: str) -> list[str]:
+            return [
+                codec.loads(r.value)["status"]
+                for r in events.records
+                if r.key == number.encode() and codec.loads(r.value)["type"] == "delivery.status"
+            ]
+
+        await events.wait_for(lambda v: v["type"] == "delivery.status", count=6, timeout=30)
+        assert statuses(delivered) == ["queued", "sent", "delivered"]
+        assert statuses(undelivered) == ["queued", "sent", "undelivered"]
+        [message] = twilio.to(delivered)
+        [sent] = [
+            codec.loads(r.value)
+            for r in events.records
+            if r.key == delivered.encode() and codec.loads(r.value)["type"] == "otp.sent"
+        ]
+        assert sent["providerMessageId"] == message["sid"]
+        last = [codec.loads(r.value) for r in events.records if r.key == undelivered.encode()][-1]
+        assert last["error"] == "twilio error 30003" and last["clientId"] == "cb-802"
+        answers = [answer for sid, _, answer in twilio.callbacks if sid == message["sid"]]
+        assert answers == [204, 204, 204]
+
+        # Unsigned, wrongly signed or unknown: refused, and no event is written.
+        url = f"{worker.url}/api/callbacks/twilio"
+        params = {"MessageSid": message["sid"], "MessageStatus": "failed", "ErrorCode": "1"}
+        before = len(events.records)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=params) as resp:
+                assert resp.status == 403
+            wrong = {"X-Twilio-Signature": twilio.sign(url + "?x=1", params)}
+            async with session.post(url, data=params, headers=wrong) as resp:
+                assert resp.status == 403
+            unknown = {**params, "MessageSid": "SM" + "0" * 32}
+            signed = {"X-Twilio-Signature": twilio.sign(url, unknown)}
+            async with session.post(url, data=unknown, headers=signed) as resp:
+                assert resp.status == 404
+            huge = {"X-Twilio-Signature": "x"}
+            async with session.post(url, data=b"a=" + b"x" * 20000, headers=huge) as resp:
+                assert resp.status == 413
+        await asyncio.sleep(1)
+        assert len(events.records) == before

@@ -1,0 +1,185 @@
+"""Delivery receipts: what a provider reports after it took a message (Twilio's status callbacks).
+
+A provider names a message by its own id (Twilio's ``MessageSid``), while the flows keep their
+rows by ``clientId`` or by request. So each message a provider will report on is registered on
+``<APP_ID>-message-commands`` keyed by that id, next to its row of the ``messages`` table
+(receiver, processInstanceId, clientId or identifier, template, channel). A callback becomes an
+update command on the same topic and key, so it is applied after the registration and in
+order with the message's other updates; :class:`ReceiptProcessor` turns it into a
+``delivery.status`` event and answers the waiting HTTP view on the results topic (``404`` for an
+id it never registered). Rows are deleted ``RECEIPT_WINDOW_SECONDS`` after the send.
+
+The signature check (:func:`twilio_signature`) is Twilio's documented one, pure and tested with
+Twilio's own example.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from app import codec
+from app.flows import Clock, Inbound, Outbox, Route, Rows, expired_keys
+from app.flows import events as ev
+from app.flows.events import Events
+
+log = logging.getLogger(__name__)
+
+REGISTER, UPDATE, EXPIRE = "m", "u", "x"
+EXPIRE_COMMAND = codec.dumps({"k": EXPIRE})
+# Twilio's MessageStatus values a status callback carries.
+TWILIO_STATUSES = frozenset(
+    {
+        "accepted",
+        "scheduled",
+        "queued",
+        "sending",
+        "sent",
+        "delivered",
+        "undelivered",
+        "failed",
+        "read",
+        "canceled",
+        "receiving",
+        "received",
+    }
+)
+CONTEXT_FIELDS = (
+    "processInstanceId",
+    "clientId",
+    "identifier",
+    "templateName",
+    "language",
+    "channel",
+)
+
+
+def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """``X-Twilio-Signature`` of a form POST: HMAC-SHA1, keyed by the auth token, of the full URL
+    followed by every parameter's name and value, sorted by name (values of a repeated name in
+    order), base64-encoded."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signature_ok(
+    auth_token: str, url: str, params: Iterable[tuple[str, str]], given: str | None
+) -> bool:
+    if not given:
+        return False
+    expected = twilio_signature(auth_token, url, params)
+    return hmac.compare_digest(expected.encode(), given.strip().encode())
+
+
+@dataclass
+class Message:
+    """A row of ``messages``: whom a provider's message went to, and what it reported since."""
+
+    provider: str
+    receiver: str
+    sent_at: float
+    context: dict[str, Any] = field(default_factory=dict)
+    statuses: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        return cls(**data)
+
+
+class Receipts:
+    """Registers sent messages the provider will report on; used by both flows."""
+
+    def __init__(self, outbox: Outbox, clock: Clock) -> None:
+        self.outbox = outbox
+        self.clock = clock
+
+    async def register(
+        self, provider: str, message_id: str, receiver: str, context: dict[str, Any]
+    ) -> None:
+        message = Message(provider, receiver, self.clock(), _context(context))
+        command = {"k": REGISTER, "m": asdict(message)}
+        try:
+            await self.outbox.send(
+                Route.MESSAGE_COMMANDS, message_id.encode(), codec.dumps(command), []
+            )
+        except Exception as exc:  # the send is done; only its later receipts would be lost
+            log.warning("could not register message for receipts (%s)", type(exc).__name__)
+
+
+def _context(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: fields.get(name) for name in CONTEXT_FIELDS}
+
+
+def update_command(request_id: str, status: str, error_code: str | None) -> bytes:
+    """What a verified callback sends to ``message-commands``, keyed by the message id."""
+    return codec.dumps({"k": UPDATE, "id": request_id, "status": status, "errorCode": error_code})
+
+
+class ReceiptProcessor:
+    """Owns the ``messages`` rows: registers messages, applies provider updates."""
+
+    def __init__(
+        self, rows: Rows, outbox: Outbox, events: Events, window_seconds: float, clock: Clock
+    ) -> None:
+        self.rows = rows
+        self.outbox = outbox
+        self.events = events
+        self.window_seconds = window_seconds
+        self.clock = clock
+
+    def load(self, key: bytes) -> Message | None:
+        raw = self.rows.get(key)
+        return Message.from_dict(codec.loads(raw)) if raw is not None else None
+
+    async def handle(self, record: Inbound) -> None:
+        try:
+            await self._handle(record, codec.loads(record.value or b""))
+        except Exception:  # the stream must go on (app.flows.otp's module docstring)
+            log.exception("unexpected failure applying %s", record.source)
+
+    async def _handle(self, record: Inbound, command: dict[str, Any]) -> None:
+        key, kind = record.key or b"", command.get("k")
+        if kind == REGISTER:
+            if key not in self.rows:  # a redelivered registration keeps what arrived since
+                self.rows[key] = codec.dumps(command["m"])
+        elif kind == UPDATE:
+            await self.update(key, command, record.source)
+        elif kind == EXPIRE:
+            message = self.load(key)
+            if message is not None and self.expired(message):
+                del self.rows[key]
+
+    async def update(self, key: bytes, command: dict[str, Any], source: str) -> None:
+        message = self.load(key)
+        status = 404
+        if message is not None:
+            status = 204
+            reported = str(command.get("status"))
+            if reported not in message.statuses:  # Twilio may repeat a status
+                message.statuses.append(reported)
+                self.rows[key] = codec.dumps(asdict(message))
+                code = command.get("errorCode")
+                await self.events.emit(
+                    ev.DELIVERY_STATUS,
+                    f"{key.decode('utf-8', 'replace')}/{reported}",
+                    message.receiver,
+                    **message.context,
+                    provider=message.provider,
+                    providerMessageId=key.decode("utf-8", "replace"),
+                    status=reported,
+                    error=f"{message.provider} error {code}" if code else None,
+                )
+        result = {"id": command.get("id", ""), "status": status, "body": None}
+        await self.outbox.send(Route.TEMPLATE_RESULTS, None, codec.dumps(result), [])
+
+    def expired(self, message: Message) -> bool:
+        return self.clock() - message.sent_at > self.window_seconds
+
+    def expired_keys(self) -> list[bytes]:
+        return expired_keys(self.rows, Message.from_dict, self.expired)

@@ -1,0 +1,119 @@
+"""Delivery receipts: Twilio's signature as documented, and the ``messages`` rows' handler."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app import codec
+from app.flows import Inbound, Route
+from app.flows.events import Events
+from app.flows.receipts import (
+    ReceiptProcessor,
+    Receipts,
+    signature_ok,
+    twilio_signature,
+    update_command,
+)
+from app.metrics import Metrics
+from tests.fakes.flows import Clock, Outbox
+
+# Twilio's worked example ("Webhooks security"): auth token 12345, this URL and these parameters.
+TWILIO_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
+TWILIO_PARAMS = [
+    ("CallSid", "CA1234567890ABCDE"),
+    ("Caller", "+12349013030"),
+    ("Digits", "1234"),
+    ("From", "+12349013030"),
+    ("To", "+18005551212"),
+]
+SID = "SM" + "ab" * 16
+
+
+def test_twilio_documented_example_signature():
+    assert twilio_signature("12345", TWILIO_URL, TWILIO_PARAMS) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    shuffled = list(reversed(TWILIO_PARAMS))
+    assert signature_ok("12345", TWILIO_URL, shuffled, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+    assert not signature_ok("12345", TWILIO_URL, TWILIO_PARAMS, None)
+    assert not signature_ok("12345", TWILIO_URL, TWILIO_PARAMS, "0/KCTR6DLpKmkAf8muzZqo1nDgQ")
+    assert not signature_ok("54321", TWILIO_URL, TWILIO_PARAMS, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+
+
+texts = st.text(max_size=30)
+
+
+@given(token=texts, url=texts, params=st.dictionaries(texts, texts, max_size=6), other=texts)
+def test_signature_is_twilios_and_any_change_breaks_it(token, url, params, other):
+    data = url + "".join(k + params[k] for k in sorted(params))
+    expected = base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest())
+    items = list(params.items())
+    assert twilio_signature(token, url, items) == expected.decode()
+    assert signature_ok(token, url, items, expected.decode())
+    if other != url:
+        assert not signature_ok(token, other, items, expected.decode())
+
+
+class Service:
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes] = {}
+        self.outbox = Outbox()
+        self.clock = Clock()
+        events = Events(self.outbox, Metrics(), self.clock)
+        self.processor = ReceiptProcessor(self.rows, self.outbox, events, 3600, self.clock)
+        self.receipts = Receipts(self.outbox, self.clock)
+
+    def play(self) -> None:
+        """Hand every message command produced so far to the processor, in order."""
+        pending = [s for s in self.outbox.sent if s[0] is Route.MESSAGE_COMMANDS]
+        self.outbox.sent = [s for s in self.outbox.sent if s[0] is not Route.MESSAGE_COMMANDS]
+        for n, (_, key, value, _) in enumerate(pending):
+            asyncio.run(self.processor.handle(Inbound("m", 0, n, key, value, [], None)))
+
+    def update(self, status: str, code: str | None = None, sid: str = SID) -> dict[str, Any]:
+        record = Inbound("m", 0, 99, sid.encode(), update_command("r1", status, code), [], None)
+        asyncio.run(self.processor.handle(record))
+        [result] = self.outbox.on(Route.TEMPLATE_RESULTS)[-1:]
+        return result
+
+
+def test_reports_of_a_registered_message_become_ordered_events_once():
+    svc = Service()
+    context = {"processInstanceId": 5, "clientId": "c1", "channel": "SMS", "code": "never"}
+    asyncio.run(svc.receipts.register("twilio", SID, "+40712345678", context))
+    svc.play()
+    for status in ("queued", "sent", "sent", "undelivered"):
+        result = svc.update(status, "30003" if status == "undelivered" else None)
+        assert result == {"id": "r1", "status": 204, "body": None}
+    events = svc.outbox.on(Route.EVENTS)
+    assert [e["status"] for e in events] == ["queued", "sent", "undelivered"]
+    assert {e["type"] for e in events} == {"delivery.status"}
+    assert events[-1]["error"] == "twilio error 30003" and events[0]["clientId"] == "c1"
+    assert events[0]["providerMessageId"] == SID and events[0]["receiver"] == "+40712345678"
+    assert "never" not in str(events)  # only the context fields are kept
+
+
+def test_unknown_messages_are_404_and_change_nothing():
+    svc = Service()
+    assert svc.update("delivered")["status"] == 404
+    assert svc.rows == {} and svc.outbox.on(Route.EVENTS) == []
+
+
+def test_registration_redelivered_keeps_the_reports_and_rows_expire():
+    svc = Service()
+    asyncio.run(svc.receipts.register("twilio", SID, "+40712345678", {}))
+    again = list(svc.outbox.sent)
+    svc.play()
+    svc.update("queued")
+    svc.outbox.sent += again  # the registration read again after a rebalance
+    svc.play()
+    assert codec.loads(svc.rows[SID.encode()])["statuses"] == ["queued"]
+    svc.clock.now += 3601
+    [key] = svc.processor.expired_keys()
+    asyncio.run(svc.processor.handle(Inbound("m", 0, 7, key, b'{"k":"x"}', [], None)))
+    assert svc.rows == {}

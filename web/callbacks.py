@@ -1,0 +1,105 @@
+"""Provider callbacks: Twilio's message status reports (``POST /api/callbacks/twilio``).
+
+Twilio cannot send our bearer token, so this route takes none; it checks ``X-Twilio-Signature``
+instead, exactly as Twilio documents it (``app.flows.receipts.twilio_signature``), over the URL
+Twilio was given (``PUBLIC_BASE_URL`` + the path, + the query string it called with) and the
+form parameters. Missing or wrong signature: ``403``; a body over the limit: ``413``; a
+``MessageSid`` this service never sent: ``404``; nothing changes in any of them. A verified
+report goes to ``message-commands`` keyed by the ``MessageSid``, and the view answers once the
+message's owner applied it (``204``), so Twilio retries a report that was not taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+from uuid import uuid4
+
+import faust
+from aiohttp import web
+
+from app.channels.twilio import TWILIO_CALLBACK_PATH
+from app.flows.receipts import TWILIO_STATUSES, signature_ok, update_command
+from web.errors import ApiError
+
+if TYPE_CHECKING:
+    from app.main import Context
+
+MAX_CALLBACK_BYTES = 16384
+_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
+_ERROR_CODE = re.compile(r"[0-9]{1,10}")
+
+
+class TwilioCallbacks:
+    def __init__(self, ctx: Context) -> None:
+        self.settings = ctx.settings
+        self.cache = ctx.cache
+        self.commands = ctx.topics.message_commands
+
+    def url_of(self, request: web.Request) -> str:
+        base = self.settings.public_base_url or ""
+        query = f"?{request.query_string}" if request.query_string else ""
+        return f"{base}{TWILIO_CALLBACK_PATH}{query}"
+
+    async def params_of(self, request: web.Request) -> list[tuple[str, str]]:
+        if request.content_length is not None and request.content_length > MAX_CALLBACK_BYTES:
+            raise ApiError(413, f"callback body is over the {MAX_CALLBACK_BYTES}-byte limit")
+        raw = await request.content.read(MAX_CALLBACK_BYTES + 1)
+        if len(raw) > MAX_CALLBACK_BYTES:
+            raise ApiError(413, f"callback body is over the {MAX_CALLBACK_BYTES}-byte limit")
+        try:
+            return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            return []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        token = self.settings.twilio_auth_token
+        if not (token and self.settings.public_base_url):
+            raise ApiError(404, "Twilio status callbacks are not enabled on this service")
+        params = await self.params_of(request)
+        given = request.headers.get("X-Twilio-Signature")
+        if not signature_ok(token, self.url_of(request), params, given):
+            raise ApiError(403, "missing or wrong X-Twilio-Signature")
+        fields = dict(params)
+        sid, status = fields.get("MessageSid", ""), fields.get("MessageStatus", "")
+        if not _SID.fullmatch(sid):
+            raise ApiError(
+                400, "invalid callback", [{"field": "MessageSid", "message": "not a message SID"}]
+            )
+        if status not in TWILIO_STATUSES:
+            raise ApiError(
+                400, "invalid callback", [{"field": "MessageStatus", "message": "unknown status"}]
+            )
+        code = fields.get("ErrorCode") or None
+        if code is not None and not _ERROR_CODE.fullmatch(code):
+            code = None
+        return await self.apply(sid, status, code)
+
+    async def apply(self, sid: str, status: str, code: str | None) -> web.Response:
+        if not self.cache.ready.is_set():  # its consumer reads the answer: not yet positioned
+            raise ApiError(503, "the service is still loading; retry")
+        request_id = uuid4().hex
+        answer = self.cache.expect(request_id)
+        try:
+            await self.commands.send(
+                key=sid.encode(), value=update_command(request_id, status, code)
+            )
+            result = await asyncio.wait_for(answer, timeout=self.settings.api_write_timeout_seconds)
+        except TimeoutError:
+            raise ApiError(503, "the report could not be applied in time; retry") from None
+        finally:
+            self.cache.forget(request_id)
+        if result["status"] == 404:
+            raise ApiError(404, "unknown MessageSid")
+        return web.Response(status=204)
+
+
+def register(ctx: Context) -> None:
+    app, callbacks = ctx.app, TwilioCallbacks(ctx)
+
+    @app.page(TWILIO_CALLBACK_PATH, name="twilio_callback")
+    class TwilioCallback(faust.web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            return await callbacks.handle(request)
