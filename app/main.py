@@ -17,7 +17,9 @@ import faust
 from agents import KeyedDispatcher, TopicOutbox
 from agents import notify as notify_agents
 from agents import otp as otp_agents
+from agents import sendlog as sendlog_agents
 from agents import templates as template_agents
+from agents.sendlog import partition_of
 from app.attachments import AttachmentStore
 from app.channels.base import Channel
 from app.channels.factory import build_channels, build_forwarder
@@ -28,6 +30,7 @@ from app.flows.events import Events
 from app.flows.notify import NotifyFlows, NotifyLimits
 from app.flows.otp import OtpFlows, OtpLimits
 from app.flows.receipts import ReceiptProcessor
+from app.flows.sendlog import SendLog
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
@@ -77,6 +80,7 @@ class Context:
     notify_dispatcher: KeyedDispatcher
     notify_flows: NotifyFlows
     receipts: ReceiptProcessor
+    send_log: SendLog
 
 
 def otp_policy(settings: Settings) -> OtpPolicy:
@@ -251,10 +255,17 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             settings.receipt_window_seconds,
             time.time,
         ),
+        send_log=SendLog(
+            tables.send_log,
+            outbox,
+            metrics,
+            lambda key: partition_of(key, settings.topic_partitions),
+        ),
     )
     template_agents.register(ctx)
     otp_agents.register(ctx)
     notify_agents.register(ctx)
+    sendlog_agents.register(ctx)
     register_views(ctx)
 
     @app.task

@@ -65,6 +65,12 @@ class Metrics:
         )
         self.templates = Gauge("otp_templates", "Templates in this worker's read model", registry=r)
         self.in_flight = Gauge("otp_in_flight", "Requests being handled right now", registry=r)
+        self.send_log_rows = Gauge(
+            "otp_send_log_receivers", "Receivers with send-log entries on this worker", registry=r
+        )
+        self.send_log_swept = Counter(
+            "otp_send_log_swept", "Send-log entries deleted by the retention sweep", registry=r
+        )
         self.events = Counter(
             "otp_delivery_events",
             "Delivery events by type, and whether the broker took them (written, lost)",

@@ -767,6 +767,12 @@ class Settings:
         "the service's address as providers reach it; with `SMS_PROVIDER=twilio`, messages are "
         "sent with a status callback to `{PUBLIC_BASE_URL}/api/callbacks/twilio`",
     )
+    send_log_retention_days: int = setting(
+        "SEND_LOG_RETENTION_DAYS",
+        "30",
+        _int(1, 3650),
+        "days the send log (`GET /api/notifications`) keeps an entry after its last event",
+    )
     receipt_window_seconds: int = setting(
         "RECEIPT_WINDOW_SECONDS",
         str(3 * 86400),

@@ -22,6 +22,8 @@ TABLES = {
     "receivers": "send times per receiver, keyed by the receiver's HMAC (no address in clear)",
     "messages": "messages a provider reports on (Twilio's status callbacks), by its message "
     "id: receiver, request, statuses so far",
+    "send_log": "the send log by receiver: each send's events and latest status (app.flows."
+    "sendlog)",
     "notifications": "what became of each receiver of a notification request, by its source "
     "record (topic/partition/offset); no rendered body",
 }
@@ -41,6 +43,10 @@ def notify_commands_topic(settings: Settings) -> str:
 
 def message_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-message-commands"
+
+
+def log_queries_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-log-queries"
 
 
 def template_commands_topic(settings: Settings) -> str:
@@ -66,6 +72,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         otp_commands_topic(settings),
         notify_commands_topic(settings),
         message_commands_topic(settings),
+        log_queries_topic(settings),
         receiver_commands_topic(settings),
         template_commands_topic(settings),
     ]
@@ -97,6 +104,7 @@ class Topics:
     notify_commands: faust.TopicT
     events: faust.TopicT
     message_commands: faust.TopicT
+    log_queries: faust.TopicT
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Tables:
     receivers: faust.TableT
     notifications: faust.TableT
     messages: faust.TableT
+    send_log: faust.TableT
 
 
 def _raw_topic(app: faust.App, name: str, **kwargs: object) -> faust.TopicT:
@@ -147,6 +156,8 @@ def define_topics(app: faust.App, settings: Settings) -> Topics:
         events=_raw_topic(app, settings.topic_events, **internal),
         # Provider message ids (Twilio's MessageSid), next to their ``messages`` rows.
         message_commands=_raw_topic(app, message_commands_topic(settings), **internal),
+        # A send-log query or sweep per partition, co-partitioned with ``send_log``.
+        log_queries=_raw_topic(app, log_queries_topic(settings), **internal),
     )
 
 

@@ -6,11 +6,12 @@ from typing import Any
 
 
 def register_views(ctx: Any) -> None:
-    from web import callbacks, health, metrics, openapi, otp, templates
+    from web import callbacks, health, metrics, notifications, openapi, otp, templates
 
     health.register(ctx)
     templates.register(ctx)
     otp.register(ctx)
     callbacks.register(ctx)
+    notifications.register(ctx)
     openapi.register(ctx)
     metrics.register(ctx)

@@ -49,6 +49,7 @@ TYPES = (
     DELIVERY_STATUS,
 )
 FIELDS = (
+    "entryId",
     "processInstanceId",
     "clientId",
     "identifier",
@@ -61,6 +62,12 @@ FIELDS = (
     "status",
     "error",
 )
+
+
+def entry_id(*parts: object) -> str:
+    """The send-log entry an event belongs to: one send (an OTP code, one receiver of a
+    notification), which a validate, an expiry or a provider's receipt joins later."""
+    return hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
 def event_id(source: str, event_type: str, receiver: str) -> str:

@@ -334,10 +334,12 @@ class NotifySender:
             ev.NOTIFICATION_SENT: "sent",
             ev.NOTIFICATION_FORWARDED: "forwarded",
         }.get(event_type, "failed")
+        source = key.decode("utf-8", "replace")
         await self.events.emit(
             event_type,
-            key.decode("utf-8", "replace"),
+            source,
             receiver,
+            entryId=ev.entry_id("notify", source, receiver),
             processInstanceId=req.process_instance_id,
             identifier=req.identifier,
             templateName=req.template_name,
@@ -487,7 +489,7 @@ class NotifySender:
                 event_type = ev.NOTIFICATION_SENT if error is None else ev.NOTIFICATION_FAILED
                 await self._event(event_type, key, req, state, receiver, error, message_id)
                 if message_id:
-                    await self._track(req, plan.channel, receiver, message_id)
+                    await self._track(key, req, plan.channel, receiver, message_id)
 
             await asyncio.gather(*(one(receiver) for receiver in pending))
         state.done = True
@@ -506,13 +508,14 @@ class NotifySender:
         return None, message_id
 
     async def _track(
-        self, req: NotifyRequest, channel_name: str, receiver: str, message_id: str
+        self, key: bytes, req: NotifyRequest, channel_name: str, receiver: str, message_id: str
     ) -> None:
         """Register the message for its provider's status reports, if it sends any."""
         channel = self.channels[channel_name]
         if not getattr(channel, "reports_status", False):
             return
         context = {
+            "entryId": ev.entry_id("notify", key.decode("utf-8", "replace"), receiver),
             "processInstanceId": req.process_instance_id,
             "identifier": req.identifier,
             "templateName": req.template_name,

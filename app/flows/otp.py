@@ -457,10 +457,12 @@ class OtpProcessor:
             await self._refuse(call, req, previous, failure, now)
             return
         self.rows[call.key] = codec.dumps(issued.to_dict())
-        await self._event(ev.OTP_SENT, call, req, message_id=message_id)
+        entry = ev.entry_id("otp", req.key, issued.issued_at)
+        await self._event(ev.OTP_SENT, call, req, message_id=message_id, entry=entry)
         channel = self.channels[req.channel]
         if message_id and getattr(channel, "reports_status", False):
             context = {
+                "entryId": entry,
                 "processInstanceId": req.process_instance_id,
                 "clientId": req.client_id,
                 "templateName": req.template_name,
@@ -506,7 +508,8 @@ class OtpProcessor:
         """No code kept, nothing sent; the refusal is remembered for a redelivery."""
         remembered = otp.remember(previous, call.source, otp.REFUSED + error, now)
         self.rows[call.key] = codec.dumps(remembered.to_dict())
-        await self._event(ev.OTP_SEND_REFUSED, call, req, error=error)
+        entry = ev.entry_id("otp", req.key, call.source)
+        await self._event(ev.OTP_SEND_REFUSED, call, req, error=error, entry=entry)
         await self._answer(call, req, False, error)
 
     async def _event(
@@ -516,11 +519,13 @@ class OtpProcessor:
         req: GenerateRequest,
         error: str | None = None,
         message_id: str | None = None,
+        entry: str | None = None,
     ) -> None:
         await self.events.emit(
             event_type,
             call.source,
             req.recipient,
+            entryId=entry,
             processInstanceId=req.process_instance_id,
             clientId=req.client_id,
             templateName=req.template_name,
@@ -580,7 +585,9 @@ class OtpProcessor:
     async def _validate_events(
         self, call: Call, req: ValidateRequest, stored: OtpRecord | None, outcome: Outcome
     ) -> None:
+        has_code = stored is not None and bool(stored.digest)
         fields = {
+            "entryId": ev.entry_id("otp", req.key, stored.issued_at) if has_code else None,
             "processInstanceId": req.process_instance_id,
             "clientId": req.client_id,
             "channel": req.channel,
@@ -628,6 +635,7 @@ class OtpProcessor:
                     ev.OTP_EXPIRED,
                     f"expire/{key.decode('utf-8', 'replace')}/{stored.issued_at}",
                     stored.receiver,
+                    entryId=ev.entry_id("otp", key.decode("utf-8", "replace"), stored.issued_at),
                     processInstanceId=stored.process_instance_id,
                     clientId=key.decode("utf-8", "replace"),
                     channel=stored.channel,

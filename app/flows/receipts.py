@@ -50,6 +50,7 @@ TWILIO_STATUSES = frozenset(
     }
 )
 CONTEXT_FIELDS = (
+    "entryId",
     "processInstanceId",
     "clientId",
     "identifier",

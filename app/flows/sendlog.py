@@ -1,0 +1,289 @@
+"""The send log: what was sent, to whom, and what became of it, built from the delivery events.
+
+Design (README, "The send log"): the ``send_log`` table is keyed by receiver, as the events
+topic is, so the agent that reads the events writes each one into its own partition's row:
+``{"entries": {entryId: entry}}``, an entry being one send (an OTP code, one receiver of a
+notification) with its events in order and its latest status. A query by receiver goes to the
+one partition that receiver hashes to; any other query goes to every partition, each answering
+with its newest matches (scatter-gather over ``<APP_ID>-log-queries``, see
+``agents/sendlog.py``), and the asking view merges the pages. Pure: no Faust, no Kafka.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app import codec
+from app.flows import Inbound, Outbox, Route
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Bounds that keep a row, and an answer, well inside a Kafka record.
+MAX_ENTRIES_PER_RECEIVER = 200
+MAX_EVENTS_PER_ENTRY = 50
+DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+FILTERS = ("receiver", "clientId", "processInstanceId", "templateName", "channel")
+PARAMS = frozenset({*FILTERS, "since", "until", "limit", "cursor"})
+_STATUS = {
+    "otp.sent": "sent",
+    "otp.send_refused": "refused",
+    "otp.validated": "validated",
+    "otp.attempt_failed": "attempt_failed",
+    "otp.locked": "locked",
+    "otp.expired": "expired",
+    "notification.sent": "sent",
+    "notification.failed": "failed",
+    "notification.forwarded": "forwarded",
+}
+_ENTRY_FIELDS = ("clientId", "identifier", "processInstanceId", "templateName", "language")
+
+
+class QueryError(ValueError):
+    """A query the log cannot answer; ``field`` names the parameter at fault."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def apply(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any] | None:
+    """``row`` with ``event`` joined to its entry; None when the event belongs to no send (a
+    validate for an identifier that has no code). A redelivered event is recorded once."""
+    entry_id, receiver = event.get("entryId"), event.get("receiver")
+    if not entry_id or not receiver:
+        return None
+    entries = dict((row or {}).get("entries", {}))
+    entry = entries.get(entry_id) or {
+        "id": entry_id,
+        "receiver": receiver,
+        "channel": event.get("channel"),
+        "at": event["at"],
+        "events": [],
+    }
+    if any(e["eventId"] == event["eventId"] for e in entry["events"]):
+        return None
+    for name in _ENTRY_FIELDS:
+        if entry.get(name) is None and event.get(name) is not None:
+            entry[name] = event[name]
+    entry["events"] = [*entry["events"], event][-MAX_EVENTS_PER_ENTRY:]
+    entry["status"] = _STATUS.get(event["type"], event.get("status"))
+    entry["last"] = event["at"]
+    entries[entry_id] = entry
+    if len(entries) > MAX_ENTRIES_PER_RECEIVER:
+        newest = sorted(entries.values(), key=lambda e: e["last"])[-MAX_ENTRIES_PER_RECEIVER:]
+        entries = {e["id"]: e for e in newest}
+    return {"entries": entries}
+
+
+def sweep(row: dict[str, Any], cutoff: str) -> dict[str, Any] | None:
+    """``row`` without the entries last touched before ``cutoff`` (ISO); None when none are
+    left, so the caller deletes the row (a tombstone on the changelog)."""
+    kept = {k: e for k, e in row.get("entries", {}).items() if e["last"] >= cutoff}
+    return {"entries": kept} if kept else None
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed ``GET /api/notifications``: equality filters, a time range, a page."""
+
+    filters: tuple[tuple[str, str], ...] = ()
+    since: str | None = None
+    until: str | None = None
+    limit: int = DEFAULT_LIMIT
+    cursor: tuple[str, str] | None = None
+
+    @property
+    def receiver(self) -> str | None:
+        return dict(self.filters).get("receiver")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "filters": [list(f) for f in self.filters],
+            "since": self.since,
+            "until": self.until,
+            "limit": self.limit,
+            "cursor": list(self.cursor) if self.cursor else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Query:
+        cursor = data.get("cursor")
+        return cls(
+            filters=tuple((str(k), str(v)) for k, v in data.get("filters", ())),
+            since=data.get("since"),
+            until=data.get("until"),
+            limit=int(data.get("limit", DEFAULT_LIMIT)),
+            cursor=(str(cursor[0]), str(cursor[1])) if cursor else None,
+        )
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        for name, wanted in self.filters:
+            if str(entry.get(name)) != wanted:
+                return False
+        if self.since is not None and entry["last"] < self.since:
+            return False
+        if self.until is not None and entry["at"] > self.until:
+            return False
+        return self.cursor is None or order(entry) < self.cursor
+
+
+def order(entry: dict[str, Any]) -> tuple[str, str]:
+    """Newest first: by the latest event, then by id, so a page boundary is exact."""
+    return entry["last"], entry["id"]
+
+
+def _instant(field: str, raw: str) -> str:
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(field, "must be an ISO-8601 time such as 2026-12-01T10:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def encode_cursor(entry: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(codec.dumps(list(order(entry)))).decode().rstrip("=")
+
+
+def _cursor(raw: str) -> tuple[str, str]:
+    try:
+        data = codec.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        raise QueryError("cursor", "is not a cursor this service gave out") from None
+    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
+        raise QueryError("cursor", "is not a cursor this service gave out")
+    return data[0], data[1]
+
+
+def parse_query(params: Mapping[str, str]) -> Query:
+    """Check every parameter; the first problem is a :class:`QueryError` naming it."""
+    unknown = sorted(set(params) - PARAMS)
+    if unknown:
+        raise QueryError(unknown[0], f"is not a filter (use {', '.join(sorted(PARAMS))})")
+    filters = []
+    for name in FILTERS:
+        value = params.get(name)
+        if value is not None:
+            if not value or len(value) > 320:
+                raise QueryError(name, "must be 1-320 characters")
+            filters.append((name, value))
+    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise QueryError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+    since = _instant("since", params["since"]) if "since" in params else None
+    until = _instant("until", params["until"]) if "until" in params else None
+    if since and until and since > until:
+        raise QueryError("until", "is before since")
+    cursor = _cursor(params["cursor"]) if "cursor" in params else None
+    return Query(tuple(filters), since, until, int(raw_limit), cursor)
+
+
+def page(entries: Iterable[dict[str, Any]], query: Query) -> tuple[list[dict[str, Any]], bool]:
+    """The newest ``limit`` matching entries, and whether older ones match too."""
+    found = sorted((e for e in entries if query.matches(e)), key=order, reverse=True)
+    return found[: query.limit], len(found) > query.limit
+
+
+def merge(
+    pages: Iterable[tuple[list[dict[str, Any]], bool]], limit: int
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """One page from every partition's: the newest ``limit`` overall, and the entry to continue
+    after (None on the last page). A partition that had more matches bounds the page at its own
+    oldest item, since anything older from it was not seen."""
+    items: list[dict[str, Any]] = []
+    boundary: tuple[str, str] | None = None
+    for found, more in pages:
+        items.extend(found)
+        if more and found:
+            edge = order(found[-1])
+            boundary = edge if boundary is None or edge > boundary else boundary
+    items.sort(key=order, reverse=True)
+    if boundary is not None:
+        items = [e for e in items if order(e) >= boundary]
+    has_more = boundary is not None or len(items) > limit
+    items = items[:limit]
+    return items, (items[-1] if has_more and items else None)
+
+
+# An answer has to fit in one record of the results topic, with room to spare.
+MAX_ANSWER_BYTES = 800_000
+
+
+class SendLog:
+    """Owns the ``send_log`` rows: records events, answers one partition's share of a query,
+    sweeps old entries. ``partition_of`` is Kafka's partitioner (injected: no Kafka here)."""
+
+    def __init__(
+        self,
+        rows: MutableMapping[bytes, bytes],
+        outbox: Outbox,
+        metrics: Metrics,
+        partition_of: Callable[[bytes], int],
+    ) -> None:
+        self.rows = rows
+        self.outbox = outbox
+        self.metrics = metrics
+        self.partition_of = partition_of
+
+    def row(self, key: bytes) -> dict[str, Any]:
+        raw = self.rows.get(key)
+        return codec.loads(raw) if raw is not None else {}
+
+    def record(self, record: Inbound) -> None:
+        """Join one delivery event to its entry; a record not of ours is skipped."""
+        key = record.key or b""
+        try:
+            updated = apply(self.row(key) or None, codec.loads(record.value or b""))
+        except (ValueError, KeyError, TypeError):
+            log.warning("send log: skipped an unreadable event at %s", record.source)
+            return
+        if updated is not None:
+            self.rows[key] = codec.dumps(updated)
+
+    def own_keys(self, partition: int) -> list[bytes]:
+        return [key for key in list(self.rows.keys()) if self.partition_of(key) == partition]
+
+    async def command(self, record: Inbound) -> None:
+        try:
+            command = codec.loads(record.value or b"")
+            if command.get("k") == "q":
+                await self.answer(command, record.partition)
+            elif command.get("k") == "x":
+                self.sweep(str(command["cutoff"]), record.partition)
+        except Exception:  # the stream must go on
+            log.exception("send log: could not handle %s", record.source)
+
+    async def answer(self, command: dict[str, Any], partition: int) -> None:
+        query = Query.from_dict(command["q"])
+        entries = (
+            entry
+            for key in self.own_keys(partition)
+            for entry in self.row(key).get("entries", {}).values()
+        )
+        found, more = page(entries, query)
+        result = {"id": command["id"], "status": 200, "body": {"items": found, "more": more}}
+        while len(value := codec.dumps(result)) > MAX_ANSWER_BYTES and found:
+            found = found[: len(found) // 2]  # the newest half: ``merge`` bounds the page by it
+            result["body"] = {"items": found, "more": True}
+        await self.outbox.send(Route.TEMPLATE_RESULTS, None, value, [])
+
+    def sweep(self, cutoff: str, partition: int) -> None:
+        for key in self.own_keys(partition):
+            row = self.row(key)
+            kept = sweep(row, cutoff)
+            before = len(row.get("entries", {}))
+            if kept is None:
+                del self.rows[key]
+            elif kept != row:
+                self.rows[key] = codec.dumps(kept)
+            self.metrics.send_log_swept.inc(before - len((kept or {}).get("entries", {})))

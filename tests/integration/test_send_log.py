@@ -1,0 +1,87 @@
+"""The send log across workers: what one worker sent, the other answers for."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from devtools.support import SEED_MAIL, Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from tests.conftest import SmtpSink
+from tests.integration.test_scaling import ready_restarting_on_stall
+
+pytestmark = pytest.mark.integration
+
+CODE = re.compile(r"<p>(\d{6})</p>")
+
+
+async def query(api: Api, params: str) -> dict:
+    status, body = await api.call("GET", f"/api/notifications?{params}")
+    assert status == 200, body
+    return body
+
+
+async def test_any_worker_answers_for_every_send(
+    kafka_bootstrap: str, smtp_sink: SmtpSink, tmp_path: Path
+):
+    suffix = unique("log")
+    topics = topic_env(suffix)
+    env = worker_env(kafka_bootstrap, suffix, smtp_sink.port, TOPIC_PARTITIONS="4")
+    workers = [
+        Worker(env=env, data_dir=tmp_path / n / "data", log_path=tmp_path / n / "w.log").start()
+        for n in ("w0", "w1")
+    ]
+    restarts: list[Worker] = []
+    try:
+        await asyncio.gather(*(ready_restarting_on_stall(w, restarts) for w in workers))
+        status, body = await Api(workers[0].url).call("POST", "/api/template", SEED_MAIL)
+        assert status == 201, body
+        people = [f"log.person{n}@example.com" for n in range(6)]
+        async with (
+            Kafka(kafka_bootstrap) as kafka,
+            Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
+            Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+        ):
+            for n, person in enumerate(people):
+                request = {
+                    "processInstanceId": 500 + n,
+                    "templateName": "otpMail",
+                    "channel": "MAIL",
+                    "recipient": person,
+                    "clientId": f"log-client-{n}",
+                }
+                await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], request)
+            await gen_out.wait_for(lambda v: v["processInstanceId"] >= 500, count=len(people))
+            code = CODE.search(
+                smtp_sink.to(people[0])[0].get_body(preferencelist=("html",)).get_content()
+            )[1]
+            validate = {"processInstanceId": 600, "clientId": "log-client-0", "channel": "MAIL"}
+            await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": code})
+            await val_out.wait_for(lambda v: v["processInstanceId"] == 600)
+
+        for worker in workers:  # each worker answers for every send, whichever handled it
+            api = Api(worker.url)
+            entry = None
+            for _ in range(100):  # the log follows the events topic: moments behind
+                [entry] = (await query(api, f"receiver={people[0]}"))["items"][:1] or [None]
+                if entry and entry["status"] == "validated":
+                    break
+                await asyncio.sleep(0.2)
+            assert entry and [e["type"] for e in entry["events"]] == ["otp.sent", "otp.validated"]
+            assert entry["clientId"] == "log-client-0" and entry["processInstanceId"] == 500
+            [by_pid] = (await query(api, "processInstanceId=503"))["items"]
+            assert by_pid["receiver"] == people[3]
+            page = await query(api, "templateName=otpMail&limit=4")
+            assert len(page["items"]) == 4 and page["next"]
+            rest = await query(api, f"templateName=otpMail&limit=4&cursor={page['next']}")
+            ids = [e["id"] for e in page["items"] + rest["items"]]
+            assert len(ids) == len(set(ids)) == len(people) and rest["next"] is None
+        status, body = await Api(workers[1].url).call("GET", "/api/notifications?limit=9999")
+        assert status == 400 and body["details"][0]["field"] == "limit"
+        status, _ = await Api(workers[1].url, token="nope").call("GET", "/api/notifications")
+        assert status == 401
+    finally:
+        for w in workers:
+            w.kill()

@@ -1,0 +1,142 @@
+"""The send log's rules: joining events to entries, queries, pages across partitions, retention."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app import codec
+from app.flows import Inbound, Route
+from app.flows.sendlog import (
+    QueryError,
+    SendLog,
+    apply,
+    encode_cursor,
+    merge,
+    page,
+    parse_query,
+)
+from app.metrics import Metrics
+from tests.fakes.flows import Outbox
+
+
+def event(n: int, entry: str, receiver: str = "a@x.example", **fields: Any) -> dict[str, Any]:
+    return {
+        "eventId": f"e{n}",
+        "type": fields.pop("type", "otp.sent"),
+        "at": f"2026-12-01T10:00:{n:02d}.000Z",
+        "entryId": entry,
+        "receiver": receiver,
+        "channel": "MAIL",
+        "clientId": fields.pop("clientId", "c1"),
+        "processInstanceId": fields.pop("processInstanceId", 7),
+        "templateName": "otpMail",
+        **fields,
+    }
+
+
+def test_events_join_their_entry_in_order_and_once():
+    row = apply(None, event(1, "s1"))
+    row = apply(row, event(2, "s1", type="otp.attempt_failed", status="invalid"))
+    assert apply(row, event(2, "s1", type="otp.attempt_failed")) is None  # redelivered
+    row = apply(row, event(3, "s1", type="otp.validated"))
+    [entry] = row["entries"].values()
+    assert [e["type"] for e in entry["events"]] == [
+        "otp.sent",
+        "otp.attempt_failed",
+        "otp.validated",
+    ]
+    assert entry["status"] == "validated" and entry["at"] < entry["last"]
+    assert apply(row, {**event(4, ""), "entryId": None}) is None  # belongs to no send
+
+
+def entries(count: int) -> list[dict[str, Any]]:
+    row = None
+    for n in range(count):
+        row = apply(row, event(n, f"s{n}", clientId=f"c{n % 3}"))
+    return list(row["entries"].values())
+
+
+def test_queries_filter_and_page_newest_first():
+    all_ = entries(10)
+    found, more = page(all_, parse_query({"clientId": "c1", "limit": "2"}))
+    assert [e["id"] for e in found] == ["s7", "s4"] and more
+    cursor = encode_cursor(found[-1])
+    rest, more = page(all_, parse_query({"clientId": "c1", "limit": "2", "cursor": cursor}))
+    assert [e["id"] for e in rest] == ["s1"] and not more
+    since = parse_query({"since": "2026-12-01T10:00:08Z"})
+    assert [e["id"] for e in page(all_, since)[0]] == ["s9", "s8"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"color": "red"}, "color"),
+        ({"since": "yesterday"}, "since"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"cursor": "%%%"}, "cursor"),
+        ({"cursor": "WzFd"}, "cursor"),  # a valid encoding of [1]
+        ({"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "until"),
+        ({"receiver": ""}, "receiver"),
+    ],
+)
+def test_bad_queries_name_the_parameter(params: dict[str, str], field: str):
+    with pytest.raises(QueryError) as err:
+        parse_query(params)
+    assert err.value.field == field
+
+
+@given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=5))
+def test_any_query_string_parses_or_names_a_parameter(params: dict[str, str]):
+    try:
+        parse_query(params)
+    except QueryError as exc:
+        assert exc.field in params
+
+
+@given(
+    st.lists(st.integers(0, 59), unique=True, max_size=30),
+    st.integers(1, 4),
+    st.integers(1, 7),
+)
+def test_pages_merged_across_partitions_walk_every_entry_once(times, partitions, limit):
+    everything = [apply(None, event(t, f"s{t}"))["entries"][f"s{t}"] for t in times]
+    shards = [
+        [e for i, e in enumerate(everything) if i % partitions == p] for p in range(partitions)
+    ]
+    seen: list[str] = []
+    params: dict[str, str] = {"limit": str(limit)}
+    for _ in range(len(times) + 2):
+        query = parse_query(params)
+        items, last = merge((page(shard, query) for shard in shards), limit)
+        seen += [e["id"] for e in items]
+        if last is None:
+            break
+        params["cursor"] = encode_cursor(last)
+    expected = [e["id"] for e in sorted(everything, key=lambda e: e["last"], reverse=True)]
+    assert seen == expected
+
+
+def test_the_store_answers_its_partition_and_sweeps_old_entries():
+    rows: dict[bytes, bytes] = {}
+    outbox = Outbox()
+    log = SendLog(rows, outbox, Metrics(), lambda key: 0 if key == b"a@x.example" else 1)
+    for n, receiver in ((1, "a@x.example"), (2, "b@x.example"), (40, "a@x.example")):
+        value = codec.dumps(event(n, f"s{n}", receiver))
+        log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
+    log.record(Inbound("events", 0, 99, b"x", b"not json", [], None))  # skipped
+    query = {"k": "q", "id": "r1", "q": parse_query({}).to_dict()}
+    asyncio.run(log.command(Inbound("log-queries", 0, 1, None, codec.dumps(query), [], None)))
+    [answer] = outbox.on(Route.TEMPLATE_RESULTS)
+    assert [e["id"] for e in answer["body"]["items"]] == ["s40", "s1"]
+    sweep = {"k": "x", "cutoff": "2026-12-01T10:00:30.000Z"}
+    for partition in (0, 1):
+        asyncio.run(log.command(Inbound("q", partition, 2, None, codec.dumps(sweep), [], None)))
+    assert list(rows) == [b"a@x.example"]
+    assert list(codec.loads(rows[b"a@x.example"])["entries"]) == ["s40"]

@@ -1,0 +1,73 @@
+"""``GET /api/notifications``: the send log, queried from any worker (``app.flows.sendlog``).
+
+A query by receiver asks the one partition that receiver hashes to; any other asks every
+partition of ``<APP_ID>-log-queries`` and merges their pages, newest first, with a cursor for the
+next page. Unknown parameters, bad times, a limit out of range or a cursor this service did not
+give out are ``400`` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import faust
+from aiohttp import web
+
+from agents.sendlog import partition_of
+from app import codec
+from app.flows import sendlog
+from web.errors import ApiError, json_response
+from web.http import guard
+
+if TYPE_CHECKING:
+    from app.main import Context
+
+
+class NotificationLog:
+    def __init__(self, ctx: Context) -> None:
+        self.settings = ctx.settings
+        self.cache = ctx.cache
+        self.queries = ctx.topics.log_queries
+
+    async def query(self, request: web.Request) -> dict[str, Any]:
+        await guard(request, self.settings, self.cache)
+        try:
+            query = sendlog.parse_query(request.query)
+        except sendlog.QueryError as exc:
+            raise ApiError(
+                400, "invalid query", [{"field": exc.field, "message": exc.reason}]
+            ) from None
+        partitions = self.settings.topic_partitions
+        asked = (
+            [partition_of(query.receiver.encode(), partitions)]
+            if query.receiver
+            else list(range(partitions))
+        )
+        base = uuid4().hex
+        answers = {p: self.cache.expect(f"{base}:{p}") for p in asked}
+        try:
+            for p in asked:
+                command = {"k": "q", "id": f"{base}:{p}", "q": query.to_dict()}
+                await self.queries.send(value=codec.dumps(command), partition=p)
+            results = await asyncio.wait_for(
+                asyncio.gather(*answers.values()), timeout=self.settings.api_write_timeout_seconds
+            )
+        except TimeoutError:
+            raise ApiError(503, "the send log did not answer in time; retry") from None
+        finally:
+            for p in asked:
+                self.cache.forget(f"{base}:{p}")
+        pages = ((r["body"]["items"], r["body"]["more"]) for r in results)
+        items, last = sendlog.merge(pages, query.limit)
+        return {"items": items, "next": sendlog.encode_cursor(last) if last else None}
+
+
+def register(ctx: Context) -> None:
+    app, log = ctx.app, NotificationLog(ctx)
+
+    @app.page("/api/notifications", name="notification_log")
+    class Notifications(faust.web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return json_response(await log.query(request))
