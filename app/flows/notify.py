@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 EXPIRE = "x"
 # Requests whose attachments are in memory at once: each may hold ATTACHMENT_MAX_BYTES (base64).
 ATTACHMENT_REQUESTS_IN_FLIGHT = 4
+# Receivers of one request sent to at once: a request to 50 must not take every provider slot
+# (whose waits count against each send's DELIVERY_TIMEOUT_SECONDS) from the other requests.
+RECEIVERS_IN_FLIGHT = 4
 
 
 class AttachmentSource(Protocol):
@@ -97,6 +101,7 @@ class State:
     error: str | None = None
     forwarded: bool = False
     done: bool = False
+    digest: str = ""  # of the request, so a reused offset is not taken for a redelivery
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> State:
@@ -130,10 +135,15 @@ class NotifyReplies:
         self.metrics.requests.labels(self.limits.notify_in, outcome).inc()
         if isinstance(received_at, int | float) and received_at > 0:
             self.metrics.latency.labels("notify").observe(max(0.0, self.clock() - received_at))
+        results = body["results"]
+        if outcome in ("partial", "failed"):  # the summary names receivers: counts only
+            detail = f": {sum(not r['sent'] for r in results)} of {len(results)} not reached"
+        else:
+            detail = f": {body['error']}" if body["error"] else ""
         log.info(
             "notification %s%s",
             outcome,
-            f": {body['error']}" if body["error"] else "",
+            detail,
             extra=request_context(body["processInstanceId"], body["identifier"]),
         )
 
@@ -283,7 +293,11 @@ class NotifySender:
                 del self.rows[key]
             return
         req = NotifyRequest(**command["r"])
-        state = self.load(key) or State(created=self.clock())
+        digest = request_digest(command["r"])
+        state = self.load(key)
+        if state is None or (state.digest and state.digest != digest):
+            # No row, or one of another request at the same offset (a recreated topic): new.
+            state = State(created=self.clock(), digest=digest)
         if not state.done:
             await self.run(key, req, state, record.headers)
         await self.reply(req, state, record.headers, command.get("ts"))
@@ -293,15 +307,14 @@ class NotifySender:
         """Take ``state`` to done: refused, forwarded, or each receiver sent to (or failed)."""
         plan = self.plan(req)
         if isinstance(plan, str):
-            state.error, state.done = plan, True
-            self.save(key, state)
-            await self._failed(key, req, state)
+            await self._refuse_rest(key, req, state, plan)
             return
         state.channel, state.language = plan.channel, plan.language
         rendered = self.render(req, plan)
         if isinstance(rendered, str):
-            state.error, state.done = rendered, True
-        elif plan.forward:
+            await self._refuse_rest(key, req, state, rendered)
+            return
+        if plan.forward:
             state.error = await self.forward(req, plan, rendered, headers)
             state.forwarded = state.error is None
             state.done = True
@@ -312,6 +325,24 @@ class NotifySender:
             for receiver in plan.receivers:
                 await self._event(ev.NOTIFICATION_FORWARDED, key, req, state, receiver, None)
         elif state.error is not None and not state.results:
+            await self._failed(key, req, state)
+
+    async def _refuse_rest(
+        self, key: bytes, req: NotifyRequest, state: State, refusal: str
+    ) -> None:
+        """Refuse what is left of a request. A fresh one is refused as a whole; one a crash cut
+        short (some receivers already sent to, before a template was deactivated or an
+        attachment removed) keeps what was done and fails only the receivers left."""
+        if state.results:
+            for receiver in req.receivers:
+                if receiver not in state.results:
+                    state.results[receiver] = [False, refusal]
+                    await self._event(ev.NOTIFICATION_FAILED, key, req, state, receiver, refusal)
+        else:
+            state.error = refusal
+        state.done = True
+        self.save(key, state)
+        if state.error is not None:
             await self._failed(key, req, state)
 
     async def _failed(self, key: bytes, req: NotifyRequest, state: State) -> None:
@@ -466,7 +497,7 @@ class NotifySender:
         async with slot:
             attachments = await self.fetch_attachments(req)
             if isinstance(attachments, str):
-                state.error, state.done = attachments, True
+                await self._refuse_rest(key, req, state, attachments)
                 return
             notification = Notification(
                 channel=plan.channel,
@@ -482,8 +513,11 @@ class NotifySender:
                 from_name=req.sender_name if plan.channel == "MAIL" else None,
             )
 
+            lanes = asyncio.Semaphore(RECEIVERS_IN_FLIGHT)
+
             async def one(receiver: str) -> None:
-                error, message_id = await self._send(notification, receiver)
+                async with lanes:
+                    error, message_id = await self._send(notification, receiver)
                 state.results[receiver] = [error is None, error]
                 self.save(key, state)
                 event_type = ev.NOTIFICATION_SENT if error is None else ev.NOTIFICATION_FAILED
@@ -504,6 +538,10 @@ class NotifySender:
         except DeliveryError as exc:
             self.metrics.sends.labels(notification.channel, "failed").inc()
             return str(exc), None
+        except Exception:  # a provider's client bug must fail this receiver, not the request
+            log.exception("unexpected failure sending a %s notification", notification.channel)
+            self.metrics.sends.labels(notification.channel, "failed").inc()
+            return INTERNAL_ERROR, None
         self.metrics.sends.labels(notification.channel, "delivered").inc()
         return None, message_id
 
@@ -582,6 +620,10 @@ class NotifySender:
 
     def expired_keys(self) -> list[bytes]:
         return expired_keys(self.rows, State.from_dict, self.expired)
+
+
+def request_digest(request: dict[str, Any]) -> str:
+    return hashlib.sha256(codec.dumps(request)).hexdigest()[:16]
 
 
 def _outcome(state: State, results: list[dict[str, Any]], failed: list[Any]) -> str:

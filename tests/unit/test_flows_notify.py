@@ -467,3 +467,61 @@ def test_any_request_is_answered_or_dead_lettered(body: Any, fields: dict[str, A
     request = {**WELCOME, **fields} if isinstance(body, dict) else body
     reply = run(svc.send(codec.dumps(request)))
     assert reply is None or isinstance(reply["error"], str | None)
+
+
+# -- what a review found -----------------------------------------------------------------------
+
+
+def test_a_provider_bug_fails_that_receiver_and_the_request_still_finishes(svc: Service):
+    original = svc.mail.send
+
+    async def send(notification: Any) -> Any:
+        if notification.recipient == "b@x.example":
+            raise RuntimeError("client bug")
+        return await original(notification)
+
+    svc.mail.send = send  # type: ignore[method-assign]
+    reply = run(svc.send({**WELCOME, "receivers": ["a@x.example", "b@x.example"]}))
+    assert [(r["receiver"], r["sent"]) for r in reply["results"]] == [
+        ("a@x.example", True),
+        ("b@x.example", False),
+    ]
+    [state] = svc.rows.values()
+    assert codec.loads(state)["done"] is True
+
+
+def test_a_request_cut_short_then_refused_keeps_what_was_sent(svc: Service):
+    svc.mail.refused["b@x.example"] = "boom"
+    run(svc.send({**WELCOME, "receivers": ["a@x.example", "b@x.example"]}))
+    [key] = svc.rows
+    state = codec.loads(svc.rows[key])
+    del state["results"]["b@x.example"]
+    state["done"] = False
+    svc.rows[key] = codec.dumps(state)
+    svc.templates.entries[("welcomeLetter", "en")].data["active"] = False
+    before = len(svc.events)
+    reply = run(svc.play(svc.commands[-1]))
+    assert reply["results"][0] == {"receiver": "a@x.example", "sent": True, "error": None}
+    assert reply["results"][1]["sent"] is False
+    assert reply["results"][1]["error"] == "template 'welcomeLetter' is inactive"
+    failed = [e["receiver"] for e in svc.events[before:] if e["type"] == "notification.failed"]
+    assert failed == ["b@x.example"]  # and no "failed" for a, who got it
+
+
+def test_another_request_at_a_reused_offset_is_not_a_redelivery(svc: Service):
+    run(svc.send({**WELCOME, "receivers": ["a@x.example"]}))
+    hop = svc.commands[-1]
+    other = codec.loads(hop.value)
+    other["r"]["receivers"] = ["z@y.example"]
+    reply = run(svc.play(Inbound(hop.topic, 0, hop.offset, hop.key, codec.dumps(other), [], None)))
+    assert [r["receiver"] for r in reply["results"]] == ["z@y.example"]
+    assert [m.recipient for m in svc.mail.sent] == ["a@x.example", "z@y.example"]
+
+
+def test_logs_count_unreached_receivers_without_naming_them(
+    svc: Service, caplog: pytest.LogCaptureFixture
+):
+    svc.mail.refused["bob.private@x.example"] = "refused"
+    with caplog.at_level("INFO"):
+        run(svc.send({**WELCOME, "receivers": ["a@x.example", "bob.private@x.example"]}))
+    assert "bob.private" not in caplog.text and "1 of 2 not reached" in caplog.text
