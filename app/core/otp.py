@@ -112,6 +112,10 @@ class OtpRecord:
     transaction: str = ""
     # Where the code went, so the validate's and the expiry's delivery events can name it.
     receiver: str = ""
+    # What each recent request's reply said besides its outcome ("expiresAt", tries left), by
+    # source, so a redelivery answers the same. Apart from ``history`` (whose entries keep
+    # their old form): a worker of the previous release reads these rows unchanged.
+    facts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         """Short keys: this is written to RocksDB and the changelog once per request."""
@@ -127,6 +131,7 @@ class OtpRecord:
             "h": [list(item) for item in self.history],
             **({"t": self.transaction} if self.transaction else {}),
             **({"r": self.receiver} if self.receiver else {}),
+            **({"f": [list(item) for item in self.facts]} if self.facts else {}),
         }
 
     @classmethod
@@ -143,6 +148,7 @@ class OtpRecord:
             history=tuple((str(src), str(outcome)) for src, outcome in data.get("h", ())),
             transaction=str(data.get("t", "")),
             receiver=str(data.get("r", "")),
+            facts=tuple((str(src), str(facts)) for src, facts in data.get("f", ())),
         )
 
 
@@ -217,30 +223,36 @@ def issue(
         issued_at=now,
         expires_at=now + policy.ttl_seconds,
         sends=(*recent_sends(previous, policy, now), now),
-        history=_remember(previous, source, sent_outcome(now + policy.ttl_seconds)),
+        history=_remember(previous, source, SENT),
+        facts=_with_facts(previous, source, repr(now + policy.ttl_seconds)),
         receiver=receiver,
     )
     return code, record
 
 
-def sent_outcome(expires_at: float) -> str:
-    """The history entry of a delivered code: it keeps the expiry the first reply named, so a
-    redelivered generate answers with the same ``expiresAt`` even after a newer code."""
-    return f"{SENT}@{expires_at!r}"
+def _with_facts(
+    record: OtpRecord | None, source: str | None, facts: str
+) -> tuple[tuple[str, str], ...]:
+    """``record``'s facts with this request's added (same bound as the history)."""
+    kept = record.facts if record is not None else ()
+    if source is None:
+        return kept
+    return (*kept, (source, facts))[-HISTORY_SIZE:]
 
 
-def sent_expiry(outcome: str | None) -> float | None:
-    """The expiry a ``sent`` entry recorded (None for entries written before it was kept)."""
-    if not outcome or not outcome.startswith(SENT + "@"):
+def _facts(record: OtpRecord | None, source: str | None) -> str | None:
+    if record is None or source is None:
         return None
+    return next((facts for src, facts in record.facts if src == source), None)
+
+
+def sent_expiry(record: OtpRecord | None, source: str | None) -> float | None:
+    """The expiry the generate from ``source`` replied with, so a redelivery answers the same
+    ``expiresAt`` even after a newer code (None for rows written before facts were kept)."""
     try:
-        return float(outcome[len(SENT) + 1 :])
+        return float(_facts(record, source) or "")
     except ValueError:
         return None
-
-
-def was_sent(outcome: str | None) -> bool:
-    return outcome == SENT or sent_expiry(outcome) is not None
 
 
 @dataclass(frozen=True)
@@ -251,22 +263,19 @@ class ValidateFacts:
     expires_at: float | None
 
 
-def _validate_outcome(
-    outcome: Outcome, record: OtpRecord | None, policy: OtpPolicy, now: float
-) -> str:
-    """``outcome#remaining#expiry``: the facts of the reply, kept for a redelivery."""
+def _validate_facts(record: OtpRecord | None, policy: OtpPolicy, now: float) -> str:
+    """``remaining#expiry`` of a validate's reply: no tries are left once the code is not
+    pending, and the expiry is shown only while the code lives."""
     if record is None or not record.digest:
-        return outcome.value
-    remaining = max(0, policy.max_attempts - record.attempts)
+        return "#"
     live = record.status is Status.PENDING and now < record.expires_at
-    expiry = repr(record.expires_at) if live else ""
-    return f"{outcome.value}#{remaining}#{expiry}"
+    remaining = max(0, policy.max_attempts - record.attempts) if live else 0
+    return f"{remaining}#{repr(record.expires_at) if live else ''}"
 
 
 def validate_facts(record: OtpRecord | None, source: str | None) -> ValidateFacts:
-    """The facts recorded for the validate from ``source`` (see :func:`_validate_outcome`)."""
-    _, _, facts = (replayed(record, source) or "").partition("#")
-    remaining, _, expiry = facts.partition("#")
+    """The facts recorded for the validate from ``source``."""
+    remaining, _, expiry = (_facts(record, source) or "#").partition("#")
     try:
         return ValidateFacts(
             int(remaining) if remaining else None, float(expiry) if expiry else None
@@ -330,12 +339,14 @@ def verify(
     the first time and changes nothing, so a ``true`` never turns into ``false`` and a wrong
     guess is never counted twice.
     """
-    earlier = (replayed(record, source) or "").partition("#")[0]
+    earlier = replayed(record, source)
     if earlier in _OUTCOMES:
         return Outcome(earlier), record
     outcome, updated = _verify(policy, secret, record, identifier, channel, code, now, transaction)
     if source is not None:
-        updated = remember(updated, source, _validate_outcome(outcome, updated, policy, now), now)
+        updated = remember(updated, source, outcome.value, now)
+        facts = _with_facts(updated, source, _validate_facts(updated, policy, now))
+        updated = replace(updated, facts=facts)
     return outcome, updated
 
 

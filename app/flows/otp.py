@@ -426,8 +426,8 @@ class OtpProcessor:
         earlier = otp.replayed(previous, call.source)
         if earlier is not None:
             # Redelivered (a crash, a rebalance): answer exactly as the first time.
-            sent = otp.was_sent(earlier)
-            await self._answer(call, req, sent, otp.refused(earlier), otp.sent_expiry(earlier))
+            expiry = otp.sent_expiry(previous, call.source)
+            await self._answer(call, req, earlier == otp.SENT, otp.refused(earlier), expiry)
             return
         now = self.clock()
         refusal = self.checks.refusal(req)

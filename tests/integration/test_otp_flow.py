@@ -122,8 +122,8 @@ async def test_generate_mail_then_validate(
             "channel": "MAIL",
             "otpValid": True,
             "error": None,
-            "attemptsRemaining": 5,
-            "expiresAt": None,  # used: the code no longer lives
+            "attemptsRemaining": 0,  # used: no tries left, the code no longer lives
+            "expiresAt": None,
         }
         assert dict(ok.headers) == dict(headers)
         await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], validate)

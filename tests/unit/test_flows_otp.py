@@ -352,8 +352,8 @@ def test_validate_right_code_once(svc: Service):
         "channel": "MAIL",
         "otpValid": True,
         "error": None,
-        "attemptsRemaining": 3,
-        "expiresAt": None,  # consumed: the code no longer lives
+        "attemptsRemaining": 0,  # consumed: no tries left, the code no longer lives
+        "expiresAt": None,
     }
     assert run(svc.validate(code))["error"] == "code already used"
 
