@@ -13,6 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from email.utils import encode_rfc2231
 from typing import Any
 
 from app import codec
@@ -367,6 +368,7 @@ def validate_reply(
 
 # -- send notification ------------------------------------------------------------------------
 MAX_ATTACHMENTS = 20
+MAX_ENCODED_FILENAME = 900
 _FILENAME_FORBIDDEN = frozenset('/\\"\r\n\0')
 
 
@@ -455,6 +457,9 @@ def _attachments(data: dict[str, Any], pid: Any) -> list[dict[str, str]] | None:
             raise RequestError(
                 f"{field}.filename", 'must not contain / \\ " or control characters', pid
             )
+        if len(encode_rfc2231(filename.strip(), "utf-8")) > MAX_ENCODED_FILENAME:
+            # A mail header line may not exceed 998 characters (RFC 5322), encoded.
+            raise RequestError(f"{field}.filename", "is too long once encoded for a mail", pid)
         if not isinstance(path, str) or not path.strip() or len(path) > 1024:
             raise RequestError(f"{field}.path", "is required: <bucket>/<key>", pid)
         out.append({"filename": filename.strip(), "path": path.strip()})

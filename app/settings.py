@@ -598,7 +598,7 @@ class Settings:
     )
     notify_replay_seconds: int = setting(
         "NOTIFY_REPLAY_SECONDS",
-        "86400",
+        "3600",
         _int(60, 30 * 86400),
         "how long a handled notification is remembered, so a redelivery sends nothing again",
     )

@@ -302,6 +302,7 @@ class ReceiverCounter:
         limits: OtpLimits,
         metrics: Metrics,
         clock: Clock,
+        events: Events,
     ) -> None:
         self.rows = rows
         self.outbox = outbox
@@ -310,6 +311,7 @@ class ReceiverCounter:
         self.limits = limits
         self.metrics = metrics
         self.clock = clock
+        self.events = events
 
     def load(self, key: bytes) -> ReceiverQuota | None:
         raw = self.rows.get(key)
@@ -347,6 +349,21 @@ class ReceiverCounter:
             )
             return
         self.metrics.fraud_refusals.labels("receiver_limit").inc()
+        if updated != quota:  # the first refusal; a redelivery's event was written then
+            source = command_source(command)
+            await self.events.emit(
+                ev.OTP_SEND_REFUSED,
+                source,
+                request.recipient,
+                entryId=ev.entry_id("otp", request.key, source),
+                processInstanceId=request.process_instance_id,
+                clientId=request.client_id,
+                templateName=request.template_name,
+                language=request.language,
+                channel=request.channel,
+                status="refused",
+                error=refusal,
+            )
         fields = (request.process_instance_id, request.client_id, request.channel)
         await self.replies.error(
             GENERATE, fields, refusal, record.headers, command.get("ts"), "not_sent"
@@ -718,7 +735,7 @@ class OtpFlows:
             ingest_generate=ingest(GENERATE),
             ingest_validate=ingest(VALIDATE),
             receivers=ReceiverCounter(
-                receiver_rows, outbox, replies, dead_letters, limits, metrics, clock
+                receiver_rows, outbox, replies, dead_letters, limits, metrics, clock, events
             ),
             processor=OtpProcessor(
                 otps,

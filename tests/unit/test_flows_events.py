@@ -113,3 +113,19 @@ def test_event_ids_are_the_step_and_nothing_else():
     ids = {event_id(s, t, r) for s in ("t/0/1", "t/0/2") for t in TYPES for r in ("a", "b")}
     assert len(ids) == 2 * len(TYPES) * 2
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_the_per_receiver_limit_refusal_is_an_event_once():
+    svc = OtpService(max_sends_per_receiver=1)
+    run(svc.generate())
+    request = {
+        "processInstanceId": 9,
+        "templateName": "otpMail",
+        "channel": "MAIL",
+        "recipient": "ann@example.com",
+        "clientId": "c9",
+    }
+    assert run(svc.run("g", request, offset=700))["otpSent"] is False
+    run(svc.run("g", request, offset=700))  # redelivered
+    refusals = [e for _, e in events(svc.outbox) if e["type"] == "otp.send_refused"]
+    assert len(refusals) == 1 and refusals[0]["error"].startswith("too many codes sent to this")
