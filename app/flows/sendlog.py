@@ -265,11 +265,9 @@ class SendLog:
 
     async def answer(self, command: dict[str, Any], partition: int) -> None:
         query = Query.from_dict(command["q"])
-        entries = (
-            entry
-            for key in self.own_keys(partition)
-            for entry in self.row(key).get("entries", {}).values()
-        )
+        # By receiver: that one row; otherwise every row of this partition.
+        keys = [query.receiver.encode()] if query.receiver else self.own_keys(partition)
+        entries = (entry for key in keys for entry in self.row(key).get("entries", {}).values())
         found, more = page(entries, query)
         result = {"id": command["id"], "status": 200, "body": {"items": found, "more": more}}
         while len(value := codec.dumps(result)) > MAX_ANSWER_BYTES and found:
