@@ -45,6 +45,21 @@ class TopicOutbox:
 Admit = Callable[[Any], Awaitable[Claim | None]]
 
 
+def survive(sweep: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer body that logs its failure instead of raising: Faust stops the whole worker
+    when a timer raises, and a sweep that fails (the broker away a moment) can wait for the
+    next interval."""
+
+    async def run() -> None:
+        try:
+            await sweep()
+        except Exception:
+            log.exception("%s failed; trying again at the next interval", sweep.__name__)
+
+    run.__name__ = run.__qualname__ = sweep.__name__
+    return run
+
+
 async def for_each_event(
     stream: Any, admit: Admit, handle: Callable[[Any], Awaitable[None]]
 ) -> None:

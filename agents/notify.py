@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agents import for_each_event, inbound
+from agents import for_each_event, inbound, survive
 from app.flows.notify import EXPIRE_COMMAND
 from app.flows.receipts import EXPIRE_COMMAND as RECEIPTS_EXPIRE
 
@@ -42,6 +42,7 @@ def register_notifications(ctx: Context) -> None:
             )
 
     @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_notifications")
+    @survive
     async def sweep_notifications() -> None:
         for key in flows.sender.expired_keys():
             await topics.notify_commands.send(key=key, value=EXPIRE_COMMAND)
@@ -55,6 +56,7 @@ def register_receipts(ctx: Context) -> None:
         await for_each_event(stream, app.consumer.admit, lambda e: receipts.handle(inbound(e)))
 
     @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_receipts")
+    @survive
     async def sweep_receipts() -> None:
         for key in receipts.expired_keys():
             await topics.message_commands.send(key=key, value=RECEIPTS_EXPIRE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agents import for_each_event, inbound
+from agents import for_each_event, inbound, survive
 from app.flows.otp import EXPIRE_COMMAND
 
 if TYPE_CHECKING:
@@ -63,11 +63,13 @@ def register_sweeps(ctx: Context) -> None:
     interval = ctx.settings.otp_sweep_interval_seconds
 
     @app.timer(interval=interval, name="sweep_expired_otps")
+    @survive
     async def sweep_expired_otps() -> None:
         for key in flows.processor.expired_keys():
             await topics.otp_commands.send(key=key, value=EXPIRE_COMMAND)
 
     @app.timer(interval=interval, name="sweep_receivers")
+    @survive
     async def sweep_receivers() -> None:
         for key in flows.receivers.expired_keys():
             await topics.receiver_commands.send(key=key, value=EXPIRE_COMMAND)

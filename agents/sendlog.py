@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.partitioner import murmur2
 
-from agents import inbound
+from agents import inbound, survive
 from app import codec
 from app.records import iso_utc
 
@@ -39,6 +39,7 @@ def register(ctx: Context) -> None:
             await send_log.command(inbound(event))
 
     @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_send_log")
+    @survive
     async def sweep_send_log() -> None:
         ctx.metrics.send_log_rows.set(len(send_log.rows))
         command = codec.dumps({"k": "x", "cutoff": iso_utc(time.time() - retention)})
