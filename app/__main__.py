@@ -26,11 +26,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from aiokafka.errors import KafkaError
 
-    from app.kafka_admin import ensure_topics
+    from app.kafka_admin import ensure_topics, partition_counts, partitions_refusal
     from app.main import create_app
-    from tables import topic_specs
+    from tables import internal_topics, topic_specs
 
     try:
+        counts = asyncio.run(
+            partition_counts(settings.kafka_bootstrap_servers, internal_topics(settings))
+        )
+        refusal = partitions_refusal(settings.topic_partitions, counts)
+        if refusal is not None:
+            print(f"configuration error: {refusal}", file=sys.stderr)
+            return 2
         asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topic_specs(settings)))
     except (KafkaError, OSError, TimeoutError) as exc:
         print(

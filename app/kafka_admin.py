@@ -66,3 +66,33 @@ async def ensure_topics(
     if missing:
         log.info("created topics: %s", ", ".join(s.name for s in missing))
     return [s.name for s in missing]
+
+
+async def partition_counts(bootstrap_servers: str, names: list[str]) -> dict[str, int]:
+    """How many partitions each existing topic of ``names`` has (missing ones are left out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {
+        str(topic["topic"]): len(topic["partitions"])
+        for topic in described
+        if topic.get("error_code") == 0 and topic.get("partitions")
+    }
+
+
+def partitions_refusal(expected: int, counts: dict[str, int]) -> str | None:
+    """Why a worker must not start: its ``TOPIC_PARTITIONS`` is not what the internal topics
+    (and so the live state's keys) were made with. Adding partitions would move keys: a code
+    issued before would no longer be found."""
+    wrong = sorted((name, n) for name, n in counts.items() if n != expected)
+    if not wrong:
+        return None
+    name, found = wrong[0]
+    return (
+        f"TOPIC_PARTITIONS={expected} but the internal topics have {found} partitions ({name}): "
+        f"start the workers with TOPIC_PARTITIONS={found}; changing it needs the state moved "
+        "first, which this release cannot do yet"
+    )

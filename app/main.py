@@ -164,7 +164,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         # tasks ack after handling) before partitions move and offsets are committed.
         stream_wait_empty=True,
         Worker=worker_class(settings.shutdown_timeout_seconds),
-        table_standby_replicas=0,
+        table_standby_replicas=settings.table_standby_replicas,
         logging_config=logging_config(
             settings.log_level,
             settings.log_format,

@@ -483,6 +483,13 @@ class Settings:
         _float(0.2, 3600),
         "how often expired entries are deleted",
     )
+    table_standby_replicas: int = setting(
+        "TABLE_STANDBY_REPLICAS",
+        "0",
+        _int(0, 8),
+        "standby copies of each table partition kept warm on other workers (faster failover, "
+        "more disk and changelog reads)",
+    )
     shutdown_timeout_seconds: float = setting(
         "SHUTDOWN_TIMEOUT_SECONDS",
         "30",

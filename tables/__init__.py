@@ -57,6 +57,20 @@ def template_results_topic(settings: Settings) -> str:
     return f"{settings.app_id}-template-results"
 
 
+def internal_topics(settings: Settings) -> list[str]:
+    """The topics whose partitions hold live state by key: the re-keyed commands and the tables'
+    changelogs. All must have ``TOPIC_PARTITIONS`` partitions."""
+    commands = [
+        otp_commands_topic(settings),
+        receiver_commands_topic(settings),
+        notify_commands_topic(settings),
+        message_commands_topic(settings),
+        log_queries_topic(settings),
+        template_commands_topic(settings),
+    ]
+    return [*commands, *(f"{settings.app_id}-{table}-changelog" for table in TABLES)]
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic a worker consumes, answers on or keeps its tables in, created when missing."""
     n, rf = settings.topic_partitions, settings.topic_replication_factor

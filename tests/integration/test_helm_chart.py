@@ -46,9 +46,8 @@ CUSTOM_ARGS = sets(
     "existingSecret=otp-secrets", "metrics.serviceMonitor.enabled=true", "replicaCount=3"
 )
 
-# Variables the chart sets that the settings object may not declare yet (Faust's
-# table_standby_replicas is fixed at 0 in app/main.py until it does).
-PENDING_SETTINGS = {"TABLE_STANDBY_REPLICAS"}
+# Variables the chart sets that the settings object does not declare (none left).
+PENDING_SETTINGS: set[str] = set()
 BY_NAME = {name: spec for spec in SPEC.values() for name in spec.names}
 SECRET_SPECS = [spec for spec in SPEC.values() if spec.secret]
 SECRET_VARIABLES = {name for spec in SECRET_SPECS for name in spec.names}
@@ -280,9 +279,8 @@ def test_replicas_resources_and_image_come_from_values(default_render: list[dict
 
 def test_table_standby_replicas_is_passed_to_the_workers():
     assert values()["tableStandbyReplicas"] == 0
-    spec = BY_NAME.get("TABLE_STANDBY_REPLICAS")
-    if spec is not None:  # once the settings object declares it, the defaults must agree
-        assert spec.parse(spec.default) == 0
+    spec = BY_NAME["TABLE_STANDBY_REPLICAS"]
+    assert spec.default is not None and spec.parse(spec.default) == 0
     objects = render(*sets("replicaCount=3", "tableStandbyReplicas=1"))
     assert plain_env(objects)["TABLE_STANDBY_REPLICAS"] == "1"
     assert "must be below replicaCount" in render_error(*sets("tableStandbyReplicas=2"))

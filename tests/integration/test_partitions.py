@@ -1,0 +1,32 @@
+"""A worker whose TOPIC_PARTITIONS differs from the internal topics' refuses to start."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from app.kafka_admin import ensure_topics, partitions_refusal
+from app.settings import Settings
+from devtools.support import config_refusal, unique, worker_env
+from tables import topic_specs
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_refusal_names_both_numbers():
+    line = partitions_refusal(8, {"a-otp-commands": 4, "a-otps-changelog": 4})
+    assert line is not None and "TOPIC_PARTITIONS=8" in line and "have 4 partitions" in line
+    assert partitions_refusal(4, {"a-otp-commands": 4}) is None
+    assert partitions_refusal(4, {}) is None  # a fresh cluster: nothing to disagree with
+
+
+async def test_a_mismatched_worker_refuses_to_start(kafka_bootstrap: str, tmp_path):
+    env = worker_env(kafka_bootstrap, unique("parts"), 2525, TOPIC_PARTITIONS="4")
+    settings = Settings.from_env(env)
+    await ensure_topics(kafka_bootstrap, topic_specs(settings))
+    line = config_refusal(
+        {**os.environ, **env, "TOPIC_PARTITIONS": "8", "DATA_DIR": str(tmp_path)}, timeout=60
+    )
+    assert line.startswith("configuration error: TOPIC_PARTITIONS=8 but the internal topics have")
+    assert "4 partitions" in line and "TOPIC_PARTITIONS=4" in line
