@@ -58,9 +58,11 @@ def template_results_topic(settings: Settings) -> str:
 
 
 def internal_topics(settings: Settings) -> list[str]:
-    """The topics whose partitions hold live state by key: the re-keyed commands and the tables'
-    changelogs. All must have ``TOPIC_PARTITIONS`` partitions."""
+    """The topics whose partitions hold live state by key: the re-keyed commands, the events
+    (``send_log`` is built per partition from them) and the tables' changelogs. All must have
+    ``TOPIC_PARTITIONS`` partitions."""
     commands = [
+        settings.topic_events,
         otp_commands_topic(settings),
         receiver_commands_topic(settings),
         notify_commands_topic(settings),
