@@ -73,7 +73,11 @@ async def partition_counts(bootstrap_servers: str, names: list[str]) -> dict[str
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        described = await admin.describe_topics(names)
+        # Only topics that exist: a metadata request naming a missing one makes a broker with
+        # auto.create.topics.enable create it, with the broker's default partition count.
+        existing = set(await admin.list_topics())
+        wanted = [name for name in names if name in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
     finally:
         await admin.close()
     return {

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from app.kafka_admin import ensure_topics, partitions_refusal
+from app.kafka_admin import ensure_topics, partition_counts, partitions_refusal
 from app.settings import Settings
 from devtools.support import config_refusal, unique, worker_env
 from tables import topic_specs
@@ -30,3 +30,11 @@ async def test_a_mismatched_worker_refuses_to_start(kafka_bootstrap: str, tmp_pa
     )
     assert line.startswith("configuration error: TOPIC_PARTITIONS=8 but the internal topics have")
     assert "4 partitions" in line and "TOPIC_PARTITIONS=4" in line
+
+
+async def test_looking_creates_no_topic(kafka_bootstrap: str):
+    """The broker auto-creates topics a metadata request names: the check must not name any
+    that is missing, or they would exist with the broker's default partition count."""
+    names = [f"{unique('absent')}-otp-commands"]
+    assert await partition_counts(kafka_bootstrap, names) == {}
+    assert await partition_counts(kafka_bootstrap, names) == {}
