@@ -114,10 +114,12 @@ async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap:
     finally:
         await producer.stop()
     produced = time.perf_counter() - started
-    last_key, last = batch[-1]
-    while True:  # the log has caught up when the newest entry is there
-        _, body = await timed(api, f"processInstanceId={last['processInstanceId']}")
-        if body["items"]:
+    _, last = batch[-1]
+    while True:  # the log has caught up when the newest entry is there (503s until then)
+        status, body = await api.call(
+            "GET", f"/api/notifications?receiver={last['receiver']}&limit=500"
+        )
+        if status == 200 and any(e["id"] == last["entryId"] for e in body["items"]):
             break
         await asyncio.sleep(1)
     caught_up = time.perf_counter() - started
