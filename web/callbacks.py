@@ -11,11 +11,9 @@ message's owner applied it (``204``), so Twilio retries a report that was not ta
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
-from uuid import uuid4
 
 import faust
 from aiohttp import web
@@ -23,6 +21,7 @@ from aiohttp import web
 from app.channels.twilio import TWILIO_CALLBACK_PATH
 from app.flows.receipts import TWILIO_STATUSES, signature_ok, update_command
 from web.errors import ApiError
+from web.http import ask
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -80,17 +79,17 @@ class TwilioCallbacks:
     async def apply(self, sid: str, status: str, code: str | None) -> web.Response:
         if not self.cache.ready.is_set():  # its consumer reads the answer: not yet positioned
             raise ApiError(503, "the service is still loading; retry")
-        request_id = uuid4().hex
-        answer = self.cache.expect(request_id)
-        try:
-            await self.commands.send(
-                key=sid.encode(), value=update_command(request_id, status, code)
-            )
-            result = await asyncio.wait_for(answer, timeout=self.settings.api_write_timeout_seconds)
-        except TimeoutError:
-            raise ApiError(503, "the report could not be applied in time; retry") from None
-        finally:
-            self.cache.forget(request_id)
+
+        async def send(request_id: str) -> None:
+            command = update_command(request_id, status, code)
+            await self.commands.send(key=sid.encode(), value=command)
+
+        result = await ask(
+            self.cache,
+            self.settings.api_write_timeout_seconds,
+            send,
+            "the report could not be applied in time; retry",
+        )
         if result["status"] == 404:
             raise ApiError(404, "unknown MessageSid")
         return web.Response(status=204)

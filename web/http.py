@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 from aiohttp import web
 
@@ -45,6 +47,25 @@ async def guard(request: web.Request, settings: Settings, cache: TemplateCache) 
             await asyncio.wait_for(cache.ready.wait(), timeout=settings.api_write_timeout_seconds)
         except TimeoutError:
             raise ApiError(503, "the service is still loading; retry") from None
+
+
+async def ask(
+    cache: TemplateCache,
+    timeout: float,
+    send: Callable[[str], Awaitable[object]],
+    unavailable: str,
+) -> dict[str, Any]:
+    """Send a command under a fresh request id and wait for its answer on the results topic
+    (which every worker's read model reads); ``503 unavailable`` if none comes in time."""
+    request_id = uuid4().hex
+    answer = cache.expect(request_id)
+    try:
+        await send(request_id)
+        return await asyncio.wait_for(answer, timeout=timeout)
+    except TimeoutError:
+        raise ApiError(503, unavailable) from None
+    finally:
+        cache.forget(request_id)
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:

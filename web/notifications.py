@@ -9,8 +9,8 @@ give out are ``400`` naming the parameter.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import faust
 from aiohttp import web
@@ -19,7 +19,7 @@ from agents.sendlog import partition_of
 from app import codec
 from app.flows import sendlog
 from web.errors import ApiError, json_response
-from web.http import guard
+from web.http import ask, guard
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -45,20 +45,19 @@ class NotificationLog:
             if query.receiver
             else list(range(partitions))
         )
-        base = uuid4().hex
-        answers = {p: self.cache.expect(f"{base}:{p}") for p in asked}
-        try:
-            for p in asked:
-                command = {"k": "q", "id": f"{base}:{p}", "q": query.to_dict()}
-                await self.queries.send(value=codec.dumps(command), partition=p)
-            results = await asyncio.wait_for(
-                asyncio.gather(*answers.values()), timeout=self.settings.api_write_timeout_seconds
-            )
-        except TimeoutError:
-            raise ApiError(503, "the send log did not answer in time; retry") from None
-        finally:
-            for p in asked:
-                self.cache.forget(f"{base}:{p}")
+
+        def send_to(partition: int) -> Callable[[str], Awaitable[None]]:
+            async def send(request_id: str) -> None:
+                command = {"k": "q", "id": request_id, "q": query.to_dict()}
+                await self.queries.send(value=codec.dumps(command), partition=partition)
+
+            return send
+
+        timeout = self.settings.api_write_timeout_seconds
+        unavailable = "the send log did not answer in time; retry"
+        results = await asyncio.gather(
+            *(ask(self.cache, timeout, send_to(p), unavailable) for p in asked)
+        )
         pages = ((r["body"]["items"], r["body"]["more"]) for r in results)
         items, last = sendlog.merge(pages, query.limit)
         return {"items": items, "next": sendlog.encode_cursor(last) if last else None}

@@ -9,9 +9,7 @@ receiver in clear.
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
-from uuid import uuid4
+from typing import TYPE_CHECKING
 
 import faust
 from aiohttp import web
@@ -20,7 +18,7 @@ from app import codec
 from app.flows.otp import CANCEL, STATUS
 from app.records import RequestError, identifier
 from web.errors import ApiError, json_response
-from web.http import guard
+from web.http import ask, guard
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -39,19 +37,17 @@ class OtpApi:
         except RequestError as exc:
             details = [{"field": "clientId", "message": exc.reason}]
             raise ApiError(400, "invalid clientId", details) from None
-        request_id = uuid4().hex
-        answer = self.cache.expect(request_id)
-        try:
-            await self.commands.send(
-                key=key.encode(), value=codec.dumps({"k": kind, "id": request_id})
-            )
-            result: dict[str, Any] = await asyncio.wait_for(
-                answer, timeout=self.settings.api_write_timeout_seconds
-            )
-        except TimeoutError:
-            raise ApiError(503, "the OTP store did not answer in time; retry") from None
-        finally:
-            self.cache.forget(request_id)
+
+        async def send(request_id: str) -> None:
+            command = codec.dumps({"k": kind, "id": request_id})
+            await self.commands.send(key=key.encode(), value=command)
+
+        result = await ask(
+            self.cache,
+            self.settings.api_write_timeout_seconds,
+            send,
+            "the OTP store did not answer in time; retry",
+        )
         if result["status"] == 404:
             raise ApiError(404, f"no code was generated for clientId '{key}'")
         if result["status"] == 409:

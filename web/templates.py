@@ -14,9 +14,7 @@ its budget, or one that does not compile or render, is a ``400`` naming the limi
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import faust
 from aiohttp import web
@@ -32,7 +30,7 @@ from app.render_pool import (
 )
 from tables.template_cache import CachedTemplate
 from web.errors import ApiError, json_response
-from web.http import guard, query_bool, read_json
+from web.http import ask, guard, query_bool, read_json
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -83,16 +81,17 @@ class TemplateApi:
     async def write(
         self, op: str, key: str, template: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        request_id = uuid4().hex
-        answer = self.cache.expect(request_id)
-        command = {"id": request_id, "op": op, "key": key, "template": template}
-        try:
+
+        async def send(request_id: str) -> None:
+            command = {"id": request_id, "op": op, "key": key, "template": template}
             await self.commands.send(key=key.encode(), value=codec.dumps(command))
-            result = await asyncio.wait_for(answer, timeout=self.settings.api_write_timeout_seconds)
-        except TimeoutError:
-            raise ApiError(503, "the template store did not answer in time; retry") from None
-        finally:
-            self.cache.forget(request_id)
+
+        result = await ask(
+            self.cache,
+            self.settings.api_write_timeout_seconds,
+            send,
+            "the template store did not answer in time; retry",
+        )
         status = result["status"]
         if status in (200, 201):
             self.cache.apply_own(key, result["template"])
