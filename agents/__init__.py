@@ -79,6 +79,18 @@ async def for_each_event(
         await stream.ack(event)
 
 
+async def dispatch_each(
+    stream: Any,
+    dispatcher: KeyedDispatcher,
+    admit: Admit,
+    handle: Callable[[Inbound], Awaitable[None]],
+) -> None:
+    """Hand every event to ``dispatcher`` (concurrent across keys); each is acked by its task."""
+    stream.enable_acks = False
+    async for event in stream.events():
+        await dispatcher.dispatch(stream, admit, event, lambda e: handle(inbound(e)))
+
+
 class KeyedDispatcher:
     """Handle events concurrently across keys and strictly in order within one key.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agents import for_each_event, inbound, survive
+from agents import dispatch_each, for_each_event, inbound, survive
 from app.flows.notify import EXPIRE_COMMAND
 from app.flows.receipts import EXPIRE_COMMAND as RECEIPTS_EXPIRE
 
@@ -34,12 +34,8 @@ def register_notifications(ctx: Context) -> None:
     @app.agent(topics.notify_commands, name="send_notifications")
     async def send_notifications(stream: Any) -> None:
         await ctx.cache.ready.wait()
-        stream.enable_acks = False  # each event is acked by its task once handled
-        handle = flows.sender.handle
-        async for event in stream.events():
-            await ctx.notify_dispatcher.dispatch(
-                stream, app.consumer.admit, event, lambda e: handle(inbound(e))
-            )
+        dispatcher = ctx.notify_dispatcher
+        await dispatch_each(stream, dispatcher, app.consumer.admit, flows.sender.handle)
 
     @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_notifications")
     @survive

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agents import for_each_event, inbound, survive
+from agents import dispatch_each, for_each_event, inbound, survive
 from app.flows.otp import EXPIRE_COMMAND
 
 if TYPE_CHECKING:
@@ -50,12 +50,7 @@ def register_processing(ctx: Context) -> None:
     @app.agent(topics.otp_commands, name="process_otp")
     async def process_otp(stream: Any) -> None:
         await ctx.cache.ready.wait()
-        stream.enable_acks = False  # each event is acked by its task once handled
-        handle = flows.processor.handle
-        async for event in stream.events():
-            await ctx.dispatcher.dispatch(
-                stream, app.consumer.admit, event, lambda e: handle(inbound(e))
-            )
+        await dispatch_each(stream, ctx.dispatcher, app.consumer.admit, flows.processor.handle)
 
 
 def register_sweeps(ctx: Context) -> None:
