@@ -247,6 +247,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             metrics=metrics,
             clock=time.time,
             undecodable=fetch.undecodable,
+            secret=(settings.otp_hmac_secret or "").encode(),
         ),
         receipts=ReceiptProcessor(
             tables.messages,

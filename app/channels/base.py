@@ -31,6 +31,9 @@ class Notification:
     attachments: tuple[Any, ...] = ()
     from_email: str | None = None
     from_name: str | None = None
+    # The same for every send of one message (``app.core.keys.message_key``): a mail's
+    # Message-ID, a webhook's Idempotency-Key, so a resend after a crash is one message twice.
+    message_key: str = ""
 
 
 class DeliveryError(Exception):

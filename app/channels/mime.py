@@ -77,15 +77,22 @@ def build_mail(
     text: str,
     message_id_domain: str,
     attachments: Sequence[MailAttachment] = (),
+    message_key: str = "",
 ) -> bytes:
     """One message: ``text`` alone, or ``text`` with an ``html`` alternative; with attachments,
-    that body and the files in a ``multipart/mixed``."""
+    that body and the files in a ``multipart/mixed``. ``message_key`` (letters and digits)
+    makes the Message-ID, else it is random."""
+    message_id = (
+        f"<{message_key}@{message_id_domain}>"
+        if message_key
+        else make_msgid(domain=message_id_domain)
+    )
     headers = (
         f"From: {formataddr((' '.join(from_name.split()), from_email), charset='utf-8')}\r\n"
         f"To: {to}\r\n"
         f"Subject: {_header(subject or '')}\r\n"
         f"Date: {formatdate(localtime=False)}\r\n"
-        f"Message-ID: {make_msgid(domain=message_id_domain)}\r\n"
+        f"Message-ID: {message_id}\r\n"
         "MIME-Version: 1.0\r\n"
     ).encode()
     body = _part("text/plain", text)

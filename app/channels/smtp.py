@@ -101,6 +101,7 @@ class SmtpChannel:
             text=notification.text if notification.text is not None else notification.body,
             message_id_domain=self._from_domain,
             attachments=notification.attachments,
+            message_key=notification.message_key,
         )
 
     def _new_client(self) -> aiosmtplib.SMTP:

@@ -7,8 +7,8 @@ One JSON ``POST`` per notification to the configured URL, with the configured ex
 - PUSH: ``{"to", "title", "body", "templateName", "processInstanceId"}``
 
 Any 2xx answer means delivered. Every request carries an ``Idempotency-Key`` header that stays
-the same across the retries of one notification, so the endpoint can drop duplicates (a
-request that timed out may still have been handled).
+the same across the retries of one notification, and across its resends after a worker crash,
+so the endpoint can drop duplicates (a request that timed out may still have been handled).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class WebhookChannel:
         headers = {
             **self._headers,
             "Content-Type": "application/json",
-            "Idempotency-Key": uuid.uuid4().hex,
+            "Idempotency-Key": notification.message_key or uuid.uuid4().hex,
         }
 
         async def attempt(timeout: float) -> str | None:

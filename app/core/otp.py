@@ -41,6 +41,8 @@ class OtpPolicy:
             raise ValueError("OTP length must be between 4 and 10")
         if len(set(self.alphabet)) < 10:
             raise ValueError("OTP alphabet needs at least 10 distinct characters")
+        if len(self.alphabet) > 256:
+            raise ValueError("OTP alphabet has at most 256 characters")
 
 
 class Status(enum.StrEnum):
@@ -153,9 +155,37 @@ class OtpRecord:
 
 
 def new_code(policy: OtpPolicy) -> str:
-    """A fresh code from the OS CSPRNG (``secrets``), uniform over the alphabet."""
+    """A fresh code from the OS CSPRNG (``secrets``), uniform over the alphabet: for a request
+    that has no source record to derive one from."""
     alphabet = policy.alphabet
     return "".join(secrets.choice(alphabet) for _ in range(policy.length))
+
+
+def derive_code(key: bytes, policy: OtpPolicy, request: tuple[object, ...]) -> str:
+    """The code of one request, the same each time that request is handled (``key`` is
+    ``keys.subkey(secret, keys.CODE)``).
+
+    A worker that dies after the provider accepted a mail and before the row recording it
+    reached Kafka handles the request again and sends again; deriving the code from the request
+    (its source record's topic, partition, offset and timestamp, and the identifier) makes that
+    second message carry the code of the first, so whichever the user opens validates. Without
+    the key the code is as unpredictable as a random one (HMAC-SHA256 is a PRF); with the key an
+    attacker could already test every code against the row's digest, so nothing is lost.
+
+    Bytes of ``HMAC(key, counter | request)`` are mapped to the alphabet by rejection sampling
+    (a byte at or above the largest multiple of the alphabet's size is skipped), which keeps
+    every character uniform: a plain ``byte % size`` would favour the first ``256 % size``.
+    """
+    alphabet, size = policy.alphabet, len(policy.alphabet)
+    limit = 256 - 256 % size
+    message = b"\x1f".join(str(part).encode() for part in request)
+    out: list[str] = []
+    counter = 0
+    while len(out) < policy.length:
+        block = hmac.new(key, counter.to_bytes(4, "big") + message, hashlib.sha256).digest()
+        out.extend(alphabet[byte % size] for byte in block if byte < limit)
+        counter += 1
+    return "".join(out[: policy.length])
 
 
 def digest(

@@ -29,7 +29,7 @@ from app import codec, records
 from app.attachments import AttachmentError
 from app.channels.base import Channel, DeliveryError, Notification
 from app.channels.smtp import check_address
-from app.core import receivers, render
+from app.core import keys, receivers, render
 from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, Rows, expired_keys
 from app.flows import events as ev
 from app.flows.events import Events
@@ -253,9 +253,11 @@ class NotifySender:
         clock: Clock,
         events: Events,
         receipts: Receipts,
+        message_ids: bytes,
     ) -> None:
         self.rows = rows
         self.events = events
+        self.message_ids = message_ids
         self.receipts = receipts
         self.templates = templates
         self.channels = channels
@@ -516,8 +518,15 @@ class NotifySender:
             lanes = asyncio.Semaphore(RECEIVERS_IN_FLIGHT)
 
             async def one(receiver: str) -> None:
+                # One id per (request, receiver): a receiver whose outcome a crash lost is
+                # sent the same message again, with the same Message-ID.
+                message = replace(
+                    notification,
+                    recipient=receiver,
+                    message_key=keys.message_key(self.message_ids, key, state.digest, receiver),
+                )
                 async with lanes:
-                    error, message_id = await self._send(notification, receiver)
+                    error, message_id = await self._send(message)
                 state.results[receiver] = [error is None, error]
                 self.save(key, state)
                 event_type = ev.NOTIFICATION_SENT if error is None else ev.NOTIFICATION_FAILED
@@ -528,13 +537,11 @@ class NotifySender:
             await asyncio.gather(*(one(receiver) for receiver in pending))
         state.done = True
 
-    async def _send(
-        self, notification: Notification, receiver: str
-    ) -> tuple[str | None, str | None]:
+    async def _send(self, notification: Notification) -> tuple[str | None, str | None]:
         """(the failure, the provider's message id) of one receiver's send."""
         channel = self.channels[notification.channel]
         try:
-            message_id = await channel.send(_with_recipient(notification, receiver))
+            message_id = await channel.send(notification)
         except DeliveryError as exc:
             self.metrics.sends.labels(notification.channel, "failed").inc()
             return str(exc), None
@@ -640,10 +647,6 @@ def _header_map(headers: Headers) -> dict[str, bytes]:
     return {name: value for name, value in headers if value is not None}
 
 
-def _with_recipient(notification: Notification, receiver: str) -> Notification:
-    return replace(notification, recipient=receiver)
-
-
 @dataclass(frozen=True)
 class NotifyFlows:
     """The handlers of the notification flow, wired to one outbox; built once per app."""
@@ -666,6 +669,7 @@ class NotifyFlows:
         metrics: Metrics,
         clock: Clock,
         undecodable: Undecodable,
+        secret: bytes,
     ) -> NotifyFlows:
         replies = NotifyReplies(outbox, metrics, limits, clock)
         dead_letters = DeadLetters(outbox, metrics)
@@ -686,6 +690,7 @@ class NotifyFlows:
                 clock,
                 events,
                 Receipts(outbox, clock),
+                keys.subkey(secret, keys.MESSAGE_ID),
             ),
         )
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from app import codec, records
 from app.channels.base import Channel, DeliveryError, Notification
-from app.core import otp, receivers, render
+from app.core import keys, otp, receivers, render
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited
 from app.core.receivers import ReceiverQuota
 from app.flows import (
@@ -409,6 +409,8 @@ class OtpProcessor:
         self.metrics = metrics
         self.clock = clock
         self.render_limits = render_limits
+        self.code_key = keys.subkey(secret, keys.CODE)
+        self.message_ids = keys.subkey(secret, keys.MESSAGE_ID)
 
     def load(self, key: bytes) -> OtpRecord | None:
         raw = self.rows.get(key)
@@ -462,6 +464,7 @@ class OtpProcessor:
                 channel=req.channel,
                 process_instance_id=req.process_instance_id,
                 now=now,
+                code=self._code(call, req),
                 source=call.source,
                 transaction=req.transaction,
                 receiver=req.recipient,
@@ -469,7 +472,7 @@ class OtpProcessor:
         except RateLimited as exc:
             await self._refuse(call, req, previous, str(exc), now)
             return
-        failure, message_id = await self._deliver(req, code, call.headers)
+        failure, message_id = await self._deliver(call, req, code)
         if failure is not None:
             await self._refuse(call, req, previous, failure, now)
             return
@@ -489,8 +492,16 @@ class OtpProcessor:
             await self.receipts.register(channel.provider, message_id, req.recipient, context)
         await self._answer(call, req, True, None, issued.expires_at)
 
+    def _code(self, call: Call, req: GenerateRequest) -> str | None:
+        """The request's own code, derived from its source record (see ``otp.derive_code``):
+        None, so a random one, for a command that names no source."""
+        if not call.source:
+            return None
+        request = (call.source, call.received_at, req.key, req.channel)
+        return otp.derive_code(self.code_key, self.policy, request)
+
     async def _deliver(
-        self, req: GenerateRequest, code: str, headers: Headers
+        self, call: Call, req: GenerateRequest, code: str
     ) -> tuple[str | None, str | None]:
         """Render and send the code: (the refusal if either failed, the provider's message id)."""
         entry = self.checks.templates.resolve(req.template_name, req.language)
@@ -509,7 +520,10 @@ class OtpProcessor:
             text=rendered.text,
             template_name=req.template_name,
             process_instance_id=req.process_instance_id,
-            headers={name: value for name, value in headers if value is not None},
+            headers={name: value for name, value in call.headers if value is not None},
+            message_key=keys.message_key(self.message_ids, call.source, call.received_at, req.key)
+            if call.source
+            else "",
         )
         try:
             message_id = await self.channels[req.channel].send(notification)

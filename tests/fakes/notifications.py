@@ -22,6 +22,7 @@ def notification(
     text: str | None = None,
     headers: dict[str, bytes] | None = None,
     process_instance_id: Any = 12345,
+    message_key: str = "",
 ) -> Notification:
     return Notification(
         channel=channel,
@@ -32,4 +33,5 @@ def notification(
         template_name=f"otp{channel.title()}",
         process_instance_id=process_instance_id,
         headers=headers or {},
+        message_key=message_key,
     )

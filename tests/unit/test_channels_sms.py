@@ -287,6 +287,17 @@ async def test_sms_webhook_retry_keeps_the_idempotency_key(hook: WebhookFake):
     assert keys[0] == keys[1] == keys[2] != keys[3]
 
 
+async def test_sms_webhook_resend_of_one_message_carries_its_key(hook: WebhookFake):
+    """A resend after a worker crash is the same message: the endpoint can drop it."""
+    channel = sms_webhook(hook)
+    try:
+        await channel.send(notification(message_key="5f0c" * 8))
+        await channel.send(notification(message_key="5f0c" * 8))
+    finally:
+        await channel.close()
+    assert [r.headers["Idempotency-Key"] for r in hook.requests] == ["5f0c" * 8] * 2
+
+
 async def test_sms_webhook_4xx_is_final_and_hides_url_and_headers(hook: WebhookFake):
     channel = sms_webhook(hook, headers=(("X-Api-Key", "wrong-key-3c9d"),))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from typing import Any
 
 import pytest
@@ -122,6 +123,7 @@ class Service:
             metrics=Metrics(),
             clock=self.clock,
             undecodable=lambda t, p, o: self.undecodable.get((t, p, o)),
+            secret=b"s" * 32,
         )
         self.offset = 0
         self.commands: list[Inbound] = []
@@ -265,6 +267,32 @@ def test_a_request_cut_short_by_a_crash_sends_only_to_the_receivers_left(svc: Se
     reply = run(svc.play(svc.commands[-1]))
     assert [m.recipient for m in svc.mail.sent] == ["a@x.example", "b@x.example"]
     assert all(r["sent"] for r in reply["results"]) and reply["error"] is None
+
+
+def test_a_receiver_whose_outcome_a_crash_lost_gets_the_same_message_again(svc: Service):
+    run(svc.send({**WELCOME, "receivers": ["a@x.example", "b@x.example"]}))
+    [key] = svc.rows
+    state = codec.loads(svc.rows[key])
+    del state["results"]["b@x.example"]  # sent, but the crash came before the row was written
+    state["done"] = False
+    svc.rows[key] = codec.dumps(state)
+    run(svc.play(svc.commands[-1]))
+    first_a, first_b, again_b = svc.mail.sent
+    assert again_b.recipient == "b@x.example"
+    assert again_b.message_key == first_b.message_key != first_a.message_key
+    assert (again_b.subject, again_b.body, again_b.text) == (
+        first_b.subject,
+        first_b.body,
+        first_b.text,
+    )
+    assert re.fullmatch(r"[0-9a-f]{32}", again_b.message_key)
+
+
+def test_a_new_request_gets_new_message_ids(svc: Service):
+    run(svc.send({**WELCOME, "receivers": ["a@x.example"]}))
+    run(svc.send({**WELCOME, "receivers": ["a@x.example"]}))
+    first, second = svc.mail.sent
+    assert first.message_key != second.message_key
 
 
 def test_rows_are_deleted_after_the_replay_window(svc: Service):

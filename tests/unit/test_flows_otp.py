@@ -66,7 +66,7 @@ class Service:
             key=kw.pop("key", None),
             value=value,
             headers=kw.pop("headers", HEADERS),
-            timestamp=self.clock.now - 0.01,
+            timestamp=kw.pop("timestamp", self.clock.now - 0.01),
         )
 
     async def run(self, kind: str, request: Any, **kw: Any) -> Any:
@@ -258,21 +258,50 @@ def test_receiver_limit_off():
     assert not svc.receiver_rows
 
 
+GENERATE_REQUEST = {
+    "processInstanceId": 7,
+    "templateName": "otpMail",
+    "channel": "MAIL",
+    "recipient": "ann@example.com",
+    "clientId": "c1",
+}
+
+
 def test_redelivered_generate_is_answered_as_the_first_time(svc: Service):
-    request = codec.dumps(
-        {
-            "processInstanceId": 7,
-            "templateName": "otpMail",
-            "channel": "MAIL",
-            "recipient": "ann@example.com",
-            "clientId": "c1",
-        }
-    )
+    request = codec.dumps(GENERATE_REQUEST)
     first = run(svc.run(GENERATE, request, offset=100))
     again = run(svc.run(GENERATE, request, offset=100))
     assert first == again and first["otpSent"] and len(svc.mail.sent) == 1
     refused = run(svc.run(GENERATE, request.replace(b"otpMail", b"nope"), offset=101))
     assert run(svc.run(GENERATE, request.replace(b"otpMail", b"nope"), offset=101)) == refused
+
+
+def test_a_generate_redelivered_after_its_row_was_lost_sends_the_same_code(svc: Service):
+    """The crash window: the mail went out, the row recording it never reached Kafka."""
+    request = codec.dumps(GENERATE_REQUEST)
+    before = dict(svc.otps)
+    run(svc.run(GENERATE, request, offset=100, timestamp=5.0))
+    written = dict(svc.otps)
+    svc.otps.clear()
+    svc.otps.update(before)
+    run(svc.run(GENERATE, request, offset=100, timestamp=5.0))
+    first, second = svc.mail.sent
+    assert svc.last_code() == re.search(r"(\d{6})", first.body).group(1)
+    assert first.message_key == second.message_key and first.message_key
+    [(key, row)] = svc.otps.items()
+    again, original = codec.loads(row), codec.loads(written[key])
+    assert again["d"] == original["d"] and len(again["n"]) == len(original["n"]) == 1
+    assert run(svc.validate(svc.last_code()))["otpValid"]
+
+
+def test_each_request_gets_its_own_code(svc: Service):
+    request = codec.dumps(GENERATE_REQUEST)
+    codes = set()
+    for offset in (100, 101, 102):
+        run(svc.run(GENERATE, request, offset=offset, timestamp=5.0))
+        codes.add(svc.last_code())
+    assert len(codes) == 3
+    assert len({m.message_key for m in svc.mail.sent}) == 3
 
 
 # -- bad input ----------------------------------------------------------------------------------

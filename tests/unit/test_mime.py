@@ -33,6 +33,24 @@ def test_html_with_text_alternative():
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
 
 
+def test_a_message_key_makes_the_message_id():
+    def message_id(key: str) -> str:
+        raw = build_mail(
+            from_name="X",
+            from_email="x@example.com",
+            to="u@example.com",
+            subject="s",
+            html=None,
+            text="OTP 1",
+            message_id_domain="example.com",
+            message_key=key,
+        )
+        return parse(raw)["Message-ID"]
+
+    assert message_id("ab12" * 8) == f"<{'ab12' * 8}@example.com>" == message_id("ab12" * 8)
+    assert message_id("") != message_id("")
+
+
 def test_text_only():
     msg = parse(
         build_mail(

@@ -1,13 +1,16 @@
 """The OTP policy, tested directly: no Faust, no Kafka."""
 
+import hashlib
+import hmac
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.core import otp
+from app.core import keys, otp
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited, Status
 
 SECRET = b"test-secret-test-secret"
@@ -51,6 +54,65 @@ def test_new_code_length_and_alphabet():
         assert len(code) == length and code.isdigit()
     alpha = OtpPolicy(alphabet="23456789ABCDEFGHJKMNPQRSTUVWXYZ")
     assert set(otp.new_code(alpha)) <= set(alpha.alphabet)
+
+
+CODE_KEY = keys.subkey(SECRET, keys.CODE)
+
+
+def test_a_derived_code_is_the_same_for_the_same_request_and_fits_the_policy():
+    request = ("otp-generate-in/3/1041", 1733050000.123, "c1", "MAIL")
+    code = otp.derive_code(CODE_KEY, POLICY, request)
+    assert code == otp.derive_code(CODE_KEY, POLICY, request)
+    assert len(code) == 6 and code.isdigit()
+    alpha = OtpPolicy(length=10, alphabet="23456789ABCDEFGHJKMNPQRSTUVWXYZ")
+    assert set(otp.derive_code(CODE_KEY, alpha, request)) <= set(alpha.alphabet)
+
+
+def test_a_derived_code_changes_with_every_part_of_the_request_and_with_the_key():
+    request = ("otp-generate-in/3/1041", 1733050000.123, "c1", "MAIL")
+    variants = [
+        ("otp-generate-in/3/1042", 1733050000.123, "c1", "MAIL"),  # next offset
+        ("otp-generate-in/4/1041", 1733050000.123, "c1", "MAIL"),  # other partition
+        ("otp-generate-in/3/1041", 1733050999.0, "c1", "MAIL"),  # reused offset, later record
+        ("otp-generate-in/3/1041", 1733050000.123, "c2", "MAIL"),
+        ("otp-generate-in/3/1041", 1733050000.123, "c1", "SMS"),
+    ]
+    codes = {otp.derive_code(CODE_KEY, OtpPolicy(length=10), r) for r in (request, *variants)}
+    assert len(codes) == 6
+    other_key = keys.subkey(b"another-secret-0123456789", keys.CODE)
+    policy = OtpPolicy(length=10)
+    assert otp.derive_code(other_key, policy, request) != otp.derive_code(CODE_KEY, policy, request)
+
+
+def chi_square(counts: Counter, alphabet: str) -> float:
+    expected = sum(counts.values()) / len(alphabet)
+    return sum((counts[c] - expected) ** 2 / expected for c in alphabet)
+
+
+# Chi-square critical values at p = 0.001: 9 degrees of freedom (10 digits), 30 (31 letters).
+CRITICAL = {10: 27.877, 31: 59.703}
+
+
+@pytest.mark.parametrize("alphabet", ["0123456789", "23456789ABCDEFGHJKMNPQRSTUVWXYZ"])
+def test_derived_codes_are_uniform_at_every_position(alphabet: str):
+    policy = OtpPolicy(length=6, alphabet=alphabet)
+    per_position = [Counter() for _ in range(6)]
+    for offset in range(100_000):
+        code = otp.derive_code(CODE_KEY, policy, (f"in/0/{offset}", 1.5, "c1", "MAIL"))
+        for counter, char in zip(per_position, code, strict=True):
+            counter[char] += 1
+    scores = [chi_square(counter, alphabet) for counter in per_position]
+    assert max(scores) < CRITICAL[len(alphabet)], scores
+
+
+def test_the_uniformity_test_sees_a_modulo_bias():
+    """The same test on ``byte % 31`` (what rejection sampling avoids) fails by far."""
+    alphabet = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+    counts = Counter()
+    for offset in range(100_000):
+        digest = hmac.new(CODE_KEY, f"in/0/{offset}".encode(), hashlib.sha256).digest()
+        counts.update(alphabet[byte % len(alphabet)] for byte in digest[:6])
+    assert chi_square(counts, alphabet) > 10 * CRITICAL[31]
 
 
 def test_codes_are_not_repeated():
