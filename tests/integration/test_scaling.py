@@ -144,13 +144,17 @@ async def test_three_workers_kill_and_sigterm(
 
             mails_per_request = Counter()
             last_code: dict[str, str] = {}
+            codes_per_request: dict[int, set[str]] = defaultdict(set)
             for message in list(smtp_sink.messages):
                 ref, client = SUBJECT.search(message["Subject"]).groups()
                 mails_per_request[int(ref)] += 1
                 last_code[client] = CODE.search(
                     message.get_body(preferencelist=("html",)).get_content()
                 ).group(1)
+                codes_per_request[int(ref)].add(last_code[client])
             second_mails = sum(1 for n in mails_per_request.values() if n > 1)
+            # A request's second mail (the crash window) carries its first mail's code.
+            assert all(len(codes) == 1 for codes in codes_per_request.values())
             assert set(mails_per_request) == set(range(REQUESTS)), "a request sent no mail"
 
             # -- validate, with a SIGTERM in the middle ------------------------------------------
