@@ -7,10 +7,16 @@ form parameters. Missing or wrong signature: ``403``; a body over the limit: ``4
 ``MessageSid`` this service never sent: ``404``; nothing changes in any of them. A verified
 report goes to ``message-commands`` keyed by the ``MessageSid``, and the view answers once the
 message's owner applied it (``204``), so Twilio retries a report that was not taken.
+
+Twilio can report ``queued`` before the worker that sent the message has registered it (the
+registration is produced once Twilio's answer to the send is in, and may come from another
+worker's producer). An id the owner does not know yet is therefore asked about again over a
+few seconds (:data:`UNKNOWN_RETRY_DELAYS`) before the report is refused as unknown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -27,6 +33,9 @@ if TYPE_CHECKING:
     from app.main import Context
 
 MAX_CALLBACK_BYTES = 16384
+# Pauses before asking again about a MessageSid not registered yet (3.75 s in all: well within
+# Twilio's 15 s wait for the answer).
+UNKNOWN_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
 _SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 _ERROR_CODE = re.compile(r"[0-9]{1,10}")
 
@@ -84,15 +93,18 @@ class TwilioCallbacks:
             command = update_command(request_id, status, code)
             await self.commands.send(key=sid.encode(), value=command)
 
-        result = await ask(
-            self.cache,
-            self.settings.api_write_timeout_seconds,
-            send,
-            "the report could not be applied in time; retry",
-        )
-        if result["status"] == 404:
-            raise ApiError(404, "unknown MessageSid")
-        return web.Response(status=204)
+        for delay in (*UNKNOWN_RETRY_DELAYS, None):
+            result = await ask(
+                self.cache,
+                self.settings.api_write_timeout_seconds,
+                send,
+                "the report could not be applied in time; retry",
+            )
+            if result["status"] != 404:
+                return web.Response(status=204)
+            if delay is not None:
+                await asyncio.sleep(delay)
+        raise ApiError(404, "unknown MessageSid")
 
 
 def register(ctx: Context) -> None:

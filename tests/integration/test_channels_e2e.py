@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 
 from app import codec
+from app.flows.receipts import REGISTER, Message
 from devtools.support import Api, Collector, Kafka, Worker, flowx, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
 from tests.fakes.google import GoogleFake
@@ -230,6 +234,17 @@ async def test_provider_refusals_become_error_replies(
         assert codec.loads(reply.value)["error"] == "no code was generated for this client"
 
 
+async def delivered_entry(api: Api, receiver: str) -> dict:
+    """The receiver's newest send-log entry, once its latest status is ``delivered``."""
+    for _ in range(100):
+        status, body = await api.call("GET", f"/api/notifications?receiver={quote(receiver)}")
+        assert status == 200, body
+        if body["items"] and body["items"][0]["status"] == "delivered":
+            return body["items"][0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no delivered entry for {receiver}: {body}")
+
+
 async def test_twilio_status_callbacks_become_delivery_events(
     worker: Worker, twilio: TwilioFake, kafka_bootstrap: str, suffix: str
 ):
@@ -272,6 +287,16 @@ async def test_twilio_status_callbacks_become_delivery_events(
         answers = [answer for sid, _, answer in twilio.callbacks if sid == message["sid"]]
         assert answers == [204, 204, 204]
 
+        # ... and the send log shows the message's history, whichever worker is asked.
+        api = Api(worker.url)
+        entry = await delivered_entry(api, delivered)
+        assert [(e["type"], e.get("status")) for e in entry["events"]] == [
+            ("otp.sent", "sent"),
+            ("delivery.status", "queued"),
+            ("delivery.status", "sent"),
+            ("delivery.status", "delivered"),
+        ]
+
         # Unsigned, wrongly signed or unknown: refused, and no event is written.
         url = f"{worker.url}/api/callbacks/twilio"
         params = {"MessageSid": message["sid"], "MessageStatus": "failed", "ErrorCode": "1"}
@@ -291,3 +316,22 @@ async def test_twilio_status_callbacks_become_delivery_events(
                 assert resp.status == 413
         await asyncio.sleep(1)
         assert len(events.records) == before
+        assert await delivered_entry(api, delivered) == entry
+
+        # A report that overtakes its message's registration is applied once it is registered.
+        early = "SM" + "e" * 32
+        report = {"MessageSid": early, "MessageStatus": "queued"}
+        signed = {"X-Twilio-Signature": twilio.sign(url, report)}
+        async with aiohttp.ClientSession() as session:
+            posting = asyncio.create_task(session.post(url, data=report, headers=signed))
+            await asyncio.sleep(0.5)
+            message = Message("twilio", "+40722100777", time.time(), {"clientId": "cb-early"})
+            await kafka.send(
+                f"{topics['APP_ID']}-message-commands",
+                {"k": REGISTER, "m": asdict(message)},
+                key=early.encode(),
+            )
+            async with await posting as resp:
+                assert resp.status == 204
+        [early_event] = await events.wait_for(lambda v: v.get("providerMessageId") == early)
+        assert codec.loads(early_event.value)["clientId"] == "cb-early"
