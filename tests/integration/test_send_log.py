@@ -1,4 +1,8 @@
-"""The send log across workers: what one worker sent, the other answers for."""
+"""The send log across workers: what one worker sent, the other answers for.
+
+A generate, a wrong validate, a right validate and a notification to two receivers, handled by
+whichever of two workers owns each key; both workers answer every query with every entry.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import pytest
 
 from devtools.support import SEED_MAIL, Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
+from tests.integration.test_notify_flow import example
 from tests.integration.test_scaling import ready_restarting_on_stall
 
 pytestmark = pytest.mark.integration
@@ -21,6 +26,21 @@ async def query(api: Api, params: str) -> dict:
     status, body = await api.call("GET", f"/api/notifications?{params}")
     assert status == 200, body
     return body
+
+
+STATUSES = ["sent", "validated"]  # of the person's two entries, newest first
+
+
+async def settled(api: Api, params: str, done) -> list[dict]:
+    """The query's items once ``done`` says so: the log follows the events topic, moments
+    behind."""
+    items: list[dict] = []
+    for _ in range(100):
+        items = (await query(api, params))["items"]
+        if done(items):
+            return items
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{params}: {items}")
 
 
 async def test_any_worker_answers_for_every_send(
@@ -36,13 +56,17 @@ async def test_any_worker_answers_for_every_send(
     restarts: list[Worker] = []
     try:
         await asyncio.gather(*(ready_restarting_on_stall(w, restarts) for w in workers))
-        status, body = await Api(workers[0].url).call("POST", "/api/template", SEED_MAIL)
-        assert status == 201, body
+        for template in (SEED_MAIL, example("welcomeLetter.json")):
+            status, body = await Api(workers[0].url).call("POST", "/api/template", template)
+            assert status == 201, body
         people = [f"log.person{n}@example.com" for n in range(6)]
         async with (
             Kafka(kafka_bootstrap) as kafka,
             Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as gen_out,
             Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as val_out,
+            Collector(
+                kafka_bootstrap, topics["KAFKA_TOPIC_NOTIFICATION_INTERNAL_OUT"]
+            ) as notify_out,
         ):
             for n, person in enumerate(people):
                 request = {
@@ -58,19 +82,36 @@ async def test_any_worker_answers_for_every_send(
                 smtp_sink.to(people[0])[0].get_body(preferencelist=("html",)).get_content()
             )[1]
             validate = {"processInstanceId": 600, "clientId": "log-client-0", "channel": "MAIL"}
+            wrong = "000000" if code != "000000" else "111111"
+            await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": wrong})
+            await val_out.wait_for(lambda v: v["otpValid"] is False)
             await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], {**validate, "otp": code})
-            await val_out.wait_for(lambda v: v["processInstanceId"] == 600)
+            await val_out.wait_for(lambda v: v["otpValid"] is True)
+            # ... and a notification to two receivers, the first of them the same person.
+            notification = {**example("notify-welcome.json"), "receivers": people[:2]}
+            await kafka.send(
+                topics["KAFKA_TOPIC_NOTIFICATION_INTERNAL_IN"],
+                notification,
+                headers=[("processInstanceId", b"700")],
+            )
+            await notify_out.wait_for(lambda v: v["processInstanceId"] == "700")
 
         for worker in workers:  # each worker answers for every send, whichever handled it
             api = Api(worker.url)
-            entry = None
-            for _ in range(100):  # the log follows the events topic: moments behind
-                [entry] = (await query(api, f"receiver={people[0]}"))["items"][:1] or [None]
-                if entry and entry["status"] == "validated":
-                    break
-                await asyncio.sleep(0.2)
-            assert entry and [e["type"] for e in entry["events"]] == ["otp.sent", "otp.validated"]
+            mine = f"receiver={people[0]}"
+            items = await settled(api, mine, lambda e: [x["status"] for x in e] == STATUSES)
+            letter, entry = items  # newest first
+            assert [e["type"] for e in entry["events"]] == [
+                "otp.sent",
+                "otp.attempt_failed",
+                "otp.validated",
+            ]
             assert entry["clientId"] == "log-client-0" and entry["processInstanceId"] == 500
+            assert [e["type"] for e in letter["events"]] == ["notification.sent"]
+            assert letter["templateName"] == "welcomeLetter"
+            theirs = f"receiver={people[1]}&templateName=welcomeLetter"
+            [other] = await settled(api, theirs, lambda e: len(e) == 1)
+            assert other["status"] == "sent" and other["processInstanceId"] == "700"
             [by_pid] = (await query(api, "processInstanceId=503"))["items"]
             assert by_pid["receiver"] == people[3]
             page = await query(api, "templateName=otpMail&limit=4")
