@@ -9,19 +9,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.partitioner import murmur2
-
 from agents import inbound, survive
 from app import codec
 from app.records import iso_utc
 
 if TYPE_CHECKING:
     from app.main import Context
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers use)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def register(ctx: Context) -> None:

@@ -10,17 +10,22 @@ import sys
 
 from app.settings import ConfigError, Settings
 
+USAGE = """usage: python -m app worker [faust worker options]
+       python -m app repartition --partitions N   (every worker stopped; see app/repartition.py)"""
+
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m app worker [faust worker options]")
+        print(USAGE)
         return 0 if args else 2
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args[0] == "repartition":
+        return repartition(settings, args[1:])
 
     import asyncio
 
@@ -55,6 +60,34 @@ def main(argv: list[str] | None = None) -> int:
         args.insert(0, "--quiet")  # Faust's banner is a text table: keep the output JSON
     sys.argv = [sys.argv[0], *args]
     app.main()
+    return 0
+
+
+def repartition(settings: Settings, args: list[str]) -> int:
+    """Move the live state onto ``--partitions N`` (the same environment as a worker)."""
+    import argparse
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from app.repartition import RepartitionRefused
+    from app.repartition import repartition as run
+
+    parser = argparse.ArgumentParser(prog="python -m app repartition")
+    parser.add_argument("--partitions", type=int, required=True, help="the new partition count")
+    options = parser.parse_args(args)
+    if options.partitions < 1:
+        print("repartition: --partitions must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(run(settings, options.partitions))
+    except RepartitionRefused as exc:
+        print(f"repartition refused: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaError, OSError, TimeoutError) as exc:
+        print(f"repartition failed, run it again: {exc!r}", file=sys.stderr)
+        return 1
+    print(report.summary())
     return 0
 
 

@@ -18,8 +18,14 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 log = logging.getLogger(__name__)
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers use)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)
@@ -89,14 +95,26 @@ async def partition_counts(bootstrap_servers: str, names: list[str]) -> dict[str
 
 def partitions_refusal(expected: int, counts: dict[str, int]) -> str | None:
     """Why a worker must not start: its ``TOPIC_PARTITIONS`` is not what the internal topics
-    (and so the live state's keys) were made with. Adding partitions would move keys: a code
-    issued before would no longer be found."""
-    wrong = sorted((name, n) for name, n in counts.items() if n != expected)
-    if not wrong:
+    (and so the live state's keys) were made with, or a repartition was left unfinished (the
+    topics disagree). Adding partitions moves keys: a code issued before would not be found."""
+    found = sorted(set(counts.values()))
+    if len(found) > 1:
+        name = min(counts, key=lambda n: (counts[n], n))
+        return (
+            f"the internal topics have {found[0]} ({name}) and {found[-1]} partitions: a "
+            f"repartition was not finished; run `python -m app repartition --partitions "
+            f"{found[-1]}` again, then start the workers with TOPIC_PARTITIONS={found[-1]}"
+        )
+    if not found or found[0] == expected:
         return None
-    name, found = wrong[0]
+    name = sorted(counts)[0]
+    line = (
+        f"TOPIC_PARTITIONS={expected} but the internal topics have {found[0]} partitions "
+        f"({name}): start the workers with TOPIC_PARTITIONS={found[0]}"
+    )
+    if expected < found[0]:
+        return f"{line} (Kafka cannot take partitions away)"
     return (
-        f"TOPIC_PARTITIONS={expected} but the internal topics have {found} partitions ({name}): "
-        f"start the workers with TOPIC_PARTITIONS={found}; changing it needs the state moved "
-        "first, which this release cannot do yet"
+        f"{line}, or stop them all and move the state first with "
+        f"`python -m app repartition --partitions {expected}`"
     )

@@ -19,7 +19,6 @@ from agents import notify as notify_agents
 from agents import otp as otp_agents
 from agents import sendlog as sendlog_agents
 from agents import templates as template_agents
-from agents.sendlog import partition_of
 from app.attachments import AttachmentStore
 from app.channels.base import Channel
 from app.channels.factory import build_channels, build_forwarder
@@ -31,6 +30,7 @@ from app.flows.notify import NotifyFlows, NotifyLimits
 from app.flows.otp import OtpFlows, OtpLimits
 from app.flows.receipts import ReceiptProcessor
 from app.flows.sendlog import SendLog
+from app.kafka_admin import partition_of
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
@@ -42,6 +42,7 @@ from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
 from tables import (
     Tables,
     Topics,
+    changelog_topic,
     define_tables,
     define_topics,
     message_commands_topic,
@@ -189,7 +190,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     topics, tables = define_topics(app, settings), define_tables(app, settings)
     cache = TemplateCache(
         settings.kafka_bootstrap_servers,
-        f"{settings.app_id}-templates-changelog",
+        changelog_topic(settings, "templates"),
         settings.topic_partitions,
         settings.template_default_language,
         template_results_topic(settings),

@@ -29,6 +29,11 @@ TABLES = {
 }
 
 
+def changelog_topic(settings: Settings, table: str) -> str:
+    """Faust's name for a table's changelog topic."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def otp_commands_topic(settings: Settings) -> str:
     return f"{settings.app_id}-otp-commands"
 
@@ -70,7 +75,7 @@ def internal_topics(settings: Settings) -> list[str]:
         log_queries_topic(settings),
         template_commands_topic(settings),
     ]
-    return [*commands, *(f"{settings.app_id}-{table}-changelog" for table in TABLES)]
+    return [*commands, *(changelog_topic(settings, table) for table in TABLES)]
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -98,7 +103,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # partitions before Faust's own creation is visible, it fails every write with
     # PartitionsMismatch until restarted.
     changelogs = [
-        TopicSpec(f"{settings.app_id}-{table}-changelog", n, rf, {"cleanup.policy": "compact"})
+        TopicSpec(changelog_topic(settings, table), n, rf, {"cleanup.policy": "compact"})
         for table in TABLES
     ]
     return [*(TopicSpec(name, n, rf) for name in names), results, *changelogs]

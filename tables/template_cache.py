@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app import codec
 from app.core import render
 from app.core.templates import is_html, template_key
+from app.kafka_admin import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class TemplateCache:
                         try:
                             if tp == results:
                                 self._deliver_result(record.value)
-                            elif record.key is not None:
+                            elif record.key is not None and self._at_home(record.key, tp):
                                 self.apply(record.key.decode(), record.value)
                         except (ValueError, TypeError, AttributeError):
                             # Only this service writes these topics, but a record it cannot
@@ -194,6 +195,12 @@ class TemplateCache:
                         pending.discard(tp)
         finally:
             await consumer.stop()
+
+    def _at_home(self, key: bytes, tp: TopicPartition) -> bool:
+        """Whether ``tp`` is the partition ``key`` belongs to. After a repartition a template's
+        old copy (and then its tombstone) stays in its old partition, read in no fixed order
+        with the new one; only the home partition's records count."""
+        return partition_of(key, self.partitions) == tp.partition
 
     async def _wait_for_topic(self, consumer: AIOKafkaConsumer) -> None:
         """The changelog is created by Faust when the table starts (with the table's partition

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import faust
 from aiohttp import web
 
-from agents.sendlog import partition_of
 from app import codec
 from app.flows import sendlog
+from app.kafka_admin import partition_of
 from web.errors import ApiError, json_response
 from web.http import ask, guard
 

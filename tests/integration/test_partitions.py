@@ -14,11 +14,20 @@ from tables import topic_specs
 pytestmark = pytest.mark.integration
 
 
-def test_the_refusal_names_both_numbers():
+def test_the_refusal_names_both_numbers_and_the_command():
     line = partitions_refusal(8, {"a-otp-commands": 4, "a-otps-changelog": 4})
     assert line is not None and "TOPIC_PARTITIONS=8" in line and "have 4 partitions" in line
+    assert "`python -m app repartition --partitions 8`" in line
+    fewer = partitions_refusal(4, {"a-otp-commands": 8})
+    assert fewer is not None and "TOPIC_PARTITIONS=8" in fewer and "repartition" not in fewer
     assert partitions_refusal(4, {"a-otp-commands": 4}) is None
     assert partitions_refusal(4, {}) is None  # a fresh cluster: nothing to disagree with
+
+
+def test_an_unfinished_repartition_is_named():
+    line = partitions_refusal(8, {"a-otp-commands": 4, "a-otps-changelog": 8})
+    assert line is not None and "4 (a-otp-commands) and 8 partitions" in line
+    assert "not finished" in line and "--partitions 8` again" in line
 
 
 async def test_a_mismatched_worker_refuses_to_start(kafka_bootstrap: str, tmp_path):
@@ -30,6 +39,7 @@ async def test_a_mismatched_worker_refuses_to_start(kafka_bootstrap: str, tmp_pa
     )
     assert line.startswith("configuration error: TOPIC_PARTITIONS=8 but the internal topics have")
     assert "4 partitions" in line and "TOPIC_PARTITIONS=4" in line
+    assert "python -m app repartition --partitions 8" in line
 
 
 async def test_looking_creates_no_topic(kafka_bootstrap: str):
