@@ -75,12 +75,18 @@ def repartition(settings: Settings, args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m app repartition")
     parser.add_argument("--partitions", type=int, required=True, help="the new partition count")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=15.0,
+        help="seconds to wait for stopped workers to leave the consumer group (default 15)",
+    )
     options = parser.parse_args(args)
     if options.partitions < 1:
         print("repartition: --partitions must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = asyncio.run(run(settings, options.partitions))
+        report = asyncio.run(run(settings, options.partitions, group_wait=options.wait))
     except RepartitionRefused as exc:
         print(f"repartition refused: {exc}", file=sys.stderr)
         return 1

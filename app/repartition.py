@@ -30,6 +30,7 @@ new copy is acknowledged, so no key is ever left with none.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from tables import TABLES, changelog_topic, internal_topics
 
 # Records read per fetch while the changelogs are scanned.
 FETCH_RECORDS = 5000
+# Seconds to wait for the consumer group to empty (past the workers' 10 s session timeout).
+GROUP_WAIT = 15.0
 
 
 class RepartitionRefused(Exception):
@@ -87,7 +90,10 @@ def plan_key(copies: dict[int, bytes | None], home: int) -> tuple[bytes | None, 
 
 
 async def repartition(
-    settings: Settings, target: int, say: Callable[[str], None] = print
+    settings: Settings,
+    target: int,
+    say: Callable[[str], None] = print,
+    group_wait: float = GROUP_WAIT,
 ) -> Report:
     bootstrap = settings.kafka_bootstrap_servers
     changelogs = [changelog_topic(settings, table) for table in TABLES]
@@ -108,7 +114,7 @@ async def repartition(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await _refuse_if_running(admin, settings.app_id)
+        await _refuse_if_running(admin, settings.app_id, group_wait)
         await _refuse_if_pending(admin, bootstrap, settings.app_id, commands, counts)
         await _grow(admin, {name: counts[name] for name in changelogs if name in counts}, target)
         say(f"changelogs have {target} partitions; moving rows")
@@ -124,15 +130,25 @@ async def repartition(
     return report
 
 
-async def _refuse_if_running(admin: AIOKafkaAdminClient, group_id: str) -> None:
-    for response in await admin.describe_consumer_groups([group_id]):
-        for group in response.groups:
-            members = group[5]
-            if members:
-                raise RepartitionRefused(
-                    f"consumer group {group_id} has {len(members)} member(s): stop every worker "
-                    "first (SIGTERM lets them finish and commit)"
-                )
+async def _refuse_if_running(admin: AIOKafkaAdminClient, group_id: str, wait: float) -> None:
+    """A worker stopped a moment ago may still be listed: the broker drops a member that left
+    without saying so after the session timeout (10 s), so wait up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        members = await _members(admin, group_id)
+        if not members:
+            return
+        if time.monotonic() > deadline:
+            raise RepartitionRefused(
+                f"consumer group {group_id} has {members} member(s): stop every worker first "
+                "(SIGTERM lets them finish and commit)"
+            )
+        await asyncio.sleep(1)
+
+
+async def _members(admin: AIOKafkaAdminClient, group_id: str) -> int:
+    responses = await admin.describe_consumer_groups([group_id])
+    return sum(len(group[5]) for response in responses for group in response.groups)
 
 
 async def _refuse_if_pending(

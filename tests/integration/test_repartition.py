@@ -40,9 +40,11 @@ SUBJECT = re.compile(r"code for (\S+)")
 CODE = re.compile(r"<p>(\d{6})</p>")
 
 
-def command(env: dict[str, str], partitions: int) -> subprocess.CompletedProcess[str]:
+def command(
+    env: dict[str, str], partitions: int, *options: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", "repartition", "--partitions", str(partitions)],
+        [sys.executable, "-m", "app", "repartition", "--partitions", str(partitions), *options],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -129,7 +131,7 @@ async def test_live_codes_survive_a_move_from_4_to_8_partitions(
             codes[client] = CODE.search(body).group(1)  # the last mail's code is the live one
         assert set(codes) == set(clients)
 
-        refused = command(env, 8)  # the workers still run
+        refused = command(env, 8, "--wait", "0")  # the workers still run
         assert refused.returncode == 1 and "stop every worker" in refused.stderr, refused
         for worker in running:
             assert worker.stop(30) == 0
