@@ -65,6 +65,11 @@ class Metrics:
         )
         self.templates = Gauge("otp_templates", "Templates in this worker's read model", registry=r)
         self.in_flight = Gauge("otp_in_flight", "Requests being handled right now", registry=r)
+        self.otp_rows = Gauge(
+            "otp_codes",
+            "Identifiers with a row in otps on this worker (set by the sweep)",
+            registry=r,
+        )
         self.send_log_rows = Gauge(
             "otp_send_log_receivers", "Receivers with send-log entries on this worker", registry=r
         )
