@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test chaos lint format workers bench clean lock
+.PHONY: install run test chaos lint format workers bench soak clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ $(BENCH_STAMP): pyproject.toml constraints.txt | $(STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP)
 	@$(PY) bench/run.py
+
+## soak: ten minutes of generate + validate at 200 req/s on one worker: RSS, table size, lag
+## (not in make test; SOAK_MINUTES, SOAK_RATE change it; bench/soak.py -h)
+SOAK_MINUTES ?= 10
+SOAK_RATE ?= 200
+soak: $(STAMP) $(BENCH_STAMP)
+	@$(PY) bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
 
 ## lock: write constraints.txt from a fresh venv with the newest versions pyproject.toml allows
 lock:
