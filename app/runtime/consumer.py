@@ -60,6 +60,14 @@ def first_offsets(records: Mapping[Any, Any]) -> dict[Any, int]:
     return {tp: min(r.offset for r in batch) for tp, batch in records.items() if batch}
 
 
+def seekable(partitions: Mapping[TP, int | None]) -> dict[TP, int]:
+    """Offsets aiokafka accepts: a negative or unknown one is the partition's start."""
+    return {
+        tp: offset if isinstance(offset, int) and offset > 0 else 0
+        for tp, offset in partitions.items()
+    }
+
+
 class LedgerConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer; partitions of ledger-owned topics commit from the ledger."""
 
@@ -82,6 +90,12 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         committed = await super().seek_to_committed()
         self._seek_committed = dict(committed)
         return committed
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Faust's table recovery can ask for an offset below -1 (a standby partition's
+        "earliest - 1" when its earliest offset came back unknown): aiokafka refuses it with
+        ``ValueError`` and the whole worker crashes. Such a partition is read from its start."""
+        await super().seek_wait(seekable(partitions))
 
     async def _ask_thread(self, call: Awaitable[T]) -> T:
         """Bounded: while a rebalance runs, the consumer thread waits for the event we hold.

@@ -14,7 +14,7 @@ import pytest
 from faust.transport import consumer as faust_consumer
 from faust.types import TP
 
-from app.runtime.consumer import LedgerConsumer, first_offsets
+from app.runtime.consumer import LedgerConsumer, first_offsets, seekable
 
 CHANGELOG = TP("otps-changelog", 3)
 SOURCE = TP("generate-in", 3)
@@ -64,3 +64,10 @@ async def test_a_batch_in_a_running_flow_is_handed_on(monkeypatch: pytest.Monkey
     consumer = consumer_with(monkeypatch, records, flow_active=True)
     got, _ = await consumer._wait_next_records(1.0)
     assert got is records and consumer.seeks == []
+
+
+def test_a_negative_seek_reads_the_partition_from_its_start() -> None:
+    """Faust's standby recovery can ask for offset -2; aiokafka would raise and crash the
+    worker (seen in ``bench/standby.py`` at 100,000 rows with a standby)."""
+    a, b, c = TP("t", 0), TP("t", 1), TP("t", 2)
+    assert seekable({a: -2, b: None, c: 41}) == {a: 0, b: 0, c: 41}
