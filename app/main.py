@@ -30,13 +30,13 @@ from app.flows.notify import NotifyFlows, NotifyLimits
 from app.flows.otp import OtpFlows, OtpLimits
 from app.flows.receipts import ReceiptProcessor
 from app.flows.sendlog import SendLog
-from app.kafka_admin import partition_of
 from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
 from app.render_pool import RenderPool
 from app.runtime import fetch
 from app.runtime.consumer import LedgerApp
+from app.runtime.store import partition_keys
 from app.runtime.worker import Worker
 from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
 from tables import (
@@ -261,7 +261,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             tables.send_log,
             outbox,
             metrics,
-            lambda key: partition_of(key, settings.topic_partitions),
+            lambda partition: partition_keys(tables.send_log, partition),
         ),
     )
     template_agents.register(ctx)

@@ -221,19 +221,20 @@ MAX_ANSWER_BYTES = 800_000
 
 class SendLog:
     """Owns the ``send_log`` rows: records events, answers one partition's share of a query,
-    sweeps old entries. ``partition_of`` is Kafka's partitioner (injected: no Kafka here)."""
+    sweeps old entries. ``partition_keys`` lists one partition's keys (injected: the store's
+    own per-partition listing in a worker, no Kafka here)."""
 
     def __init__(
         self,
         rows: MutableMapping[bytes, bytes],
         outbox: Outbox,
         metrics: Metrics,
-        partition_of: Callable[[bytes], int],
+        partition_keys: Callable[[int], Iterable[bytes]],
     ) -> None:
         self.rows = rows
         self.outbox = outbox
         self.metrics = metrics
-        self.partition_of = partition_of
+        self.partition_keys = partition_keys
 
     def row(self, key: bytes) -> dict[str, Any]:
         raw = self.rows.get(key)
@@ -251,7 +252,7 @@ class SendLog:
             self.rows[key] = codec.dumps(updated)
 
     def own_keys(self, partition: int) -> list[bytes]:
-        return [key for key in list(self.rows.keys()) if self.partition_of(key) == partition]
+        return list(self.partition_keys(partition))
 
     async def command(self, record: Inbound) -> None:
         try:

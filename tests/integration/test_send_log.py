@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from app.records import iso_utc
 from devtools.support import SEED_MAIL, Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
 from tests.integration.test_notify_flow import example
@@ -28,7 +30,17 @@ async def query(api: Api, params: str) -> dict:
     return body
 
 
-STATUSES = ["sent", "validated"]  # of the person's two entries, newest first
+STATUSES = ["sent", "validated"]
+
+
+async def swept(worker: Worker) -> float:
+    """The worker's ``otp_send_log_swept_total``."""
+    status, body = await Api(worker.url).call("GET", "/metrics")
+    assert status == 200
+    lines = body.decode().splitlines()
+    return sum(
+        float(x.split()[-1]) for x in lines if x.startswith("otp_send_log_swept_total")
+    )  # of the person's two entries, newest first
 
 
 async def settled(api: Api, params: str, done) -> list[dict]:
@@ -48,7 +60,13 @@ async def test_any_worker_answers_for_every_send(
 ):
     suffix = unique("log")
     topics = topic_env(suffix)
-    env = worker_env(kafka_bootstrap, suffix, smtp_sink.port, TOPIC_PARTITIONS="4")
+    env = worker_env(
+        kafka_bootstrap,
+        suffix,
+        smtp_sink.port,
+        TOPIC_PARTITIONS="4",
+        SEND_LOG_SWEEP_INTERVAL_SECONDS="1",
+    )
     workers = [
         Worker(env=env, data_dir=tmp_path / n / "data", log_path=tmp_path / n / "w.log").start()
         for n in ("w0", "w1")
@@ -119,6 +137,26 @@ async def test_any_worker_answers_for_every_send(
             rest = await query(api, f"templateName=otpMail&limit=4&cursor={page['next']}")
             ids = [e["id"] for e in page["items"] + rest["items"]]
             assert len(ids) == len(set(ids)) == len(people) and rest["next"] is None
+        # An entry past SEND_LOG_RETENTION_DAYS is swept from its partition's rows.
+        old = {
+            "eventId": "ev-old",
+            "type": "otp.sent",
+            "at": iso_utc(time.time() - 40 * 86400),
+            "entryId": "entry-old",
+            "receiver": "old.person@example.com",
+            "channel": "MAIL",
+            "status": "sent",
+        }
+        async with Kafka(kafka_bootstrap) as kafka:
+            await kafka.send(
+                topics["KAFKA_TOPIC_NOTIFICATION_EVENTS"], old, key=old["receiver"].encode()
+            )
+        for _ in range(100):
+            if sum([await swept(w) for w in workers]) >= 1:
+                break
+            await asyncio.sleep(0.2)
+        assert sum([await swept(w) for w in workers]) == 1
+        assert (await query(Api(workers[0].url), "receiver=old.person@example.com"))["items"] == []
         status, body = await Api(workers[1].url).call("GET", "/api/notifications?limit=9999")
         assert status == 400 and body["details"][0]["field"] == "limit"
         status, _ = await Api(workers[1].url, token="nope").call("GET", "/api/notifications")

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher
 from aiokafka.record import default_records
+from faust.stores import rocksdb as faust_rocksdb
 from faust.tables.recovery import Recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -44,6 +45,9 @@ HOOKS = [
     # app/runtime/recovery.py
     (Recovery, "active_remaining"),
     (Recovery, "in_recovery"),
+    # app/runtime/store.py
+    (faust_rocksdb.Store, "_visible_keys"),
+    (faust_rocksdb.Store, "_decode_key"),
 ]
 INSTANCE_FIELDS = {
     "PartitionRecords.__init__": (
@@ -73,6 +77,7 @@ INSTANCE_FIELDS = {
         ["self.active_offsets", "self.active_highwaters", "self.completed"],
     ),
     "AIOKafkaConsumer.__init__": (AIOKafkaConsumer.__init__, ["self._subscription"]),
+    "faust rocksdb Store.__init__": (faust_rocksdb.Store.__init__, ["self._dbs"]),
 }
 
 

@@ -126,7 +126,11 @@ def test_pages_merged_across_partitions_walk_every_entry_once(times, partitions,
 def test_the_store_answers_its_partition_and_sweeps_old_entries():
     rows: dict[bytes, bytes] = {}
     outbox = Outbox()
-    log = SendLog(rows, outbox, Metrics(), lambda key: 0 if key == b"a@x.example" else 1)
+
+    def partition_keys(partition: int) -> list[bytes]:
+        return [k for k in rows if (0 if k == b"a@x.example" else 1) == partition]
+
+    log = SendLog(rows, outbox, Metrics(), partition_keys)
     for n, receiver in ((1, "a@x.example"), (2, "b@x.example"), (40, "a@x.example")):
         value = codec.dumps(event(n, f"s{n}", receiver))
         log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
