@@ -31,7 +31,7 @@ def register(ctx: Context) -> None:
         async for event in stream.events():
             await send_log.command(inbound(event))
 
-    @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_send_log")
+    @app.timer(interval=ctx.settings.send_log_sweep_interval_seconds, name="sweep_send_log")
     @survive
     async def sweep_send_log() -> None:
         ctx.metrics.send_log_rows.set(len(send_log.rows))

@@ -780,6 +780,13 @@ class Settings:
         _int(1, 3650),
         "days the send log (`GET /api/notifications`) keeps an entry after its last event",
     )
+    send_log_sweep_interval_seconds: float = setting(
+        "SEND_LOG_SWEEP_INTERVAL_SECONDS",
+        "3600",
+        _float(1, 86400),
+        "how often the send log's entries past retention are deleted (each sweep reads every "
+        "row of the worker's partitions, so not as often as the OTP sweep)",
+    )
     receipt_window_seconds: int = setting(
         "RECEIPT_WINDOW_SECONDS",
         str(3 * 86400),

@@ -96,7 +96,7 @@ async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap:
         partitions=args.partitions,
         sinks=sinks,
         sms=False,
-        extra_env={"OTP_SWEEP_INTERVAL_SECONDS": "3600"},
+        extra_env={"SEND_LOG_SWEEP_INTERVAL_SECONDS": "3600"},
     )
     await worker.wait_ready(timeout=180)
     api = Api(worker.url)
@@ -150,7 +150,7 @@ async def sweep(result: dict) -> dict:
     """Restart the worker with a short sweep interval and time the deletion of the old tenth."""
     worker = result.pop("worker")
     worker.stop()
-    worker.env["OTP_SWEEP_INTERVAL_SECONDS"] = str(SWEEP_SECONDS)
+    worker.env["SEND_LOG_SWEEP_INTERVAL_SECONDS"] = str(SWEEP_SECONDS)
     worker.start()
     try:
         return await _time_sweep(worker)
