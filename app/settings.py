@@ -490,6 +490,14 @@ class Settings:
         "standby copies of each table partition kept warm on other workers (faster failover, "
         "more disk and changelog reads)",
     )
+    table_memory_mb: int = setting(
+        "TABLE_MEMORY_MB",
+        "16",
+        _int(2, 4096),
+        "memory RocksDB may use per table partition a worker holds: half for writes not yet "
+        "flushed (two buffers), half for its read cache (Faust's own default is about 2.2 GB "
+        "per partition)",
+    )
     shutdown_timeout_seconds: float = setting(
         "SHUTDOWN_TIMEOUT_SECONDS",
         "30",
