@@ -266,4 +266,6 @@ async def test_many_hostile_saves_at_once_never_5xx_and_health_answers(
     for status, body in answers:
         assert status in (400, 503), (status, body)
         if status == 400:
-            assert LOOPS in body["details"][0]["message"], body
+            # The loop limit, or on a loaded machine the time budget, whichever comes first.
+            message = body["details"][0]["message"]
+            assert LOOPS in message or "over its time budget" in message, body
