@@ -202,6 +202,16 @@ def worker_env(bootstrap: str, suffix: str, smtp_port: int, **extra: str) -> dic
     }
 
 
+def metric_total(text: str, name: str) -> float:
+    """The sum of every sample of metric ``name`` (all its label sets) in Prometheus' text
+    format; 0 when it has none."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.split("{", 1)[0].split(" ", 1)[0] == name:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 class Api:
     """The template API as an operator's script would call it."""
 
@@ -299,6 +309,26 @@ class Collector:
 
     def values(self) -> list[Any]:
         return [codec.loads(r.value) for r in self.records]
+
+    async def replies(self, pids: set[Any], timeout: float = 60.0) -> dict[Any, dict[str, Any]]:
+        """The first reply to each of ``pids`` (by ``processInstanceId``), once every one has
+        come; a redelivered duplicate counts once."""
+        deadline = time.monotonic() + timeout
+        found: dict[Any, dict[str, Any]] = {}
+        read = 0
+        while True:
+            for record in self.records[read:]:
+                reply = codec.loads(record.value)
+                if reply.get("processInstanceId") in pids:
+                    found.setdefault(reply["processInstanceId"], reply)
+                read += 1
+            if len(found) == len(pids):
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(found)}/{len(pids)} replies on {self.topic} after {timeout}s"
+                )
+            await asyncio.sleep(0.05)
 
     async def wait_for(
         self, predicate: Callable[[Any], bool], *, count: int = 1, timeout: float = 30.0

@@ -18,7 +18,6 @@ import email.policy
 import os
 import re
 import signal
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pytest
 from app import codec
 from devtools.support import Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tests.conftest import SmtpSink
+from tests.integration.test_scaling import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -62,13 +62,6 @@ class KillingSink(SmtpSink):
             os.killpg(self.victim.proc.pid, signal.SIGKILL)
             self.killed = True
         return "250 OK"
-
-
-async def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def sends_in_window(api: Api, clients: list[str]) -> dict[str, int]:
@@ -126,10 +119,7 @@ async def test_a_redelivered_generate_sends_the_code_of_the_first_mail(
                 if i % 50 == 49:
                     await asyncio.sleep(0.2)
 
-            def answered() -> set[Any]:
-                return {codec.loads(r.value)["processInstanceId"] for r in gen_out.records}
-
-            await wait_until(lambda: len(answered()) >= REQUESTS, 240, "every generate answered")
+            await gen_out.replies(set(range(REQUESTS)), 240)
             await asyncio.sleep(2)  # late redeliveries
             assert sinks[0].killed, "worker A sent fewer mails than the kill waits for"
             not_sent = [
@@ -166,18 +156,7 @@ async def test_a_redelivered_generate_sends_the_code_of_the_first_mail(
                     "otp": codes[client],
                 }
                 await kafka.send(topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], request)
-            await wait_until(
-                lambda: (
-                    len({codec.loads(r.value)["processInstanceId"] for r in val_out.records})
-                    >= REQUESTS
-                ),
-                120,
-                "every validate answered",
-            )
-            validations = {}
-            for record in val_out.records:
-                reply = codec.loads(record.value)
-                validations.setdefault(reply["processInstanceId"], reply)
+            validations = await val_out.replies({10_000 + i for i in range(REQUESTS)}, 120)
 
             # The delivery events: each step once, under one eventId, the killed worker's too.
             def steps() -> dict[tuple[str, str], list[str]]:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from app import codec
 from app.kafka_admin import partition_counts
 from app.settings import Settings
 from devtools.support import ROOT, Api, Collector, Kafka, Worker, topic_env, unique, worker_env
 from tables import internal_topics
 from tests.conftest import SmtpSink
+from tests.integration.test_otp_lifecycle import val
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +63,6 @@ def generate(n: int, client: str) -> dict:
     }
 
 
-def validate(n: int, client: str, code: str) -> dict:
-    return {"processInstanceId": n, "clientId": client, "channel": "MAIL", "otp": code}
-
-
-async def answers(collector: Collector, pids: set[int], timeout: float = 120) -> dict[int, dict]:
-    found = await collector.wait_for(
-        lambda v: v["processInstanceId"] in pids, count=len(pids), timeout=timeout
-    )
-    return {
-        reply["processInstanceId"]: reply for reply in map(codec.loads, (r.value for r in found))
-    }
-
-
 async def test_live_codes_survive_a_move_from_4_to_8_partitions(
     kafka_bootstrap: str, smtp_sink: SmtpSink, tmp_path: Path
 ):
@@ -111,16 +98,16 @@ async def test_live_codes_survive_a_move_from_4_to_8_partitions(
                     pid += 1
                     await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], generate(pid, client))
                 # in order per identifier: the next round after this one's replies
-                replies = await answers(gen_out, set(range(pid - len(batch) + 1, pid + 1)))
+                replies = await gen_out.replies(set(range(pid - len(batch) + 1, pid + 1)), 120)
                 assert all(r["otpSent"] for r in replies.values()), replies
             for attempt in range(2):
                 for i in WRONG_TWICE:
                     await kafka.send(
                         topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
-                        validate(10_000 + attempt * 1000 + i, clients[i], "wrong!"),
+                        val(10_000 + attempt * 1000 + i, clients[i], "wrong!"),
                     )
-            wrong = await answers(
-                val_out, {10_000 + a * 1000 + i for a in (0, 1) for i in WRONG_TWICE}
+            wrong = await val_out.replies(
+                {10_000 + a * 1000 + i for a in (0, 1) for i in WRONG_TWICE}, 120
             )
             assert all(r["error"] == "invalid code" for r in wrong.values())
 
@@ -157,17 +144,17 @@ async def test_live_codes_survive_a_move_from_4_to_8_partitions(
             for i in WRONG_TWICE:
                 await kafka.send(
                     topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
-                    validate(20_000 + i, clients[i], "nope!!"),
+                    val(20_000 + i, clients[i], "nope!!"),
                 )
-            third = await answers(val_out, {20_000 + i for i in WRONG_TWICE})
+            third = await val_out.replies({20_000 + i for i in WRONG_TWICE}, 120)
             assert {r["attemptsRemaining"] for r in third.values()} == {2}, third
             # Every code validates.
             for i, client in enumerate(clients):
                 await kafka.send(
                     topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
-                    validate(30_000 + i, client, codes[client]),
+                    val(30_000 + i, client, codes[client]),
                 )
-            right = await answers(val_out, {30_000 + i for i in range(IDENTIFIERS)})
+            right = await val_out.replies({30_000 + i for i in range(IDENTIFIERS)}, 120)
             failed = [r for r in right.values() if not r["otpValid"]]
             assert not failed, failed[:5]
             # The send limit held: a sixth code in the window is refused ...
@@ -175,12 +162,12 @@ async def test_live_codes_survive_a_move_from_4_to_8_partitions(
                 await kafka.send(
                     topics["KAFKA_TOPIC_OTP_GENERATE_IN"], generate(40_000 + i, clients[i])
                 )
-            sixth = await answers(gen_out, {40_000 + i for i in AT_LIMIT})
+            sixth = await gen_out.replies({40_000 + i for i in AT_LIMIT}, 120)
             assert not any(r["otpSent"] for r in sixth.values())
             assert all("too many" in r["error"] for r in sixth.values()), sixth
             # ... and the template still renders for everyone else.
             await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], generate(50_000, "mv-new"))
-            [fresh] = (await answers(gen_out, {50_000})).values()
+            [fresh] = (await gen_out.replies({50_000}, 120)).values()
             assert fresh["otpSent"] is True, fresh
     finally:
         for worker in running:
