@@ -212,6 +212,7 @@ def run_topics(run_id: str) -> dict[str, str]:
             f"ai.flowx.bench.engine.receive.{run_id}.notify.out"
         ),
         "KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT": f"bench.{run_id}.notify.external.out",
+        "KAFKA_TOPIC_NOTIFICATION_EVENTS": f"bench.{run_id}.events",
         "ECHO_IN": f"bench.{run_id}.echo.in",
         "ECHO_OUT": f"bench.{run_id}.echo.out",
         "FAUST_ECHO_IN": f"bench.{run_id}.faust-echo.in",

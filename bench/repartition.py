@@ -73,7 +73,6 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
     run_id = harness.new_run_id()
     env = {
         **harness.run_topics(run_id),
-        "KAFKA_TOPIC_NOTIFICATION_EVENTS": f"bench.{run_id}.events",
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "OTP_HMAC_SECRET": "bench-secret-0123456789",
         "NOTIFY_API_TOKEN": "bench-token-0123456789",

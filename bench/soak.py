@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
 from bench.run import WRONG_CODE, _gen_ok, _validate_ok  # noqa: E402
-from devtools.support import SEED_MAIL, Api, Worker  # noqa: E402
+from devtools.support import SEED_MAIL, Api, Worker, metric_total  # noqa: E402
 
 SOAK_ENV = {
     "OTP_EXPIRE_SECONDS": "60",
@@ -48,14 +48,8 @@ def rss_mib(pid: int) -> float:
 
 async def gauges(api: Api) -> dict[str, float]:
     status, body = await api.call("GET", "/metrics")
-    found = {"otp_codes": 0.0, "otp_consumer_lag": 0.0}
-    if status != 200:
-        return found
-    for line in body.decode().splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in found:
-            found[name] += float(line.rsplit(" ", 1)[1])
-    return found
+    text = body.decode() if status == 200 else ""
+    return {name: metric_total(text, name) for name in ("otp_codes", "otp_consumer_lag")}
 
 
 def generate_target(run_id: str, topics: dict[str, str], generated: list[str]) -> harness.Target:
@@ -99,7 +93,6 @@ def validate_target(run_id: str, topics: dict[str, str], clients: list[str]) -> 
 async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: str) -> dict:
     run_id = harness.new_run_id()
     topics = harness.run_topics(run_id)
-    topics["KAFKA_TOPIC_NOTIFICATION_EVENTS"] = f"bench.{run_id}.events"
     work = ROOT / ".local" / "bench" / f"soak-{run_id}"
     sinks = harness.start_sinks(procs, work)
     [worker] = harness.start_otp_workers(

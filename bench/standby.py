@@ -82,7 +82,6 @@ def one_per_partition(rows: int, partitions: int) -> dict[int, str]:
 async def measure(bootstrap: str, rows: int, standbys: int, partitions: int) -> dict:
     run_id = harness.new_run_id()
     topics = harness.run_topics(run_id)
-    topics["KAFKA_TOPIC_NOTIFICATION_EVENTS"] = f"bench.{run_id}.events"
     env = {
         **topics,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
