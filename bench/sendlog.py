@@ -29,7 +29,7 @@ from app import codec  # noqa: E402
 from app.flows.events import entry_id  # noqa: E402
 from app.records import iso_utc  # noqa: E402
 from bench import harness  # noqa: E402
-from devtools.support import Api, Worker  # noqa: E402
+from devtools.support import Api, Worker, metric_total  # noqa: E402
 
 SWEEP_SECONDS = 5
 
@@ -84,7 +84,6 @@ def summary(samples: list[float]) -> dict[str, float]:
 async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap: str) -> dict:
     run_id = harness.new_run_id()
     topics = harness.run_topics(run_id)
-    topics["KAFKA_TOPIC_NOTIFICATION_EVENTS"] = f"bench.{run_id}.events"
     work = ROOT / ".local" / "bench" / f"sendlog-{run_id}"
     sinks = harness.start_sinks(procs, work)
     [worker] = harness.start_otp_workers(
@@ -170,14 +169,7 @@ async def _time_sweep(worker: Worker) -> dict:
             break
         await asyncio.sleep(0.5)
     status, metrics = await api.call("GET", "/metrics")
-    swept = next(
-        (
-            line.split()[-1]
-            for line in metrics.decode().splitlines()
-            if line.startswith("otp_send_log_swept_total")
-        ),
-        None,
-    )
+    swept = metric_total(metrics.decode(), "otp_send_log_swept_total") if status == 200 else None
     return {"sweep_seconds": round(time.perf_counter() - recovered, 1), "swept": swept}
 
 

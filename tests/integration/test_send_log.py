@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from app.records import iso_utc
-from devtools.support import SEED_MAIL, Api, Collector, Kafka, Worker, topic_env, unique, worker_env
+from devtools.support import (
+    SEED_MAIL,
+    Api,
+    Collector,
+    Kafka,
+    Worker,
+    metric_total,
+    topic_env,
+    unique,
+    worker_env,
+)
 from tests.conftest import SmtpSink
 from tests.integration.test_notify_flow import example
 from tests.integration.test_scaling import ready_restarting_on_stall
@@ -30,17 +40,14 @@ async def query(api: Api, params: str) -> dict:
     return body
 
 
-STATUSES = ["sent", "validated"]
+STATUSES = ["sent", "validated"]  # of the person's two entries, newest first
 
 
 async def swept(worker: Worker) -> float:
     """The worker's ``otp_send_log_swept_total``."""
     status, body = await Api(worker.url).call("GET", "/metrics")
     assert status == 200
-    lines = body.decode().splitlines()
-    return sum(
-        float(x.split()[-1]) for x in lines if x.startswith("otp_send_log_swept_total")
-    )  # of the person's two entries, newest first
+    return metric_total(body.decode(), "otp_send_log_swept_total")
 
 
 async def settled(api: Api, params: str, done) -> list[dict]:
