@@ -60,7 +60,6 @@ def register_sweeps(ctx: Context) -> None:
     @app.timer(interval=interval, name="sweep_expired_otps")
     @survive
     async def sweep_expired_otps() -> None:
-        ctx.metrics.otp_rows.set(len(flows.processor.rows))
         for key in flows.processor.expired_keys():
             await topics.otp_commands.send(key=key, value=EXPIRE_COMMAND)
 

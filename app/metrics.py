@@ -67,7 +67,7 @@ class Metrics:
         self.in_flight = Gauge("otp_in_flight", "Requests being handled right now", registry=r)
         self.otp_rows = Gauge(
             "otp_codes",
-            "Identifiers with a row in otps on this worker (set by the sweep)",
+            "Identifiers with a row in otps on this worker (counted by the sweep's scan)",
             registry=r,
         )
         self.send_log_rows = Gauge(

@@ -121,15 +121,22 @@ def command_source(command: dict[str, Any]) -> str:
 
 
 def expired_keys(
-    rows: Rows, read: Callable[[dict[str, Any]], T], expired: Callable[[T], bool]
+    rows: Rows,
+    read: Callable[[dict[str, Any]], T],
+    expired: Callable[[T], bool],
+    counted: Callable[[int], object] | None = None,
 ) -> list[bytes]:
-    """Keys of the rows ``expired`` says can go; a row that does not decode is left alone."""
+    """Keys of the rows ``expired`` says can go; a row that does not decode is left alone.
+    ``counted`` gets the number of rows read, for a gauge that needs no second scan."""
     found = []
-    for key, raw in list(rows.items()):
+    items = list(rows.items())
+    for key, raw in items:
         try:
             row = read(codec.loads(raw))
         except (ValueError, KeyError, TypeError):
             continue
         if expired(row):
             found.append(key)
+    if counted is not None:
+        counted(len(items))
     return found

@@ -500,6 +500,13 @@ class OtpProcessor:
         request = (call.source, call.received_at, req.key, req.channel)
         return otp.derive_code(self.code_key, self.policy, request)
 
+    def _message_key(self, call: Call, req: GenerateRequest) -> str:
+        """The mail's Message-ID, made from the same source record: empty, so a random one,
+        for a command that names no source."""
+        if not call.source:
+            return ""
+        return keys.message_key(self.message_ids, call.source, call.received_at, req.key)
+
     async def _deliver(
         self, call: Call, req: GenerateRequest, code: str
     ) -> tuple[str | None, str | None]:
@@ -521,9 +528,7 @@ class OtpProcessor:
             template_name=req.template_name,
             process_instance_id=req.process_instance_id,
             headers={name: value for name, value in call.headers if value is not None},
-            message_key=keys.message_key(self.message_ids, call.source, call.received_at, req.key)
-            if call.source
-            else "",
+            message_key=self._message_key(call, req),
         )
         try:
             message_id = await self.channels[req.channel].send(notification)
@@ -678,7 +683,10 @@ class OtpProcessor:
         sends "expire" commands instead of deleting."""
         now = self.clock()
         return expired_keys(
-            self.rows, OtpRecord.from_dict, lambda stored: otp.deletable(stored, self.policy, now)
+            self.rows,
+            OtpRecord.from_dict,
+            lambda stored: otp.deletable(stored, self.policy, now),
+            counted=self.metrics.otp_rows.set,
         )
 
 

@@ -304,6 +304,13 @@ def test_each_request_gets_its_own_code(svc: Service):
     assert len({m.message_key for m in svc.mail.sent}) == 3
 
 
+def test_the_sweep_counts_the_rows_it_read(svc: Service):
+    for client in ("c1", "c2"):
+        run(svc.generate(clientId=client, recipient=f"{client}@example.com"))
+    assert svc.flows.processor.expired_keys() == []
+    assert svc.metrics.otp_rows._value.get() == 2
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 
