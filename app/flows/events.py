@@ -48,7 +48,9 @@ TYPES = (
     NOTIFICATION_FORWARDED,
     DELIVERY_STATUS,
 )
-FIELDS = (
+# What an event says of the request it belongs to (also what a provider's later status
+# reports need to be told of the message, ``app.flows.receipts``).
+CONTEXT_FIELDS = (
     "entryId",
     "processInstanceId",
     "clientId",
@@ -56,6 +58,9 @@ FIELDS = (
     "templateName",
     "language",
     "channel",
+)
+FIELDS = (
+    *CONTEXT_FIELDS,
     "receiver",
     "provider",
     "providerMessageId",

@@ -49,15 +49,6 @@ TWILIO_STATUSES = frozenset(
         "received",
     }
 )
-CONTEXT_FIELDS = (
-    "entryId",
-    "processInstanceId",
-    "clientId",
-    "identifier",
-    "templateName",
-    "language",
-    "channel",
-)
 
 
 def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -114,7 +105,7 @@ class Receipts:
 
 
 def _context(fields: dict[str, Any]) -> dict[str, Any]:
-    return {name: fields.get(name) for name in CONTEXT_FIELDS}
+    return {name: fields.get(name) for name in ev.CONTEXT_FIELDS}
 
 
 def update_command(request_id: str, status: str, error_code: str | None) -> bytes:
