@@ -2,6 +2,7 @@
 
 Views raise :class:`ApiError`; everything else that escapes a view (aiohttp's own 404/405/413,
 an unexpected bug) is caught here too, so no request ever gets an HTML page or a traceback.
+A ``405`` names the methods the resource has in ``Allow``, as RFC 9110 requires.
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ def error_response(status: int, error: str, details: Iterable[dict[str, Any]] = 
     return json_response({"error": error, "details": list(details)}, status=status)
 
 
+def allow_header(methods: Iterable[str]) -> str:
+    """``Allow`` for a resource with ``methods`` routed. Faust routes ``HEAD`` on every view and
+    answers it with the view's ``get``: without a ``get``, ``HEAD`` is not allowed either."""
+    allowed = {m.upper() for m in methods}
+    if "GET" not in allowed:
+        allowed.discard("HEAD")
+    return ", ".join(sorted(allowed))
+
+
+def method_not_allowed(request: web.Request, methods: Iterable[str]) -> web.Response:
+    response = error_response(405, f"method {request.method} is not allowed here")
+    response.headers["Allow"] = allow_header(methods)
+    return response
+
+
+def _routed_methods(request: web.Request) -> list[str]:
+    resource = request.match_info.route.resource
+    return [route.method for route in resource] if resource is not None else []
+
+
 def error_middleware(
     max_body_bytes: int,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -50,11 +71,13 @@ def error_middleware(
         if length is not None and length > max_body_bytes:
             return error_response(413, f"request body is over the {max_body_bytes}-byte limit")
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.error, exc.details)
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, f"request body is over the {max_body_bytes}-byte limit")
+        except web.HTTPMethodNotAllowed as exc:  # aiohttp's: no route for this method
+            return method_not_allowed(request, exc.allowed_methods)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -62,5 +85,8 @@ def error_middleware(
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(500, "internal error")
+        if response.status == 405:  # Faust's: a routed method its view lacks (HEAD, no get)
+            return method_not_allowed(request, _routed_methods(request))
+        return response
 
     return middleware

@@ -614,6 +614,23 @@ async def test_openapi_document(api: Api, raw: Raw):
     assert_error(status, body, 401)
 
 
+async def test_405_names_the_allowed_methods(raw: Raw, worker: Worker):
+    """RFC 9110: a 405 carries Allow. HEAD is answered with GET, so it is allowed only there."""
+    for method, path, allowed in (
+        ("TRACE", "/api/template", "GET, HEAD, POST"),
+        ("PATCH", "/api/template/otpMail", "DELETE, GET, HEAD, PUT"),
+        ("GET", "/api/template/otpMail/preview", "POST"),
+        ("DELETE", "/api/otp/42/cancel", "POST"),
+    ):
+        status, body, headers = await raw(method, path, headers=AUTH)
+        assert_error(status, body, 405)
+        assert headers["Allow"] == allowed, (method, path, headers)
+    async with aiohttp.ClientSession() as session:
+        url = f"{worker.url}/api/template/otpMail/preview"
+        async with session.head(url, headers=AUTH) as resp:
+            assert (resp.status, resp.headers["Allow"]) == (405, "POST")
+
+
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
     """Every record of ``topic`` so far."""
     consumer = AIOKafkaConsumer(
