@@ -6,7 +6,7 @@ from typing import Any
 
 
 def register_views(ctx: Any) -> None:
-    from web import callbacks, health, metrics, notifications, openapi, otp, templates
+    from web import callbacks, console, health, metrics, notifications, openapi, otp, templates
 
     health.register(ctx)
     templates.register(ctx)
@@ -15,3 +15,4 @@ def register_views(ctx: Any) -> None:
     notifications.register(ctx)
     openapi.register(ctx)
     metrics.register(ctx)
+    console.register(ctx)
