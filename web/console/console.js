@@ -493,7 +493,14 @@
 
   // ------------------------------------------------------------------ the live preview
 
+  /** "pending" while a keystroke's preview is on its way, then "ready" or "failed". */
+  function previewState(value) {
+    $("side-pane").dataset.preview = value;
+    $("side-pane").classList.toggle("stale", value === "failed");
+  }
+
   function schedulePreview() {
+    previewState("pending");
     clearTimeout(state.previewTimer);
     state.previewTimer = setTimeout(() => {
       preview().catch(fail);
@@ -503,6 +510,7 @@
   /** Render what the editor holds right now (saved or not) with POST /api/preview. */
   async function preview() {
     if (state.mode !== "new" && state.mode !== "edit") return;
+    previewState("pending");
     const seq = ++state.previewSeq;
     const template = templateInput();
     let rendered;
@@ -510,15 +518,14 @@
       rendered = await api("POST", "/api/preview", { template, data: sampleData() });
     } catch (err) {
       if (seq !== state.previewSeq) return;
+      previewState("failed");
       if (!(err instanceof ApiFailure)) throw err;
       $("preview-error").textContent = `Not rendered: ${err.message}`;
-      $("side-pane").classList.add("stale");
       renderWarnings(err.details);
       return;
     }
     if (seq !== state.previewSeq) return; // a newer keystroke's preview is on its way
     $("preview-error").textContent = "";
-    $("side-pane").classList.remove("stale");
     $("preview-otp").textContent = rendered.otpValue;
     $("preview-subject").textContent = rendered.subject || "";
     if (rendered.type === "MAIL") {
@@ -532,6 +539,7 @@
       show($("preview-note"), false);
     }
     renderWarnings([]);
+    previewState("ready");
   }
 
   // ------------------------------------------------------------------ opening and closing
