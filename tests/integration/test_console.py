@@ -76,8 +76,9 @@ def deployments(
         clean.wait_ready_sync()
         yield Deployments(main, clean)
     finally:
-        for worker in (main, clean):
-            worker.stop()
+        # Side by side again: each spends its few seconds of shutdown waiting on the broker.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(Worker.stop, (main, clean)))
     for worker in (main, clean):
         assert "unhandled error" not in worker.log_path.read_text(errors="replace"), (
             worker.log_tail(80)
@@ -151,6 +152,8 @@ def open_console(browser: Any, worker: Worker, **context_options: Any) -> Iterat
         yield console
     finally:
         context.close()
+        # Shown by pytest only when the test fails: what the page itself said.
+        print("browser console:", *console.messages, sep="\n  ")
     assert not [m for m in console.messages if m.startswith("pageerror")], console.messages
 
 
@@ -263,6 +266,13 @@ def test_sign_in_create_preview_draft_publish_restore(console: Console, api: Api
     assert page.evaluate("localStorage.length") == 0
     assert page.context.cookies() == []
     assert TOKEN not in page.url
+    # A reload keeps the tab signed in; another tab (its own sessionStorage) is not.
+    page.reload()
+    page.wait_for_selector("#workspace:not([hidden])")
+    other = page.context.new_page()
+    other.goto(f"{console.base_url}/console")
+    other.wait_for_selector("#sign-in:not([hidden])")
+    other.close()
 
     # Create the seed's otpMail through the form, as a person would.
     page.click("#new-template")
@@ -338,6 +348,11 @@ def test_sign_in_create_preview_draft_publish_restore(console: Console, api: Api
     page.wait_for_selector("#history li[data-version='3'] .tag.current")
     assert console.violations() == []
 
+    # Signing out forgets the token.
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in:not([hidden])")
+    assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+
 
 def test_clone_and_delete_with_confirmation(console: Console, api: Api):
     name = unique("sms")
@@ -349,6 +364,20 @@ def test_clone_and_delete_with_confirmation(console: Console, api: Api):
     code = page.text_content("#preview-otp")
     assert page.text_content("#preview-text") == f"OTP {code}"
     assert page.is_hidden("#preview-mail")
+
+    # A draft, then discarded: the published template is untouched, the list says no draft.
+    page.fill("#f-body", "Your code: [(${otpValue})]")
+    console.wait_preview()
+    assert page.text_content("#preview-text") == f"Your code: {code}"
+    page.click("#save-draft")
+    console.status("Draft saved")
+    page.wait_for_selector(f".template-item[data-name='{name}'] .tag.draft")
+    page.click("#discard-draft")
+    page.click("#confirm-ok")
+    console.status("Draft discarded")
+    assert page.input_value("#f-body") == SEED_SMS["body"]
+    assert page.locator(f".template-item[data-name='{name}'] .tag.draft").count() == 0
+    assert call(api, "GET", f"/api/template/{name}?language=en&draft=true")[0] == 404
 
     page.click("#clone")
     page.fill("#clone-name", f"{name}-ro")
@@ -536,17 +565,34 @@ def test_export_then_import_into_a_clean_deployment(
     names = {(t["name"], t["language"]) for t in document["templates"]}
     assert {(ours, "en"), (ours, "de")} <= names
 
+    # The same document with one template broken: the dry run names it and nothing applies.
+    broken = tmp_path / "broken.json"
+    templates = [dict(t) for t in document["templates"]]
+    templates[0]["params"] = [*templates[0]["params"], {"key": "nowhere", "mandatory": True}]
+    broken.write_text(json.dumps({**document, "templates": templates}))
+
     clean_api = Api(deployments.clean.url)
     assert call(clean_api, "GET", "/api/template")[1]["count"] == 0
     with open_console(browser, deployments.clean) as target:
         target.sign_in(TOKEN)
         page = target.page
         assert page.locator(".template-item").count() == 0
-        with page.expect_file_chooser() as chooser:
-            page.click("label[for='import-file']")
-        chooser.value.set_files(str(exported))
-        page.wait_for_selector("#import-summary:has-text('Dry run')")
-        assert f"{len(names)} create" in page.text_content("#import-summary")
+
+        def choose(path: Path) -> None:
+            with page.expect_file_chooser() as chooser:
+                page.click("label[for='import-file']")
+            chooser.value.set_files(str(path))
+
+        choose(broken)
+        page.wait_for_selector("#import-summary:has-text('1 refused')")
+        refused = page.locator("#import-results tr.action-refused")
+        assert refused.count() == 1 and "nowhere" in refused.text_content()
+        assert page.is_disabled("#import-apply")
+        page.click("#import-cancel")
+
+        choose(exported)
+        page.wait_for_selector(f"#import-summary:has-text('Dry run: {len(names)} create')")
+        assert "0 refused" in page.text_content("#import-summary")
         # A dry run changes nothing.
         assert call(clean_api, "GET", "/api/template")[1]["count"] == 0
         page.click("#import-apply")

@@ -224,7 +224,7 @@
     const languages = [...new Set(state.templates.map((t) => t.language))].sort();
     const select = $("filter-language");
     const chosen = select.value;
-    select.replaceChildren(el("option", { text: "All languages", attrs: { value: "" } }));
+    select.replaceChildren(el("option", { text: "Any language", attrs: { value: "" } }));
     for (const language of languages) select.append(el("option", { text: language }));
     select.value = languages.includes(chosen) ? chosen : "";
     renderList();
@@ -501,6 +501,7 @@
 
   function schedulePreview() {
     previewState("pending");
+    state.previewSeq++; // an answer already on its way is for older content: drop it
     clearTimeout(state.previewTimer);
     state.previewTimer = setTimeout(() => {
       preview().catch(fail);
@@ -660,7 +661,7 @@
     if (editing && state.draft) {
       const d = state.draft;
       note.textContent =
-        `Draft saved ${d.savedAt || ""} by ${d.savedBy || "?"}, based on v${d.baseVersion}. ` +
+        `Draft saved ${when(d.savedAt)} by ${d.savedBy || "?"}, based on v${d.baseVersion}. ` +
         `Sends keep using the published v${state.published.version} until you publish.`;
       show(note, true);
     } else {
@@ -759,6 +760,13 @@
 
   // ------------------------------------------------------------------ history
 
+  /** "2026-12-01 16:08 UTC": the API's timestamps are UTC, and so is what the console shows. */
+  function when(iso) {
+    return typeof iso === "string" && iso.length >= 16
+      ? `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`
+      : String(iso || "");
+  }
+
   async function loadHistory() {
     if (!state.published) return;
     const { name, language } = state.published;
@@ -777,7 +785,12 @@
           el("div", { className: "history-head" }, [
             el("strong", { text: `v${v.version}` }),
             v.current ? el("span", { className: "tag current", text: "current" }) : null,
-            el("span", { className: "muted", text: ` ${v.updatedAt} by ${v.changedBy}` }),
+            el("time", {
+              className: "muted",
+              text: when(v.updatedAt),
+              attrs: { datetime: v.updatedAt, title: v.updatedAt },
+            }),
+            el("span", { className: "muted", text: `by ${v.changedBy}` }),
           ]),
           el("div", { className: "summary", text: v.summary || "" }),
           v.current ? null : restoreButton,
@@ -798,13 +811,7 @@
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10_000);
-    setStatusSomewhere(`Exported ${doc.templates.length} templates.`);
-  }
-
-  /** The status line lives in the editor; with no editor open, the list's count line says it. */
-  function setStatusSomewhere(message) {
-    if (state.mode === "new" || state.mode === "edit") setStatus(message, "ok");
-    else $("list-count").textContent = message;
+    setStatus(`Exported ${doc.templates.length} templates.`, "ok");
   }
 
   async function importFile(file) {
@@ -819,6 +826,9 @@
     state.mode = "import";
     state.importDoc = doc;
     $("import-file-name").textContent = file.name;
+    $("import-summary").textContent = "Checking…";
+    $("import-results").replaceChildren();
+    show($("import-apply"), false);
     show($("empty-state"), false);
     show($("import-panel"), true);
     let answer;
