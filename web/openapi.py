@@ -286,5 +286,5 @@ def register(ctx: Any) -> None:
     @ctx.app.page("/api/openapi.json", name="openapi")
     class OpenApi(faust.web.View):
         async def get(self, request: web.Request) -> web.Response:
-            authorize(request, settings.notify_api_token, settings.notify_api_auth == "enabled")
+            authorize(request, ctx.access, settings.notify_api_auth == "enabled")
             return json_response(doc)
