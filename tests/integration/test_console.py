@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import http.server
 import json
 import os
@@ -28,7 +27,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devtools.support import ROOT, SEED_MAIL, SEED_SMS, TOKEN, Api, Worker, free_port, unique
+from devtools.support import (
+    ROOT,
+    SCOPED_TOKENS,
+    SEED_MAIL,
+    SEED_SMS,
+    TOKEN,
+    Api,
+    Worker,
+    free_port,
+    unique,
+    write_tokens_file,
+)
 from devtools.support import worker_env as base_worker_env
 from web.console import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
 
@@ -37,10 +47,24 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.integration
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-READ_TOKEN = "console-reader-token-0123456789"
+READ_TOKEN = SCOPED_TOKENS["reader"][0]
 TOKEN_KEY = "faust-otp.console.token"
 ARTIFACTS = ROOT / ".local" / "artifacts"
 TIMEOUT_MS = 15_000
+#: What writes, shown only to a token with the ``edit`` scope (``#create`` only for a new
+#: template, ``#discard-draft`` only when there is a draft: hidden here for every token).
+EDIT_CONTROLS = (
+    "#new-template",
+    "#create",
+    "#save-draft",
+    "#publish",
+    "#discard-draft",
+    "#clone",
+    "#delete",
+    "#add-param",
+    "#history button.restore",
+)
+IMPORT_CONTROL = "label[for='import-file']"
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -54,8 +78,19 @@ def start_deployment(bootstrap: str, base: Path, tokens: Path | None) -> Worker:
 
 @dataclass
 class Deployments:
+    """The two workers; ``clean`` is waited for only by the test that imports into it, so
+    its start overlaps the tests before."""
+
     main: Worker
-    clean: Worker
+    _clean: Worker
+    _clean_ready: bool = False
+
+    @property
+    def clean(self) -> Worker:
+        if not self._clean_ready:
+            self._clean.wait_ready_sync()
+            self._clean_ready = True
+        return self._clean
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +99,11 @@ def deployments(
 ) -> Iterator[Deployments]:
     """Both workers, started together (each takes seconds, mostly waiting on the broker)."""
     base = tmp_path_factory.mktemp("console")
-    tokens = base / "tokens.json"
-    digest = hashlib.sha256(READ_TOKEN.encode()).hexdigest()
-    tokens.write_text(
-        json.dumps({"tokens": [{"name": "ci-reader", "sha256": digest, "scopes": ["read"]}]})
-    )
+    tokens = write_tokens_file(base / "tokens.json")
     main = start_deployment(kafka_bootstrap, base / "main", tokens)
     clean = start_deployment(kafka_bootstrap, base / "clean", None)
     try:
         main.wait_ready_sync()
-        clean.wait_ready_sync()
         yield Deployments(main, clean)
     finally:
         # Side by side again: each spends its few seconds of shutdown waiting on the broker.
@@ -498,28 +528,19 @@ def test_preview_runs_no_script_and_fetches_nothing_remote(
 def test_read_token_sees_no_edit_controls_and_its_write_is_refused(console: Console, api: Api):
     name = unique("ro")
     create(api, {**SEED_MAIL, "name": name})
+    status, body = call(api, "PUT", f"/api/template/{name}", {**SEED_MAIL, "name": name})
+    assert (status, body["version"]) == (200, 2), body  # so that v1 could be restored
     page = console.page
     console.sign_in(READ_TOKEN)
-    assert page.text_content("#who-name") == "ci-reader"
+    assert page.text_content("#who-name") == "reader"
     assert page.text_content("#who-scopes") == "read"
     console.open(name)
     # It reads and previews...
     assert page.frame_locator("#preview-mail").locator("p").nth(1).text_content()
     assert page.is_visible("#export")
     # ...and is shown nothing that writes.
-    for control in (
-        "#new-template",
-        "label[for='import-file']",
-        "#create",
-        "#save-draft",
-        "#publish",
-        "#discard-draft",
-        "#clone",
-        "#delete",
-        "#add-param",
-        ".remove-param",
-        "#history button.restore",
-    ):
+    page.wait_for_selector("#history li[data-version='1']")
+    for control in (*EDIT_CONTROLS, IMPORT_CONTROL, ".remove-param"):
         assert page.locator(f"{control}:visible").count() == 0, control
     assert page.is_editable("#f-body") is False
     assert page.is_editable("#f-subject") is False
@@ -540,8 +561,33 @@ def test_read_token_sees_no_edit_controls_and_its_write_is_refused(console: Cons
     assert status == 403, body
     assert "edit" in json.dumps(body["details"]), body
     status, stored = call(api, "GET", f"/api/template/{name}?language=en")
-    assert stored["version"] == 1
+    assert stored["version"] == 2
     assert console.violations() == []
+
+
+@pytest.mark.parametrize(
+    ("who", "edits", "imports"), [("editor", True, False), ("importer", False, True)]
+)
+def test_each_scope_is_shown_its_own_actions(
+    console: Console, api: Api, who: str, edits: bool, imports: bool
+):
+    name = unique(who)
+    create(api, {**SEED_MAIL, "name": name})
+    call(api, "PUT", f"/api/template/{name}", {**SEED_MAIL, "name": name})
+    page = console.page
+    console.sign_in(SCOPED_TOKENS[who][0])
+    assert page.text_content("#who-name") == who
+    console.open(name)
+    if edits:  # a change, so that Save draft is enabled
+        page.fill("#f-subject", "changed [(${clientId})]")
+        assert page.is_enabled("#save-draft")
+    page.wait_for_selector("#history li[data-version='1']")
+    for control in EDIT_CONTROLS:
+        if control != "#create" and control != "#discard-draft":
+            assert page.locator(f"{control}:visible").count() == (1 if edits else 0), control
+    assert (page.locator(".remove-param:visible").count() == 2) is edits
+    assert page.locator(f"{IMPORT_CONTROL}:visible").count() == (1 if imports else 0)
+    assert page.is_editable("#f-body") is edits
 
 
 # --------------------------------------------------------------------------- export / import
