@@ -138,10 +138,11 @@
   }
 
   /** Resolves true when the person confirms in the modal dialog. */
-  function confirmDialog(text, okLabel) {
+  function confirmDialog(text, okLabel, { danger = true } = {}) {
     const dialog = $("confirm-dialog");
     $("confirm-text").textContent = text;
     $("confirm-ok").textContent = okLabel;
+    $("confirm-ok").className = danger ? "danger" : "";
     return new Promise((resolve) => {
       dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), {
         once: true,
@@ -191,6 +192,7 @@
 
   function signOut(message = "") {
     sessionStorage.removeItem(TOKEN_KEY);
+    setStatus("");
     state.token = null;
     state.who = null;
     state.templates = [];
@@ -711,6 +713,7 @@
     const ok = await confirmDialog(
       `Publish the content of v${version} of ${name} (${language}) as a new version?`,
       `Restore v${version}`,
+      { danger: false },
     );
     if (!ok) return;
     const stored = await api("POST", templatePath(name, language, `/versions/${version}/restore`));
@@ -894,7 +897,15 @@
               : `Cannot sign in: ${err.message}`;
         });
     });
-    $("sign-out").addEventListener("click", () => signOut());
+    $("sign-out").addEventListener("click", () =>
+      busy(async () => {
+        if (await leaveEditor()) signOut();
+      }),
+    );
+    // Closing or reloading the tab with unsaved changes asks first (the browser's own dialog).
+    window.addEventListener("beforeunload", (event) => {
+      if (isDirty()) event.preventDefault();
+    });
     for (const id of ["filter-name", "filter-type", "filter-language", "filter-status"]) {
       $(id).addEventListener("input", renderList);
     }
