@@ -535,9 +535,14 @@ def test_read_token_sees_no_edit_controls_and_its_write_is_refused(console: Cons
     assert page.text_content("#who-name") == "reader"
     assert page.text_content("#who-scopes") == "read"
     console.open(name)
-    # It reads and previews...
+    # It reads, previews and exports (this one template, from the editor)...
     assert page.frame_locator("#preview-mail").locator("p").nth(1).text_content()
     assert page.is_visible("#export")
+    with page.expect_download() as download:
+        page.click("#export-one")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert [(t["name"], t["language"]) for t in exported["templates"]] == [(name, "en")]
+    assert download.value.suggested_filename.startswith(f"{name}-en-")
     # ...and is shown nothing that writes.
     page.wait_for_selector("#history li[data-version='1']")
     for control in (*EDIT_CONTROLS, IMPORT_CONTROL, ".remove-param"):

@@ -639,6 +639,7 @@
     show($("publish"), editing);
     show($("discard-draft"), editing && state.draft !== null);
     show($("clone"), editing);
+    show($("export-one"), editing);
     show($("delete"), editing);
     $("save-draft").disabled = state.busy || !dirty;
     $("publish").disabled = state.busy || !(dirty || state.draft);
@@ -804,17 +805,26 @@
 
   // ------------------------------------------------------------------ export and import
 
-  async function exportTemplates() {
-    const doc = await api("GET", "/api/templates/export");
+  /** Download an export document: every template, or only the one being edited. */
+  async function exportTemplates({ one = false } = {}) {
+    let path = "/api/templates/export";
+    let prefix = "templates";
+    if (one) {
+      const { name, language } = state.published;
+      path += `?name=${q(name)}&language=${q(language)}`;
+      prefix = `${name}-${language}`;
+    }
+    const doc = await api("GET", path);
     const blob = new Blob([JSON.stringify(doc, null, 2)], { type: "application/json" });
     const url = URL.createObjectURL(blob);
     const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
-    const link = el("a", { attrs: { href: url, download: `templates-${stamp}.json` } });
+    const link = el("a", { attrs: { href: url, download: `${prefix}-${stamp}.json` } });
     document.body.append(link);
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10_000);
-    setStatus(`Exported ${doc.templates.length} templates.`, "ok");
+    const count = doc.templates.length;
+    setStatus(`Exported ${count} template${count === 1 ? "" : "s"}.`, "ok");
   }
 
   async function importFile(file) {
@@ -914,7 +924,8 @@
         if (await leaveEditor()) newTemplate();
       }),
     );
-    $("export").addEventListener("click", () => busy(exportTemplates));
+    $("export").addEventListener("click", () => busy(() => exportTemplates()));
+    $("export-one").addEventListener("click", () => busy(() => exportTemplates({ one: true })));
     $("import-file").addEventListener("change", () => {
       const file = $("import-file").files[0];
       $("import-file").value = "";
