@@ -24,7 +24,7 @@ from app import codec
 from app.core import render
 from app.core import templates as model
 from app.core.access import EDIT, READ, Principal
-from app.flows.templates import CONTENT_FIELDS
+from app.flows.templates import CONTENT_FIELDS, READ_OPS
 from app.render_pool import (
     RenderJobInvalid,
     RenderPoolBusy,
@@ -109,8 +109,10 @@ class TemplateApi:
         status = result["status"]
         if by is not None:
             log.info("template %s: %s by %s answered %d", key, op, by.name, status)
+        if op in READ_OPS:
+            return result
         if status in (200, 201) or (status == 204 and op != "delete"):
-            self.cache.apply_own(key, result["template"], result.get("draft"))
+            self.cache.apply_own(key, result["template"], result["draft"], result["rev"])
         elif status == 204:
             self.cache.apply_own(key, None)
         return result

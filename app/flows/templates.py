@@ -28,6 +28,9 @@ REQUEST_FIELD = "_request"
 DRAFT_FIELD = "_draft"
 HISTORY_FIELD = "_history"
 CHANGE_FIELD = "_change"
+#: Counts every write to a row, drafts included (which leave ``version`` as it is), so a read
+#: model that sees the row's records out of order keeps the newest.
+REVISION_FIELD = "_rev"
 #: The fields a version's content is made of (what a summary compares, what restore copies).
 CONTENT_FIELDS = (
     "type",
@@ -151,12 +154,20 @@ def apply_command(
         if current is not None:
             return 409, current
         what = command.get("summary") or "created"
-        return 201, _published(None, command["template"], command, what, limits)
-    if current is None:
+        status, row = 201, _published(None, command["template"], command, what, limits)
+    elif current is None:
         if op in WRITE_STATUS or op == "delete":
             return 404, None
         raise ValueError(f"unknown template command {op!r}")
-    return _change(current, command, limits)
+    else:
+        status, row = _change(current, command, limits)
+    if row is not None and row is not current:
+        row = {**row, REVISION_FIELD: revision(current) + 1}
+    return status, row
+
+
+def revision(row: dict[str, Any] | None) -> int:
+    return int(row.get(REVISION_FIELD, 0)) if row is not None else 0
 
 
 def _change(
@@ -245,6 +256,7 @@ def answer(status: int, record: dict[str, Any] | None, command: dict[str, Any]) 
         "status": status,
         "template": public(record),
         "draft": record.get(DRAFT_FIELD) if record is not None else None,
+        "rev": revision(record),
     }
     if record is None or status >= 400:
         return result

@@ -101,3 +101,17 @@ def test_sends_use_the_published_version_while_a_draft_waits() -> None:
     c.apply_own(KEY, {**template(2, "draft subject")}, None)  # published
     entry = c.resolve("otpMail", "en")
     assert entry is not None and entry.data["subject"] == "draft subject" and entry.draft is None
+
+
+def test_an_older_draft_record_does_not_replace_a_newer_one() -> None:
+    """Two workers save drafts one after the other: whichever order this worker learns of them
+    in (its own answer, the changelog), it keeps the newer."""
+    c = cache()
+    newer = {**template(1, "second"), "savedBy": "b"}
+    c.apply(KEY, codec.dumps({**template(1), "_draft": newer, "_rev": 3}))
+    c.apply_own(KEY, template(1), {**template(1, "first"), "savedBy": "a"}, 2)
+    entry = c.resolve("otpMail", "en")
+    assert entry is not None and entry.draft is not None and entry.draft["subject"] == "second"
+    c.apply(KEY, codec.dumps({**template(1), "_rev": 4}))  # then discarded
+    entry = c.resolve("otpMail", "en")
+    assert entry is not None and entry.draft is None

@@ -213,3 +213,13 @@ def test_array_items_are_checked() -> None:
     params = [{"key": "xs", "mandatory": False, "type": "ARRAY", "item": "NUMBER"}]
     assert model.mistyped(params, {"xs": [1, 2.5]}) == []
     assert model.mistyped(params, {"xs": [1, "2"]}) == [("xs", "item 1 must be a NUMBER")]
+
+
+def test_every_write_counts_a_revision_and_refusals_do_not() -> None:
+    row = created()
+    assert row["_rev"] == 1
+    _, row = run(row, "save_draft", template=SMS)
+    _, row = run(row, "discard_draft")
+    _, row = run(row, "replace", template=SMS)
+    assert row is not None and row["_rev"] == 4 and row["version"] == 2
+    assert run(row, "publish") == (409, row)
