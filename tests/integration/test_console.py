@@ -458,6 +458,38 @@ def test_list_filters_by_name_type_language_and_status(console: Console, api: Ap
     assert shown() == {(f"{tag}-sms", "en")}
 
 
+def test_typed_parameters_preview_with_samples_of_their_type(console: Console, api: Api):
+    name = unique("typed")
+    create(
+        api,
+        {
+            "name": name,
+            "type": "SMS",
+            "body": "Pay [(${amount})] for [(${client.name})]: [(${otpValue})]",
+            "params": [
+                {"key": "amount", "mandatory": True, "type": "NUMBER"},
+                {"key": "client", "mandatory": True, "type": "OBJECT"},
+                {"key": "otpValue", "mandatory": True},
+            ],
+        },
+    )
+    page = console.page
+    console.sign_in(TOKEN)
+    console.open(name)
+    samples = page.locator("#params .param-sample")
+    assert page.locator("#params .param-type").first.input_value() == "NUMBER"
+    samples.nth(1).fill('{"name": "Ana"}')
+    samples.nth(0).fill("12.5")
+    console.wait_preview()
+    code = page.text_content("#preview-otp")
+    assert page.text_content("#preview-text") == f"Pay 12.5 for Ana: {code}"
+    # A sample that does not fit the type: the service says why, beside the form.
+    samples.nth(0).fill("a lot")
+    console.wait_preview("failed")
+    assert "NUMBER" in page.text_content("#warnings li.server")
+    assert console.violations() == []
+
+
 # --------------------------------------------------------------------------- hostile mail
 
 

@@ -311,9 +311,33 @@
     const data = {};
     for (const p of state.params) {
       const key = p.key.trim();
-      if (key && key !== SAMPLE_OTP_KEY && p.sample !== "") data[key] = p.sample;
+      if (key && key !== SAMPLE_OTP_KEY && p.sample !== "") data[key] = typedSample(p);
     }
     return data;
+  }
+
+  const PARAM_TYPES = ["STRING", "NUMBER", "BOOLEAN", "OBJECT", "ARRAY"];
+  // What a typed mandatory parameter's sample starts as (the server checks the type).
+  const TYPED_SAMPLES = { NUMBER: "1", BOOLEAN: "true", OBJECT: "{}", ARRAY: "[]" };
+
+  /** The sample as the parameter's type wants it: a number, a boolean, JSON for an object or
+   *  a list (also for an untyped one written as JSON, for ${client.name}). Text that does not
+   *  fit is sent as text, and the preview then says why it is refused. */
+  function typedSample(param) {
+    const text = param.sample;
+    const type = param.extra.type;
+    if (type === "NUMBER" && text.trim() !== "" && Number.isFinite(Number(text))) {
+      return Number(text);
+    }
+    if (type === "BOOLEAN" && (text === "true" || text === "false")) return text === "true";
+    if (type === "OBJECT" || type === "ARRAY" || (!type && /^\s*[[{]/.test(text))) {
+      try {
+        return JSON.parse(text);
+      } catch (err) {
+        return text;
+      }
+    }
+    return text;
   }
 
   const SERVER_FIELDS = [
@@ -344,7 +368,8 @@
       const { key, mandatory, ...extra } = param;
       const known = state.samples.get(key);
       // A mandatory parameter gets the server's own trial-render value until one is typed.
-      const sample = known !== undefined ? known : mandatory ? "sample" : "";
+      const initial = TYPED_SAMPLES[extra.type] || "sample";
+      const sample = known !== undefined ? known : mandatory ? initial : "";
       return { key, mandatory: mandatory === true || mandatory === "true", sample, extra };
     });
     renderParams();
@@ -379,6 +404,18 @@
         param.mandatory = mandatory.checked;
         edited();
       });
+      const type = el("select", { className: "param-type", attrs: { "aria-label": "Type" } }, [
+        el("option", { text: "any", attrs: { value: "" } }),
+        ...PARAM_TYPES.map((t) => el("option", { text: t })),
+      ]);
+      type.value = param.extra.type || "";
+      type.disabled = !editable;
+      type.addEventListener("change", () => {
+        if (type.value) param.extra.type = type.value;
+        else delete param.extra.type;
+        if (type.value !== "ARRAY") delete param.extra.item;
+        edited();
+      });
       const isOtp = param.key === SAMPLE_OTP_KEY;
       const sample = el("input", {
         className: "param-sample",
@@ -408,6 +445,7 @@
       });
       return el("tr", {}, [
         el("td", {}, [key]),
+        el("td", {}, [type]),
         el("td", {}, [mandatory]),
         el("td", {}, [sample]),
         el("td", {}, [remove]),
