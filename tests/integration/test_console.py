@@ -338,6 +338,9 @@ def test_sign_in_create_preview_draft_publish_restore(console: Console, api: Api
     # A mandatory parameter the body stops using is warned about as the person types.
     page.fill("#f-body", "<p>no code here</p>")
     page.wait_for_selector("#warnings li:has-text(\"Mandatory parameter 'otpValue' is not used\")")
+    # The service refuses it too (the preview fails), and its word on it is not shown twice.
+    console.wait_preview("failed")
+    assert page.locator("#warnings li").count() == 1
     page.fill("#f-body", SEED_MAIL["body"])
     page.wait_for_selector("#warnings li", state="detached")
 

@@ -481,26 +481,30 @@
     return keys;
   }
 
-  /** Warnings the editor can tell at once, before the server has seen the template. */
+  /** Warnings the editor can tell at once, before the server has seen the template, each
+   *  with an id that names what it is about (so the server's word on it is not shown twice). */
   function localWarnings(template) {
     const warnings = [];
+    const warn = (id, text) => warnings.push({ id, text });
     const used = referencedKeys(`${template.subject || ""}\n${template.body}`);
     const seen = new Set();
     for (const param of template.params) {
       if (seen.has(param.key)) {
-        warnings.push(`Parameter '${param.key}' is listed twice.`);
+        warn(`twice:${param.key}`, `Parameter '${param.key}' is listed twice.`);
       }
       seen.add(param.key);
       if (!param.mandatory) continue;
       if (!used.has(param.key)) {
-        warnings.push(
+        warn(
+          `unused:${param.key}`,
           `Mandatory parameter '${param.key}' is not used by the subject or body: ` +
             "the service refuses to save it.",
         );
       }
       const row = state.params.find((p) => p.key.trim() === param.key);
       if (param.key !== SAMPLE_OTP_KEY && row && row.sample === "") {
-        warnings.push(
+        warn(
+          `nosample:${param.key}`,
           `Mandatory parameter '${param.key}' has no sample value: ` +
             "a send without it is refused, and so is the preview.",
         );
@@ -508,22 +512,37 @@
     }
     for (const key of used) {
       if (!seen.has(key) && key !== SAMPLE_OTP_KEY) {
-        warnings.push(`'${key}' is used but is not a parameter: it renders empty unless sent.`);
+        warn(
+          `undeclared:${key}`,
+          `'${key}' is used but is not a parameter: it renders empty unless sent.`,
+        );
       }
     }
     if (template.type === "MAIL" && !template.subject) {
-      warnings.push("A MAIL template needs a subject.");
+      warn("subject", "A MAIL template needs a subject.");
     }
-    if (!template.body.trim()) warnings.push("The body is empty.");
+    if (!template.body.trim()) warn("body", "The body is empty.");
     return warnings;
   }
 
+  /** The local warning a server detail repeats, if any (see localWarnings' ids). */
+  function sameAsLocal(detail) {
+    const { field, message } = detail;
+    let m;
+    if (field === "template.subject" && /required/.test(message)) return "subject";
+    if (field === "template.body" && /required/.test(message)) return "body";
+    if (field.startsWith("data.") && /mandatory/.test(message)) return `nosample:${field.slice(5)}`;
+    if ((m = /mandatory parameter '(\w+)' is not used/.exec(message))) return `unused:${m[1]}`;
+    if ((m = /duplicates '(\w+)'/.exec(message))) return `twice:${m[1]}`;
+    return null;
+  }
+
   function renderWarnings(serverDetails) {
-    const template = templateInput();
-    const items = localWarnings(template).map((text) =>
-      el("li", { className: "warning", text }),
-    );
+    const local = localWarnings(templateInput());
+    const ids = new Set(local.map((w) => w.id));
+    const items = local.map((w) => el("li", { className: "warning", text: w.text }));
     for (const detail of serverDetails) {
+      if (ids.has(sameAsLocal(detail))) continue;
       items.push(
         el("li", { className: "warning server", text: `${detail.field}: ${detail.message}` }),
       );
@@ -628,6 +647,7 @@
     $("f-name").readOnly = true;
     $("f-language").readOnly = true;
     setStatus("");
+    refreshControls();
     renderList();
     renderWarnings([]);
     await Promise.all([preview(), loadHistory()]);
@@ -739,7 +759,8 @@
   async function discardDraft() {
     const { name, language } = state.published;
     const ok = await confirmDialog(
-      `Discard the draft of ${name} (${language})? The published v${state.published.version} stays.`,
+      `Discard the draft of ${name} (${language})? ` +
+        `The published v${state.published.version} stays.`,
       "Discard draft",
     );
     if (!ok) return;
