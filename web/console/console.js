@@ -422,7 +422,7 @@
         attrs: {
           "aria-label": `Sample value of ${param.key}`,
           spellcheck: "false",
-          placeholder: isOtp ? "the sample code" : "",
+          placeholder: isOtp ? "(the code)" : "",
           value: isOtp ? "" : param.sample,
         },
       });
