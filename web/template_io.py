@@ -43,7 +43,7 @@ def export_document(templates: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "formatVersion": FORMAT_VERSION,
-        "exportedAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "exportedAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "templates": [content(t) for t in templates],
     }
 
