@@ -30,7 +30,7 @@ test: $(STAMP)
 
 ## chaos: only the scaling test (three workers, a kill -9 and a SIGTERM under load), counts printed
 chaos: $(STAMP)
-	@scripts/run-tests -m chaos -s
+	@scripts/run-tests -n 0 -m chaos -s
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check .

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agents import for_each_event, inbound
-from app.flows.templates import TemplateWriter, apply_command, public
+from app.flows.templates import HistoryLimits, TemplateWriter, apply_command, public
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -15,7 +15,8 @@ __all__ = ["apply_command", "public", "register"]
 
 def register(ctx: Context) -> None:
     app = ctx.app
-    writer = TemplateWriter(ctx.tables.templates, ctx.outbox)
+    limits = HistoryLimits(versions=ctx.settings.template_history_versions)
+    writer = TemplateWriter(ctx.tables.templates, ctx.outbox, limits)
 
     @app.agent(ctx.topics.template_commands, name="write_template")
     async def write_template(commands: Any) -> None:

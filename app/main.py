@@ -23,6 +23,7 @@ from app.attachments import AttachmentStore
 from app.channels.base import Channel
 from app.channels.factory import build_channels, build_forwarder
 from app.channels.kafka import KafkaForwarder
+from app.core.access import TokenRegistry
 from app.core.otp import OtpPolicy
 from app.core.render import RenderLimits
 from app.flows.events import Events
@@ -82,6 +83,7 @@ class Context:
     notify_flows: NotifyFlows
     receipts: ReceiptProcessor
     send_log: SendLog
+    access: TokenRegistry
 
 
 def otp_policy(settings: Settings) -> OtpPolicy:
@@ -203,6 +205,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     render_limits = RenderLimits(settings.render_timeout_ms, settings.render_max_output_bytes)
     ctx = Context(
         settings=settings,
+        access=settings.token_registry(),
         app=app,
         topics=topics,
         tables=tables,

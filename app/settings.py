@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Generic, Literal, TypeVar
 
 from app.channels.fcm import DEFAULT_TOKEN_URL, ServiceAccount
+from app.core import access
 from app.core.receivers import known_region
 
 FLOWX_GENERATE_IN = "ai.flowx.plugin.notification.trigger.generate.otp.v1"
@@ -396,8 +397,15 @@ class Settings:
         "NOTIFY_API_TOKEN",
         None,
         _optional_text,
-        "bearer token required on `/api/*`; required unless `NOTIFY_API_AUTH=disabled`",
+        "bearer token required on `/api/*`, with every scope (named `default` in the template "
+        "history); this or `NOTIFY_API_TOKENS_FILE` is required unless `NOTIFY_API_AUTH=disabled`",
         secret=True,
+    )
+    notify_api_tokens_file: str | None = setting(
+        "NOTIFY_API_TOKENS_FILE",
+        None,
+        _optional_text,
+        "JSON file of named, scoped tokens by SHA-256 (README, Access); read at start",
     )
     api_max_body_bytes: int = setting(
         "API_MAX_BODY_BYTES",
@@ -422,6 +430,13 @@ class Settings:
         "100000",
         _int(16, 4 * 1024 * 1024),
         "largest template body, in characters",
+    )
+    template_history_versions: int = setting(
+        "TEMPLATE_HISTORY_VERSIONS",
+        "50",
+        _int(0, 1000),
+        "earlier published versions kept per template (fewer when they would not fit one "
+        "Kafka record)",
     )
     otp_length: int = setting(
         ("FLOWX_OTP_LENGTH", "OTP_LENGTH"),
@@ -858,14 +873,30 @@ class Settings:
             )
         if len(self.otp_hmac_secret) < 16:
             raise ConfigError("OTP_HMAC_SECRET", "must be at least 16 characters")
-        if self.notify_api_auth == "enabled" and not self.notify_api_token:
-            raise ConfigError(
-                "NOTIFY_API_TOKEN", "is required unless NOTIFY_API_AUTH=disabled is set explicitly"
-            )
+        if self.notify_api_auth == "enabled":
+            self._check_tokens()
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ConfigError(
                 "SMTP_PASSWORD", "SMTP_USERNAME and SMTP_PASSWORD must be set together"
             )
+
+    def _check_tokens(self) -> None:
+        if not self.notify_api_token and not self.notify_api_tokens_file:
+            raise ConfigError(
+                "NOTIFY_API_TOKEN",
+                "or NOTIFY_API_TOKENS_FILE is required unless NOTIFY_API_AUTH=disabled is set "
+                "explicitly",
+            )
+        try:
+            self.token_registry()
+        except access.AccessConfigError as exc:
+            raise ConfigError("NOTIFY_API_TOKENS_FILE", str(exc)) from None
+
+    def token_registry(self) -> access.TokenRegistry:
+        """Who may call the API (empty when authentication is disabled)."""
+        if self.notify_api_auth != "enabled":
+            return access.TokenRegistry([])
+        return access.TokenRegistry.build(self.notify_api_token, self.notify_api_tokens_file)
 
     def check_channels(self) -> None:
         """Each chosen SMS/PUSH provider has what it needs; never echo a credential."""

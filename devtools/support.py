@@ -4,6 +4,7 @@ Kafka broker, HTTP."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import signal
@@ -200,6 +201,26 @@ def worker_env(bootstrap: str, suffix: str, smtp_port: int, **extra: str) -> dic
         "LIBRARY_LOG_LEVEL": "INFO",
         **extra,
     }
+
+
+#: Named tokens of the scopes tests use, beside ``TOKEN`` (``NOTIFY_API_TOKEN``, named
+#: ``default``, every scope): name -> (token, scopes).
+SCOPED_TOKENS: dict[str, tuple[str, list[str]]] = {
+    "reader": ("reader-token-0123456789", ["read"]),
+    "editor": ("editor-token-0123456789", ["read", "edit"]),
+    "importer": ("importer-token-0123456789", ["read", "import"]),
+}
+
+
+def write_tokens_file(path: Path) -> Path:
+    """A ``NOTIFY_API_TOKENS_FILE`` holding :data:`SCOPED_TOKENS` by SHA-256, as operators
+    write one."""
+    tokens = [
+        {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "scopes": scopes}
+        for name, (token, scopes) in SCOPED_TOKENS.items()
+    ]
+    path.write_bytes(codec.dumps({"tokens": tokens}))
+    return path
 
 
 def metric_total(text: str, name: str) -> float:

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app import codec
 from app.core import render
 from app.core.templates import is_html, template_key
+from app.flows.templates import DRAFT_FIELD, REVISION_FIELD, revision
 from app.kafka_admin import partition_of
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedTemplate:
-    """A stored template with its compiled form (compiled once per version)."""
+    """A stored template (its published version, which sends use) with its compiled form
+    (compiled once per version), and its unpublished draft if it has one."""
 
     data: dict[str, Any]
     compiled: render.CompiledTemplate | None
+    draft: dict[str, Any] | None = None
+    revision: int = 0
 
     @property
     def version(self) -> int:
@@ -112,6 +116,9 @@ class TemplateCache:
     def all(self) -> list[dict[str, Any]]:
         return [entry.data for _, entry in sorted(self._entries.items())]
 
+    def entries(self) -> list[CachedTemplate]:
+        return [entry for _, entry in sorted(self._entries.items())]
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -135,7 +142,13 @@ class TemplateCache:
             return
         self._set(key, data)
 
-    def apply_own(self, key: str, template: dict[str, Any] | None) -> None:
+    def apply_own(
+        self,
+        key: str,
+        template: dict[str, Any] | None,
+        draft: dict[str, Any] | None = None,
+        rev: int = 0,
+    ) -> None:
         """Apply a write this worker just made (``None``: a delete), ahead of the changelog."""
         if template is None:
             gone = self._entries.pop(key, None)
@@ -143,14 +156,21 @@ class TemplateCache:
             # the tombstone: all of them are older than the delete.
             self._deleted[key] = gone.version if gone is not None else sys.maxsize
             return
-        self._set(key, template)
+        self._set(key, {**template, DRAFT_FIELD: draft, REVISION_FIELD: rev})
 
-    def _set(self, key: str, data: dict[str, Any]) -> None:
-        data = {k: v for k, v in data.items() if not k.startswith("_")}  # private fields
+    def _set(self, key: str, record: dict[str, Any]) -> None:
+        data = {k: v for k, v in record.items() if not k.startswith("_")}  # private fields
+        draft, rev = record.get(DRAFT_FIELD), revision(record)
         current = self._entries.get(key)
-        if current is not None and int(data.get("version", 0)) < current.version:
+        if current is not None and (
+            int(data.get("version", 0)) < current.version or rev < current.revision
+        ):
             return
-        self._entries[key] = CachedTemplate(data=data, compiled=compile_stored(data))
+        if current is not None and current.version == int(data.get("version", 0)):
+            # A draft saved or discarded: the published version, and its compiled form, stay.
+            self._entries[key] = CachedTemplate(current.data, current.compiled, draft, rev)
+            return
+        self._entries[key] = CachedTemplate(data, compile_stored(data), draft, rev)
 
     # -- the consumer ------------------------------------------------------------------------
     async def run(self) -> None:

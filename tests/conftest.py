@@ -91,3 +91,25 @@ def smtp_sink() -> Iterator[SmtpSink]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+#: The modules that take a minute or more (kills under load, a repartition, a browser), run
+#: first so that ``make test``'s two processes (pytest-xdist, ``--dist loadfile``) do not end
+#: with one of them still running several of these while the other is idle.
+LONG_MODULES = (
+    "test_scaling.py",
+    "test_redelivered_code.py",
+    "test_repartition.py",
+    "test_notify_chaos.py",
+    "test_console.py",
+    "test_openapi_contract.py",
+    "test_make_run.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module, and of the rest, stays

@@ -28,12 +28,18 @@ TEST_ACCESS_KEY = "faust-otp-test"
 TEST_SECRET_KEY = "faust-otp-test-secret-0123456789"
 
 
+def _xdist_index() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
 def s3_env() -> dict[str, str]:
     """The environment scripts/s3-local runs the test store with."""
     return {
         **os.environ,
-        "S3_PORT": os.environ.get("TEST_S3_PORT", "18333"),
-        "S3_DATA_DIR": os.environ.get("TEST_S3_DATA_DIR", str(ROOT / ".local" / "s3-test")),
+        # One store per pytest-xdist process (gw0, gw1, ...): each starts and stops its own.
+        "S3_PORT": str(int(os.environ.get("TEST_S3_PORT", "18333")) + _xdist_index()),
+        "S3_DATA_DIR": os.environ.get("TEST_S3_DATA_DIR", str(ROOT / ".local" / "s3-test"))
+        + (f"-{_xdist_index()}" if _xdist_index() else ""),
         "S3_ACCESS_KEY": TEST_ACCESS_KEY,
         "S3_SECRET_KEY": TEST_SECRET_KEY,
     }

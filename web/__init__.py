@@ -6,12 +6,23 @@ from typing import Any
 
 
 def register_views(ctx: Any) -> None:
-    from web import callbacks, health, metrics, notifications, openapi, otp, templates
+    from web import (
+        callbacks,
+        console,
+        health,
+        metrics,
+        notifications,
+        openapi,
+        otp,
+        template_io,
+        templates,
+    )
 
     health.register(ctx)
-    templates.register(ctx)
+    template_io.register(ctx, templates.register(ctx))
     otp.register(ctx)
     callbacks.register(ctx)
     notifications.register(ctx)
     openapi.register(ctx)
     metrics.register(ctx)
+    console.register(ctx)

@@ -1,9 +1,8 @@
-"""Small request helpers shared by the views: authenticate, read a JSON body, read a query."""
+"""Small request helpers shared by the views: admit a caller, read a JSON body, read a query."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -11,42 +10,72 @@ from uuid import uuid4
 from aiohttp import web
 
 from app import codec
+from app.core import access
+from app.core.access import Principal, TokenRegistry
 from web.errors import ApiError
 
 if TYPE_CHECKING:
+    from app.main import Context
     from app.settings import Settings
     from tables.template_cache import TemplateCache
 
 
-def authorize(request: web.Request, token: str | None, enabled: bool) -> None:
-    """Bearer-token check, constant-time; the token itself is never echoed or logged."""
+def authorize(request: web.Request, registry: TokenRegistry, enabled: bool) -> Principal:
+    """The caller behind the bearer token (compared in constant time, never echoed or logged)."""
     if not enabled:
-        return
+        return access.UNAUTHENTICATED
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(
             401,
             "missing bearer token",
             [{"field": "Authorization", "message": "expected 'Bearer <token>'"}],
         )
-    if token is None or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    principal = registry.authenticate(given.strip())
+    if principal is None:
         raise ApiError(
             401,
             "invalid bearer token",
             [{"field": "Authorization", "message": "token not accepted"}],
         )
+    return principal
 
 
-async def guard(request: web.Request, settings: Settings, cache: TemplateCache) -> None:
-    """Authenticate, then make sure this worker's read model has caught up: before that, a
-    read could miss a template and a command (a template write, an OTP cancel) its answer."""
-    authorize(request, settings.notify_api_token, settings.notify_api_auth == "enabled")
-    if not cache.ready.is_set():
-        try:
-            await asyncio.wait_for(cache.ready.wait(), timeout=settings.api_write_timeout_seconds)
-        except TimeoutError:
-            raise ApiError(503, "the service is still loading; retry") from None
+class Gate:
+    """Every API view's first step: who is calling, may they do this, is the worker ready."""
+
+    def __init__(self, settings: Settings, registry: TokenRegistry, cache: TemplateCache) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.cache = cache
+
+    @classmethod
+    def of(cls, ctx: Context) -> Gate:
+        return cls(ctx.settings, ctx.access, ctx.cache)
+
+    def who(self, request: web.Request) -> Principal:
+        return authorize(request, self.registry, self.settings.notify_api_auth == "enabled")
+
+    async def admit(self, request: web.Request, scope: str) -> Principal:
+        """The caller if it holds ``scope`` (403 naming the scope otherwise), once this worker's
+        read model has caught up: before that, a read could miss a template and a command (a
+        template write, an OTP cancel) its answer."""
+        principal = self.who(request)
+        if not principal.allows(scope):
+            raise ApiError(
+                403,
+                f"token '{principal.name}' lacks the '{scope}' scope",
+                [{"field": "Authorization", "message": f"needs the '{scope}' scope"}],
+            )
+        if not self.cache.ready.is_set():
+            try:
+                await asyncio.wait_for(
+                    self.cache.ready.wait(), timeout=self.settings.api_write_timeout_seconds
+                )
+            except TimeoutError:
+                raise ApiError(503, "the service is still loading; retry") from None
+        return principal
 
 
 async def ask(

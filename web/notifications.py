@@ -16,10 +16,11 @@ import faust
 from aiohttp import web
 
 from app import codec
+from app.core.access import ADMIN
 from app.flows import sendlog
 from app.kafka_admin import partition_of
 from web.errors import ApiError, json_response
-from web.http import ask, guard
+from web.http import Gate, ask
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -29,10 +30,11 @@ class NotificationLog:
     def __init__(self, ctx: Context) -> None:
         self.settings = ctx.settings
         self.cache = ctx.cache
+        self.gate = Gate.of(ctx)
         self.queries = ctx.topics.log_queries
 
     async def query(self, request: web.Request) -> dict[str, Any]:
-        await guard(request, self.settings, self.cache)
+        await self.gate.admit(request, ADMIN)
         try:
             query = sendlog.parse_query(request.query)
         except sendlog.QueryError as exc:

@@ -15,10 +15,11 @@ import faust
 from aiohttp import web
 
 from app import codec
+from app.core.access import ADMIN
 from app.flows.otp import CANCEL, STATUS
 from app.records import RequestError, identifier
 from web.errors import ApiError, json_response
-from web.http import ask, guard
+from web.http import Gate, ask
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -28,10 +29,11 @@ class OtpApi:
     def __init__(self, ctx: Context) -> None:
         self.settings = ctx.settings
         self.cache = ctx.cache
+        self.gate = Gate.of(ctx)
         self.commands = ctx.topics.otp_commands
 
     async def ask(self, request: web.Request, client_id: str, kind: str) -> web.Response:
-        await guard(request, self.settings, self.cache)
+        await self.gate.admit(request, ADMIN)
         try:
             key = str(identifier(client_id, "clientId", None))
         except RequestError as exc:

@@ -26,6 +26,8 @@ MAX_PARAMS = 100
 # ``context`` is free-form JSON stored as sent; bound its nesting so that every encoder on the
 # way (Faust's and ours, orjson: at most 254 levels) can serialize it: deeper was a 500.
 MAX_CONTEXT_DEPTH = 32
+#: ``params[].type``: what a send's value for the parameter must be (optional, unchecked if absent).
+PARAM_TYPES = ("STRING", "NUMBER", "BOOLEAN", "OBJECT", "ARRAY")
 NAME_RULE = "must be 1-100 characters of A-Z a-z 0-9 _ . - (starting with a letter or digit)"
 
 
@@ -255,6 +257,63 @@ def _params(value: Any, problems: list[Problem]) -> list[dict[str, Any]]:
         if not isinstance(mandatory, bool):
             problems.append(Problem(f"{field}.mandatory", "must be true or false"))
             continue
+        typed = _param_type(item, field, problems)
+        if typed is None:
+            continue
         seen.add(key)
-        out.append({"key": key, "mandatory": mandatory})
+        out.append({"key": key, "mandatory": mandatory, **typed})
     return out
+
+
+def _param_type(item: dict[str, Any], field: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """``type`` (and ``item`` for an ARRAY) as stored, ``{}`` when untyped, None if refused."""
+    ptype, item_type = item.get("type"), item.get("item")
+    if ptype is None:
+        if item_type is not None:
+            problems.append(Problem(f"{field}.item", "is only for a parameter of type ARRAY"))
+            return None
+        return {}
+    if ptype not in PARAM_TYPES:
+        problems.append(Problem(f"{field}.type", f"must be one of {', '.join(PARAM_TYPES)}"))
+        return None
+    if item_type is not None and (ptype != "ARRAY" or item_type not in PARAM_TYPES):
+        message = (
+            f"must be one of {', '.join(PARAM_TYPES)}"
+            if ptype == "ARRAY"
+            else "is only for a parameter of type ARRAY"
+        )
+        problems.append(Problem(f"{field}.item", message))
+        return None
+    return {"type": ptype, **({"item": item_type} if item_type is not None else {})}
+
+
+def _fits(value: Any, ptype: str) -> bool:
+    if ptype == "NUMBER":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    python = {"STRING": str, "BOOLEAN": bool, "OBJECT": dict, "ARRAY": list}[ptype]
+    return isinstance(value, python)
+
+
+def mistyped(params: list[dict[str, Any]], data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(parameter, why) for each value in ``data`` that does not fit its declared type.
+
+    Absent and null values are :func:`app.core.render.missing_mandatory`'s business, so an
+    optional parameter may still be left out.
+    """
+    out: list[tuple[str, str]] = []
+    for param in params:
+        ptype, key = param.get("type"), param["key"]
+        value = data.get(key)
+        if ptype is None or value is None:
+            continue
+        if not _fits(value, ptype):
+            out.append((key, f"must be {_article(ptype)}"))
+        elif ptype == "ARRAY" and param.get("item"):
+            bad = next((i for i, v in enumerate(value) if not _fits(v, param["item"])), None)
+            if bad is not None:
+                out.append((key, f"item {bad} must be {_article(param['item'])}"))
+    return out
+
+
+def _article(ptype: str) -> str:
+    return f"an {ptype}" if ptype[0] in "AEIOU" else f"a {ptype}"

@@ -30,6 +30,7 @@ from app.attachments import AttachmentError
 from app.channels.base import Channel, DeliveryError, Notification
 from app.channels.smtp import check_address
 from app.core import keys, receivers, render
+from app.core import templates as template_model
 from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, Rows, expired_keys
 from app.flows import events as ev
 from app.flows.events import Events
@@ -420,6 +421,9 @@ class NotifySender:
         missing = render.missing_mandatory(data.get("params", []), req.params)
         if missing:
             return f"missing mandatory parameter(s): {', '.join(missing)}"
+        mistyped = template_model.mistyped(data.get("params", []), req.params)
+        if mistyped:
+            return "; ".join(f"parameter '{key}' {why}" for key, why in mistyped)
         return None
 
     def _receivers(self, req: NotifyRequest, channel: str) -> list[str] | str:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from app import codec, records
 from app.channels.base import Channel, DeliveryError, Notification
 from app.core import keys, otp, receivers, render
+from app.core import templates as template_model
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited
 from app.core.receivers import ReceiverQuota
 from app.flows import (
@@ -174,6 +175,9 @@ class GenerateChecks:
         missing = render.missing_mandatory(data.get("params", []), {**req.params, "otpValue": "0"})
         if missing:
             return f"missing mandatory parameter(s): {', '.join(missing)}"
+        mistyped = template_model.mistyped(data.get("params", []), {**req.params, "otpValue": "0"})
+        if mistyped:
+            return "; ".join(f"parameter '{key}' {why}" for key, why in mistyped)
         if req.transaction is not None and not {"amount", "payee"} <= entry.compiled.variables:
             return (
                 f"template '{name}' does not show the amount and payee: a payment code must "

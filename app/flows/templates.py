@@ -3,26 +3,72 @@
 Faust lets a table change only inside the stream of a co-partitioned agent, so the REST views
 do not write: they send the ``write_template`` agent a command (keyed by ``name:language``, with
 a request id) and wait for its answer on the ``template-results`` topic (see
-``tables.template_cache``). Creating, replacing and deleting one key are thereby serialized on
-one partition, which is what makes "409 if it exists" and the ``version`` counter race-free
+``tables.template_cache``). Every change to one key is thereby serialized on one partition,
+which is what makes "409 if it exists", the ``version`` counter and the history race-free
 across workers.
+
+One row holds a template's whole life: the published version (its public fields, which sends
+use), an unpublished ``_draft``, the ``_history`` of earlier published versions and the
+``_change`` (who, what) that made the current one. History reads go through the writer too,
+so they are as current as the writes; the read model on every worker keeps only the published
+version and the draft.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
 from app.flows import Inbound, Outbox, Route
 
+REQUEST_FIELD = "_request"
+DRAFT_FIELD = "_draft"
+HISTORY_FIELD = "_history"
+CHANGE_FIELD = "_change"
+#: Counts every write to a row, drafts included (which leave ``version`` as it is), so a read
+#: model that sees the row's records out of order keeps the newest.
+REVISION_FIELD = "_rev"
+#: The fields a version's content is made of (what a summary compares, what restore copies).
+CONTENT_FIELDS = (
+    "type",
+    "subject",
+    "body",
+    "params",
+    "context",
+    "active",
+    "strategyType",
+    "forwardOnKafka",
+)
+SERVER_FIELDS = ("version", "createdAt", "updatedAt")
+#: What a replayed command answers (the status it had the first time).
+WRITE_STATUS = {
+    "create": 201,
+    "replace": 200,
+    "save_draft": 200,
+    "discard_draft": 204,
+    "publish": 200,
+    "restore": 200,
+}
+READ_OPS = ("versions", "version")
+
+
+@dataclass(frozen=True)
+class HistoryLimits:
+    """How much history one row keeps: at most ``versions`` earlier versions, and no more than
+    fits a changelog record of ``max_record_bytes`` (the producer refuses larger ones)."""
+
+    versions: int = 50
+    max_record_bytes: int = 900_000
+
+
+DEFAULT_LIMITS = HistoryLimits()
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-REQUEST_FIELD = "_request"
 
 
 def public(template: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -32,51 +78,211 @@ def public(template: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in template.items() if not k.startswith("_")}
 
 
-def apply_command(
-    current: dict[str, Any] | None, command: dict[str, Any]
-) -> tuple[int, dict[str, Any] | None]:
-    """Decide one write: (HTTP status, template to store or None to delete/leave).
+def summary(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    """Which content fields a change touched, in a few words ("body, subject changed")."""
+    if before is None:
+        return "created"
+    changed = [f for f in CONTENT_FIELDS if before.get(f) != after.get(f)]
+    return f"{', '.join(changed)} changed" if changed else "no content change"
 
-    Pure, so the status rules are tested without Kafka. The stored template remembers the id
-    of the write that produced it (``_request``): the same command delivered again (at-least-
-    once, after a rebalance) is answered as the first time instead of bumping ``version``.
-    """
-    op = command["op"]
-    request_id = command.get("id")
-    if current is not None and request_id and current.get(REQUEST_FIELD) == request_id:
-        return (201 if op == "create" else 200), current
-    if op == "create":
-        if current is not None:
-            return 409, current
-        now = _now()
-        return 201, {
-            **command["template"],
+
+def _version_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """A published version as the history keeps it: public fields plus who changed it."""
+    return {**(public(record) or {}), CHANGE_FIELD: record.get(CHANGE_FIELD, {})}
+
+
+def _bounded(record: dict[str, Any], limits: HistoryLimits) -> dict[str, Any]:
+    """Drop the oldest history entries until the row fits both limits."""
+    history = record.get(HISTORY_FIELD, [])[-limits.versions :] if limits.versions else []
+    record = {**record, HISTORY_FIELD: history}
+    while history and len(codec.dumps(record)) > limits.max_record_bytes:
+        history = history[1:]
+        record = {**record, HISTORY_FIELD: history}
+    return record
+
+
+def _published(
+    current: dict[str, Any] | None,
+    content: dict[str, Any],
+    command: dict[str, Any],
+    what: str,
+    limits: HistoryLimits,
+) -> dict[str, Any]:
+    """A new published version made of ``content``, the current one moved into the history."""
+    now, request_id = _now(), command.get("id")
+    change = {"by": command.get("by"), "summary": what}
+    if current is None:
+        return {
+            **content,
             "version": 1,
             "createdAt": now,
             "updatedAt": now,
+            CHANGE_FIELD: change,
             **({REQUEST_FIELD: request_id} if request_id else {}),
         }
-    if op == "replace":
-        if current is None:
+    record = {
+        **content,
+        "version": int(current.get("version", 0)) + 1,
+        "createdAt": current.get("createdAt"),
+        "updatedAt": now,
+        CHANGE_FIELD: change,
+        HISTORY_FIELD: [*current.get(HISTORY_FIELD, []), _version_entry(current)],
+        **({DRAFT_FIELD: current[DRAFT_FIELD]} if DRAFT_FIELD in current else {}),
+        **({REQUEST_FIELD: request_id} if request_id else {}),
+    }
+    return _bounded(record, limits)
+
+
+def apply_command(
+    current: dict[str, Any] | None,
+    command: dict[str, Any],
+    limits: HistoryLimits = DEFAULT_LIMITS,
+) -> tuple[int, dict[str, Any] | None]:
+    """Decide one command: (HTTP status, row to store, or None to delete/leave).
+
+    Pure, so the status rules are tested without Kafka. The stored row remembers the id of the
+    write that produced it (``_request``): the same command delivered again (at-least-once,
+    after a rebalance) is answered as the first time instead of bumping ``version``.
+    """
+    op = command["op"]
+    request_id = command.get("id")
+    if op in READ_OPS:
+        return (200 if current is not None else 404), current
+    if current is not None and request_id and current.get(REQUEST_FIELD) == request_id:
+        return WRITE_STATUS.get(op, 200), current
+    if op == "create":
+        if current is not None:
+            return 409, current
+        what = command.get("summary") or "created"
+        status, row = 201, _published(None, command["template"], command, what, limits)
+    elif current is None:
+        if op in WRITE_STATUS or op == "delete":
             return 404, None
-        return 200, {
-            **command["template"],
-            "version": int(current.get("version", 0)) + 1,
-            "createdAt": current.get("createdAt"),
-            "updatedAt": _now(),
-            **({REQUEST_FIELD: request_id} if request_id else {}),
-        }
+        raise ValueError(f"unknown template command {op!r}")
+    else:
+        status, row = _change(current, command, limits)
+    if row is not None and row is not current:
+        row = {**row, REVISION_FIELD: revision(current) + 1}
+    return status, row
+
+
+def revision(row: dict[str, Any] | None) -> int:
+    return int(row.get(REVISION_FIELD, 0)) if row is not None else 0
+
+
+def _change(
+    current: dict[str, Any], command: dict[str, Any], limits: HistoryLimits
+) -> tuple[int, dict[str, Any] | None]:
+    """A command on an existing row (``apply_command`` without the row-independent rules)."""
+    op, request_id = command["op"], command.get("id")
+    mark = {REQUEST_FIELD: request_id} if request_id else {}
+    if op == "replace":
+        template = command["template"]
+        what = command.get("summary") or summary(current, template)
+        return 200, _published(current, template, command, what, limits)
     if op == "delete":
-        return (204, None) if current is not None else (404, None)
+        return 204, None
+    if op == "save_draft":
+        draft = {
+            **command["template"],
+            "savedAt": _now(),
+            "savedBy": command.get("by"),
+            "baseVersion": int(current.get("version", 0)),
+        }
+        return 200, {**current, DRAFT_FIELD: draft, **mark}
+    if op == "discard_draft":
+        if DRAFT_FIELD not in current:
+            return 404, current
+        rest = {k: v for k, v in current.items() if k != DRAFT_FIELD}
+        return 204, {**rest, **mark}
+    if op == "publish":
+        draft = current.get(DRAFT_FIELD)
+        if draft is None:
+            return 409, current
+        content = {k: v for k, v in draft.items() if k not in ("savedAt", "savedBy", "baseVersion")}
+        what = f"published draft: {summary(current, content)}"
+        record = _published(current, content, command, what, limits)
+        return 200, {k: v for k, v in record.items() if k != DRAFT_FIELD}
+    if op == "restore":
+        old = version_of(current, int(command["version"]))
+        if old is None:
+            return 404, current
+        content = {k: old[k] for k in ("name", "language", *CONTENT_FIELDS) if k in old}
+        what = f"restored version {old['version']}"
+        return 200, _published(current, content, command, what, limits)
     raise ValueError(f"unknown template command {op!r}")
 
 
-class TemplateWriter:
-    """Applies one write command to the ``templates`` rows and publishes its result."""
+def version_of(record: dict[str, Any], version: int) -> dict[str, Any] | None:
+    """Published version ``version`` of the row (the current one or one in the history)."""
+    if int(record.get("version", 0)) == version:
+        return _version_entry(record)
+    for entry in record.get(HISTORY_FIELD, []):
+        if int(entry.get("version", 0)) == version:
+            return entry
+    return None
 
-    def __init__(self, rows: MutableMapping[bytes, bytes], outbox: Outbox) -> None:
+
+def version_view(entry: dict[str, Any], current_version: int) -> dict[str, Any]:
+    """A history entry as the API shows it: the template, who changed it and how."""
+    change = entry.get(CHANGE_FIELD) or {}
+    return {
+        **(public(entry) or {}),
+        "changedBy": change.get("by"),
+        "summary": change.get("summary"),
+        "current": int(entry.get("version", 0)) == current_version,
+    }
+
+
+def versions(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every kept version, newest first, without its content (the list view)."""
+    current = int(record.get("version", 0))
+    entries = [*record.get(HISTORY_FIELD, []), _version_entry(record)]
+    return [
+        {k: v for k, v in version_view(e, current).items() if k in LISTED}
+        for e in reversed(entries)
+    ]
+
+
+LISTED = ("version", "updatedAt", "changedBy", "summary", "current")
+
+
+def answer(status: int, record: dict[str, Any] | None, command: dict[str, Any]) -> dict[str, Any]:
+    """The result a view waits for: the published template and the draft (which the asking
+    view applies to its read model at once), and what the API answers (``body``)."""
+    op = command["op"]
+    result: dict[str, Any] = {
+        "id": command.get("id"),
+        "status": status,
+        "template": public(record),
+        "draft": record.get(DRAFT_FIELD) if record is not None else None,
+        "rev": revision(record),
+    }
+    if record is None or status >= 400:
+        return result
+    if op == "versions":
+        result["body"] = {"items": versions(record)}
+    elif op == "version":
+        found = version_of(record, int(command["version"]))
+        result["body"] = version_view(found, int(record["version"])) if found else None
+        result["status"] = 200 if found else 404
+    elif op == "save_draft":
+        result["body"] = record.get(DRAFT_FIELD)
+    return result
+
+
+class TemplateWriter:
+    """Applies one command to the ``templates`` rows and publishes its result."""
+
+    def __init__(
+        self,
+        rows: MutableMapping[bytes, bytes],
+        outbox: Outbox,
+        limits: HistoryLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.rows = rows
         self.outbox = outbox
+        self.limits = limits
 
     async def handle(self, record: Inbound) -> None:
         command: dict[str, Any] = {}
@@ -85,12 +291,14 @@ class TemplateWriter:
             key = command["key"].encode()
             stored = self.rows.get(key)
             current = codec.loads(stored) if stored is not None else None
-            status, template = apply_command(current, command)
-            if status in (200, 201):
-                self.rows[key] = codec.dumps(template)
-            elif status == 204:
-                del self.rows[key]
-            result = {"id": command.get("id"), "status": status, "template": public(template)}
+            status, row = apply_command(current, command, self.limits)
+            if command["op"] not in READ_OPS and row is not current:
+                if row is None:
+                    if current is not None:
+                        del self.rows[key]
+                else:
+                    self.rows[key] = codec.dumps(row)
+            result = answer(status, row, command)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             result = {"id": command.get("id"), "status": 400, "template": None, "error": str(exc)}
         await self.outbox.send(Route.TEMPLATE_RESULTS, record.key, codec.dumps(result), [])

@@ -534,3 +534,18 @@ def test_status_names_each_end_of_a_code(svc: Service):
     svc.clock.now += 61
     assert operator(svc, "s", "c2")["body"]["status"] == "expired"
     assert operator(svc, "c", "c2")["status"] == 409
+
+
+def test_a_parameter_of_the_wrong_type_is_refused_naming_it(svc: Service):
+    svc.templates.add(
+        "typed",
+        "MAIL",
+        "[(${age})] [(${otpValue})]",
+        subject="s",
+        params=[{"key": "age", "mandatory": True, "type": "NUMBER"}],
+    )
+    reply = run(svc.generate(templateName="typed", clientId="c4", age="ten"))
+    assert reply["otpSent"] is False
+    assert reply["error"] == "parameter 'age' must be a NUMBER"
+    assert not svc.mail.sent
+    assert run(svc.generate(templateName="typed", clientId="c5", age=10))["otpSent"]

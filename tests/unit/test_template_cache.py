@@ -85,3 +85,33 @@ def test_delete_before_the_map_caught_up_skips_everything_until_the_tombstone() 
     c.apply(KEY, None)
     c.apply(KEY, record(1, "new"))
     assert versions(c) == [1]
+
+
+def test_sends_use_the_published_version_while_a_draft_waits() -> None:
+    c = cache()
+    c.apply(KEY, record(1))
+    published = c.resolve("otpMail", "en")
+    draft = {**template(1, "draft subject"), "savedBy": "editor", "baseVersion": 1}
+    c.apply(KEY, codec.dumps({**template(1), "_draft": draft}))
+    entry = c.resolve("otpMail", "en")
+    assert entry is not None and published is not None
+    assert entry.data["subject"] == "s" and entry.compiled is published.compiled
+    assert entry.draft is not None and entry.draft["subject"] == "draft subject"
+    assert "_draft" not in entry.data
+    c.apply_own(KEY, {**template(2, "draft subject")}, None)  # published
+    entry = c.resolve("otpMail", "en")
+    assert entry is not None and entry.data["subject"] == "draft subject" and entry.draft is None
+
+
+def test_an_older_draft_record_does_not_replace_a_newer_one() -> None:
+    """Two workers save drafts one after the other: whichever order this worker learns of them
+    in (its own answer, the changelog), it keeps the newer."""
+    c = cache()
+    newer = {**template(1, "second"), "savedBy": "b"}
+    c.apply(KEY, codec.dumps({**template(1), "_draft": newer, "_rev": 3}))
+    c.apply_own(KEY, template(1), {**template(1, "first"), "savedBy": "a"}, 2)
+    entry = c.resolve("otpMail", "en")
+    assert entry is not None and entry.draft is not None and entry.draft["subject"] == "second"
+    c.apply(KEY, codec.dumps({**template(1), "_rev": 4}))  # then discarded
+    entry = c.resolve("otpMail", "en")
+    assert entry is not None and entry.draft is None

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agents.templates import apply_command
+from agents.templates import apply_command, public
 from app.core import render
 from app.core.templates import (
     TYPES,
@@ -352,9 +352,9 @@ def test_create_new_is_201_with_version_1() -> None:
     status, stored = apply_command(None, {"op": "create", "key": "k", "template": TEMPLATE})
     assert status == 201
     assert stored is not None
-    assert {k: v for k, v in stored.items() if k not in ("version", "createdAt", "updatedAt")} == (
-        TEMPLATE
-    )
+    assert {
+        k: v for k, v in public(stored).items() if k not in ("version", "createdAt", "updatedAt")
+    } == TEMPLATE
     assert stored["version"] == 1
     assert ISO_UTC.match(stored["createdAt"]) and stored["createdAt"] == stored["updatedAt"]
 

@@ -1,0 +1,225 @@
+"""The template lifecycle's rules (``app.flows.templates``): drafts, publish, history, restore,
+the history's bounds, and typed parameters (``app.core.templates``). Pure: no Kafka, no HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app import codec
+from app.core import templates as model
+from app.flows.templates import (
+    DRAFT_FIELD,
+    HISTORY_FIELD,
+    HistoryLimits,
+    answer,
+    apply_command,
+    public,
+    versions,
+)
+
+SMS = {
+    "name": "otpSms",
+    "language": "en",
+    "type": "SMS",
+    "subject": None,
+    "body": "Code [(${otpValue})]",
+    "params": [],
+    "context": [],
+    "active": True,
+    "strategyType": None,
+    "forwardOnKafka": False,
+}
+
+
+def run(
+    current: dict[str, Any] | None, op: str, limits: HistoryLimits | None = None, **fields: Any
+) -> tuple[int, dict[str, Any] | None]:
+    command = {"op": op, "key": "otpSms:en", "by": "editor", **fields}
+    if limits is None:
+        return apply_command(current, command)
+    return apply_command(current, command, limits)
+
+
+def created() -> dict[str, Any]:
+    status, row = run(None, "create", template=SMS)
+    assert status == 201 and row is not None
+    return row
+
+
+def test_a_change_keeps_the_previous_version_with_who_and_what() -> None:
+    v1 = created()
+    status, v2 = run(v1, "replace", template={**SMS, "body": "Your code [(${otpValue})]"})
+    assert status == 200 and v2 is not None and v2["version"] == 2
+    listed = versions(v2)
+    assert [v["version"] for v in listed] == [2, 1]
+    assert listed[0] == {
+        "version": 2,
+        "updatedAt": v2["updatedAt"],
+        "changedBy": "editor",
+        "summary": "body changed",
+        "current": True,
+    }
+    assert listed[1]["summary"] == "created" and listed[1]["current"] is False
+    one = answer(200, v2, {"op": "version", "version": 1})["body"]
+    assert one["body"] == SMS["body"] and one["version"] == 1 and one["changedBy"] == "editor"
+
+
+def test_a_draft_does_not_change_what_is_sent_until_published() -> None:
+    v1 = created()
+    draft_body = {**SMS, "body": "Draft [(${otpValue})]"}
+    status, row = run(v1, "save_draft", template=draft_body)
+    assert status == 200 and row is not None
+    assert public(row) == public(v1), "the published version is untouched"
+    assert row[DRAFT_FIELD]["body"] == "Draft [(${otpValue})]"
+    assert row[DRAFT_FIELD]["baseVersion"] == 1 and row[DRAFT_FIELD]["savedBy"] == "editor"
+    status, published = run(row, "publish")
+    assert status == 200 and published is not None
+    assert published["version"] == 2 and published["body"] == "Draft [(${otpValue})]"
+    assert DRAFT_FIELD not in published
+    assert "savedAt" not in published and "baseVersion" not in published
+    assert versions(published)[0]["summary"] == "published draft: body changed"
+
+
+def test_publish_without_a_draft_is_409_and_changes_nothing() -> None:
+    v1 = created()
+    assert run(v1, "publish") == (409, v1)
+    assert run(None, "publish") == (404, None)
+    assert run(v1, "discard_draft") == (404, v1)
+
+
+def test_discard_draft() -> None:
+    _, row = run(created(), "save_draft", template=SMS)
+    status, row = run(row, "discard_draft")
+    assert status == 204 and row is not None and DRAFT_FIELD not in row and row["version"] == 1
+
+
+def test_restore_makes_a_new_version_with_the_old_content() -> None:
+    v1 = created()
+    _, v2 = run(v1, "replace", template={**SMS, "body": "Two [(${otpValue})]", "active": False})
+    status, v3 = run(v2, "restore", version=1)
+    assert status == 200 and v3 is not None and v3["version"] == 3
+    assert v3["body"] == SMS["body"] and v3["active"] is True
+    assert versions(v3)[0]["summary"] == "restored version 1"
+    assert [v["version"] for v in versions(v3)] == [3, 2, 1]
+    assert run(v3, "restore", version=7) == (404, v3)
+
+
+def test_a_redelivered_command_is_answered_as_the_first_time() -> None:
+    v1 = created()
+    status, row = run(v1, "save_draft", template=SMS, id="r1")
+    assert run(row, "save_draft", template=SMS, id="r1") == (status, row)
+    status, published = run(row, "publish", id="r2")
+    assert run(published, "publish", id="r2") == (200, published)
+    status, restored = run(published, "restore", version=1, id="r3")
+    assert run(restored, "restore", version=1, id="r3") == (200, restored)
+    assert restored is not None and restored["version"] == 3
+
+
+def test_history_keeps_the_newest_versions_within_its_bounds() -> None:
+    limits = HistoryLimits(versions=3)
+    row = created()
+    for i in range(10):
+        _, row = run(row, "replace", limits, template={**SMS, "body": f"v{i} [(${{otpValue}})]"})
+    assert row is not None
+    assert [v["version"] for v in versions(row)] == [11, 10, 9, 8]
+
+
+@given(st.integers(min_value=1, max_value=30), st.integers(min_value=2_000, max_value=20_000))
+def test_a_row_never_outgrows_a_kafka_record(changes: int, body_chars: int) -> None:
+    limits = HistoryLimits(versions=50, max_record_bytes=60_000)
+    row = created()
+    for i in range(changes):
+        body = f"{i} [(${{otpValue}})] " + "x" * body_chars
+        _, row = run(row, "replace", limits, template={**SMS, "body": body})
+    assert row is not None and row["version"] == changes + 1
+    assert len(codec.dumps(row)) <= 60_000 or not row[HISTORY_FIELD]
+    assert versions(row)[0]["version"] == changes + 1
+
+
+def test_reads_do_not_write() -> None:
+    v1 = created()
+    assert run(v1, "versions") == (200, v1)
+    assert run(None, "versions") == (404, None)
+    result = answer(200, v1, {"op": "version", "version": 9})
+    assert result["status"] == 404 and result["template"] == public(v1)
+
+
+# --------------------------------------------------------------------------- typed parameters
+
+
+def check(params: Any) -> list[dict[str, Any]]:
+    body = " ".join(f"[(${{{p['key']}}})]" for p in params if isinstance(p, dict) and "key" in p)
+    template = model.check_fields(
+        {**SMS, "body": body or "x", "params": params},
+        default_language="en",
+        max_body_chars=10_000,
+    )
+    return template["params"]
+
+
+def test_typed_params_are_stored_as_given_and_untyped_ones_unchanged() -> None:
+    params = [
+        {"key": "amount", "mandatory": True, "type": "NUMBER"},
+        {"key": "items", "type": "ARRAY", "item": "STRING"},
+        {"key": "name"},
+    ]
+    assert check(params) == [
+        {"key": "amount", "mandatory": True, "type": "NUMBER"},
+        {"key": "items", "mandatory": False, "type": "ARRAY", "item": "STRING"},
+        {"key": "name", "mandatory": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("param", "field"),
+    [
+        ({"key": "a", "type": "DATE"}, "params[0].type"),
+        ({"key": "a", "type": "STRING", "item": "STRING"}, "params[0].item"),
+        ({"key": "a", "item": "STRING"}, "params[0].item"),
+        ({"key": "a", "type": "ARRAY", "item": "DATE"}, "params[0].item"),
+        ({"key": "a", "type": 3}, "params[0].type"),
+    ],
+)
+def test_a_bad_type_is_refused_naming_the_field(param: dict[str, Any], field: str) -> None:
+    with pytest.raises(model.TemplateInvalid) as caught:
+        check([param])
+    assert [p.field for p in caught.value.problems] == [field]
+
+
+@pytest.mark.parametrize(
+    ("ptype", "good", "bad"),
+    [
+        ("STRING", "x", 1),
+        ("NUMBER", 1.5, "1.5"),
+        ("NUMBER", 2, True),
+        ("BOOLEAN", False, "false"),
+        ("OBJECT", {"a": 1}, [1]),
+        ("ARRAY", [1], {"a": 1}),
+    ],
+)
+def test_mistyped_names_the_parameter(ptype: str, good: Any, bad: Any) -> None:
+    params = [{"key": "p", "mandatory": False, "type": ptype}]
+    assert model.mistyped(params, {"p": good}) == []
+    assert model.mistyped(params, {}) == [] and model.mistyped(params, {"p": None}) == []
+    [(key, why)] = model.mistyped(params, {"p": bad})
+    assert key == "p" and ptype in why
+
+
+def test_array_items_are_checked() -> None:
+    params = [{"key": "xs", "mandatory": False, "type": "ARRAY", "item": "NUMBER"}]
+    assert model.mistyped(params, {"xs": [1, 2.5]}) == []
+    assert model.mistyped(params, {"xs": [1, "2"]}) == [("xs", "item 1 must be a NUMBER")]
+
+
+def test_every_write_counts_a_revision_and_refusals_do_not() -> None:
+    row = created()
+    assert row["_rev"] == 1
+    _, row = run(row, "save_draft", template=SMS)
+    _, row = run(row, "discard_draft")
+    _, row = run(row, "replace", template=SMS)
+    assert row is not None and row["_rev"] == 4 and row["version"] == 2
+    assert run(row, "publish") == (409, row)

@@ -1,0 +1,177 @@
+"""Export and import templates as one JSON document, and ``GET /api/whoami``.
+
+An export holds each template's content (no versions, times or history): what another
+deployment needs to send the same notifications. An import checks every template in the
+document as a ``POST`` would, then says per template what it would do (create, update,
+unchanged, refused and why); with ``dryRun=true`` it stops there. Otherwise it applies nothing
+unless nothing is refused, so a document with one bad template is fixed and sent again rather
+than half applied. Each template is then written by the writer agent as a new version, one
+after another: an import interrupted by an outage leaves the templates written so far, and
+sending the same document again finishes it (those already written answer ``unchanged``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+from aiohttp import web
+
+from app.core import templates as model
+from app.core.access import IMPORT, READ, Principal
+from app.flows.templates import CONTENT_FIELDS
+from web.errors import ApiError, json_response
+from web.http import Gate, query_bool, read_json
+from web.templates import TemplateApi
+
+if TYPE_CHECKING:
+    from app.main import Context
+
+FORMAT = "faust-otp.templates"
+FORMAT_VERSION = 1
+MAX_TEMPLATES = 1000
+ACTIONS = ("create", "update", "unchanged", "refused")
+
+
+def content(template: dict[str, Any]) -> dict[str, Any]:
+    """What a template is, without what the server adds (versions, times)."""
+    return {k: template[k] for k in ("name", "language", *CONTENT_FIELDS) if k in template}
+
+
+def export_document(templates: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "formatVersion": FORMAT_VERSION,
+        "exportedAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "templates": [content(t) for t in templates],
+    }
+
+
+def document_templates(document: Any) -> list[Any]:
+    """The templates of an import document, or a 400 naming what is wrong with its shape."""
+
+    def refuse(field: str, message: str) -> ApiError:
+        return ApiError(400, "invalid import document", [{"field": field, "message": message}])
+
+    if not isinstance(document, dict):
+        raise refuse("$", f"must be an export document {{format: '{FORMAT}', templates: [...]}}")
+    if document.get("format", FORMAT) != FORMAT:
+        raise refuse("format", f"must be '{FORMAT}'")
+    if document.get("formatVersion", FORMAT_VERSION) != FORMAT_VERSION:
+        raise refuse("formatVersion", f"must be {FORMAT_VERSION}")
+    templates = document.get("templates")
+    if not isinstance(templates, list):
+        raise refuse("templates", "must be a list of templates")
+    if len(templates) > MAX_TEMPLATES:
+        raise refuse("templates", f"has more than {MAX_TEMPLATES} templates")
+    return templates
+
+
+class TransferApi:
+    def __init__(self, ctx: Context, templates: TemplateApi) -> None:
+        self.templates = templates
+        self.cache = ctx.cache
+        self.settings = ctx.settings
+
+    def export(self, request: web.Request) -> dict[str, Any]:
+        name, language = request.query.get("name"), request.query.get("language")
+        chosen = [
+            t
+            for t in self.cache.all()
+            if (name is None or t["name"] == name)
+            and (language is None or t["language"] == language)
+        ]
+        if name is not None and not chosen:
+            raise ApiError(
+                404, f"no template '{name}'" + (f" for language '{language}'" if language else "")
+            )
+        return export_document(chosen)
+
+    async def plan(
+        self, templates: list[Any]
+    ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Per template: (its result line, the validated template to write or None)."""
+        out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        seen: set[tuple[str, str]] = set()
+        for i, raw in enumerate(templates):
+            line: dict[str, Any] = {
+                "name": raw.get("name") if isinstance(raw, dict) else None,
+                "language": raw.get("language") if isinstance(raw, dict) else None,
+            }
+            try:
+                template = await self.templates.validated(raw, f"templates[{i}].")
+            except ApiError as exc:
+                if exc.status != 400:
+                    raise
+                out.append(({**line, "action": "refused", "details": exc.details}, None))
+                continue
+            key = (template["name"], template["language"])
+            line = {"name": key[0], "language": key[1]}
+            if key in seen:
+                details = [{"field": f"templates[{i}].name", "message": "appears twice"}]
+                out.append(({**line, "action": "refused", "details": details}, None))
+                continue
+            seen.add(key)
+            current = self.cache.get(*key)
+            if current is None:
+                out.append(({**line, "action": "create"}, template))
+            elif content(current.data) == content(template):
+                out.append(({**line, "action": "unchanged", "version": current.version}, None))
+            else:
+                out.append(({**line, "action": "update"}, template))
+        return out
+
+    async def import_(self, request: web.Request, by: Principal) -> web.Response:
+        dry_run = bool(query_bool(request, "dryRun"))
+        document = await read_json(request, self.settings.api_max_body_bytes)
+        plan = await self.plan(document_templates(document))
+        results = [line for line, _ in plan]
+        refused = any(line["action"] == "refused" for line in results)
+        if not dry_run and not refused:
+            for line, template in plan:
+                if template is not None:
+                    line["version"] = await self.apply(line["action"], template, by)
+        body: dict[str, Any] = {
+            "dryRun": dry_run,
+            "results": results,
+            "counts": {a: sum(1 for line in results if line["action"] == a) for a in ACTIONS},
+        }
+        if refused and not dry_run:
+            body = {"error": "nothing imported: some templates are refused", **body}
+            return json_response(body, status=400)
+        return json_response(body)
+
+    async def apply(self, action: str, template: dict[str, Any], by: Principal) -> int:
+        key = model.template_key(template["name"], template["language"])
+        if action == "create":
+            created = await self.templates.create_template(template, by, "imported")
+            return int(created["version"])
+        result = await self.templates.write(
+            "replace", key, by, template=template, summary="imported"
+        )
+        if result["status"] == 404:  # deleted since the plan: create it again
+            created = await self.templates.create_template(template, by, "imported")
+            return int(created["version"])
+        return int(result["template"]["version"])
+
+
+def register(ctx: Context, templates: TemplateApi) -> None:
+    app, api, gate = ctx.app, TransferApi(ctx, templates), Gate.of(ctx)
+
+    @app.page("/api/templates/export", name="templates_export")
+    class TemplatesExport(faust.web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            await gate.admit(request, READ)
+            return json_response(api.export(request))
+
+    @app.page("/api/templates/import", name="templates_import")
+    class TemplatesImport(faust.web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            by = await gate.admit(request, IMPORT)
+            return await api.import_(request, by)
+
+    @app.page("/api/whoami", name="whoami")
+    class WhoAmI(faust.web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return json_response(gate.who(request).to_dict())
