@@ -36,8 +36,9 @@ def s3_env() -> dict[str, str]:
     """The environment scripts/s3-local runs the test store with."""
     return {
         **os.environ,
-        # One store per pytest-xdist process (gw0, gw1, ...): each starts and stops its own.
-        "S3_PORT": str(int(os.environ.get("TEST_S3_PORT", "18333")) + _xdist_index()),
+        # One store per pytest-xdist process (gw0, gw1, ...), each on ports of its own (a store
+        # uses S3_PORT..S3_PORT+15): each starts and stops its own.
+        "S3_PORT": str(int(os.environ.get("TEST_S3_PORT", "18333")) + 20 * _xdist_index()),
         "S3_DATA_DIR": os.environ.get("TEST_S3_DATA_DIR", str(ROOT / ".local" / "s3-test"))
         + (f"-{_xdist_index()}" if _xdist_index() else ""),
         "S3_ACCESS_KEY": TEST_ACCESS_KEY,

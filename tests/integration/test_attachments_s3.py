@@ -269,7 +269,13 @@ async def test_botocore_debug_logs_never_carry_the_secret(
 ):
     """Even at DEBUG (the app runs library loggers at WARNING): signatures, never the key."""
     s3_store.put(bucket, "a.txt", b"x")
-    with caplog.at_level(logging.DEBUG):
+    # Each library logger's own level too: a test before this one in the same process may
+    # have run the service's logging set-up, which puts them at LIBRARY_LOG_LEVEL.
+    with (
+        caplog.at_level(logging.DEBUG),
+        caplog.at_level(logging.DEBUG, logger="botocore"),
+        caplog.at_level(logging.DEBUG, logger="aiobotocore"),
+    ):
         await store.fetch("a.txt", f"{bucket}/a.txt", budget=100)
         with pytest.raises(AttachmentError):
             await store.fetch("a.txt", f"{bucket}/missing.txt", budget=100)
