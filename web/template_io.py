@@ -58,7 +58,8 @@ def document_templates(document: Any) -> list[Any]:
         raise refuse("$", f"must be an export document {{format: '{FORMAT}', templates: [...]}}")
     if document.get("format", FORMAT) != FORMAT:
         raise refuse("format", f"must be '{FORMAT}'")
-    if document.get("formatVersion", FORMAT_VERSION) != FORMAT_VERSION:
+    version = document.get("formatVersion", FORMAT_VERSION)
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise refuse("formatVersion", f"must be {FORMAT_VERSION}")
     templates = document.get("templates")
     if not isinstance(templates, list):

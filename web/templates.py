@@ -15,6 +15,7 @@ its budget, or one that does not compile or render, is a ``400`` naming the limi
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from app.main import Context
 
 log = logging.getLogger(__name__)
+
+DIGITS = re.compile(r"[0-9]{1,10}")
 
 #: ``GET /api/template?status=``: what the console filters on.
 STATUSES = ("active", "inactive", "draft")
@@ -338,7 +341,7 @@ def one_of(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | N
 
 
 def version_number(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 2**31 - 1 or raw.startswith("0"):
+    if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= 2**31 - 1 or raw.startswith("0"):
         raise ApiError(
             400,
             "invalid path parameter 'version'",
@@ -356,8 +359,8 @@ def clone_target(payload: Any, name: str, language: str) -> tuple[str, str]:
             [{"field": "$", "message": "must be an object {name?, language?}"}],
         )
     try:
-        new_name = model.check_name(payload.get("name") or name)
-        new_language = model.check_language(payload.get("language") or language)
+        new_name = model.check_name(model.or_default(payload.get("name"), name))
+        new_language = model.check_language(model.or_default(payload.get("language"), language))
     except model.TemplateInvalid as exc:
         raise invalid(exc) from None
     if (new_name, new_language) == (name, language):

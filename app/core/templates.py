@@ -48,6 +48,12 @@ class TemplateInvalid(ValueError):
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
 
 
+def or_default(value: Any, default: str) -> Any:
+    """Absent, null or "" is ``default``; any other value is kept, to be checked (``false`` is
+    not a language)."""
+    return default if value is None or value == "" else value
+
+
 def template_key(name: str, language: str) -> str:
     """The table key; ':' cannot occur in a valid name or language."""
     return f"{name}:{language}"
@@ -146,7 +152,7 @@ def check_fields(payload: Any, *, default_language: str, max_body_chars: int) ->
     # FlowX's "Forward on Kafka": notifications are handed to an external adapter, not sent.
     forward = payload.get("forwardOnKafka", False)
     want(isinstance(forward, bool), "forwardOnKafka", "must be true or false")
-    language = payload.get("language") or default_language
+    language = or_default(payload.get("language"), default_language)
     want(
         isinstance(language, str) and bool(LANGUAGE_RE.fullmatch(language)),
         "language",

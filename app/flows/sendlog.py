@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -178,7 +179,7 @@ def parse_query(params: Mapping[str, str]) -> Query:
                 raise QueryError(name, "must be 1-320 characters")
             filters.append((name, value))
     raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise QueryError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
     since = _instant("since", params["since"]) if "since" in params else None
     until = _instant("until", params["until"]) if "until" in params else None

@@ -145,6 +145,8 @@ async def test_draft_publish_history_restore(admin: Api, editor: Api):
         (f"/api/template/{name}/versions/9", 404),
         (f"/api/template/{name}/versions/x", 400),
         (f"/api/template/{name}/versions/0", 400),
+        (f"/api/template/{name}/versions/%C2%B2", 400),  # superscript two
+        (f"/api/template/{name}/versions/%D9%A1", 400),  # Arabic-Indic one
         (f"/api/template/{unique('none')}/versions", 404),
     ):
         status, body = await admin.call("GET", path)
@@ -178,6 +180,8 @@ async def test_clone(admin: Api):
     assert_error(status, body, 400, field="name")
     status, body = await admin.call("POST", f"/api/template/{name}/clone", {"name": "a b"})
     assert_error(status, body, 400, field="name")
+    status, body = await admin.call("POST", f"/api/template/{name}/clone", {"language": False})
+    assert_error(status, body, 400, field="language")
 
 
 async def test_export_then_import(admin: Api):
@@ -221,7 +225,12 @@ async def test_export_then_import(admin: Api):
     assert now["body"] == "Changed [(${otpValue})]" and now["version"] == 2
     status, again = await admin.call("POST", "/api/templates/import", request)
     assert [r["action"] for r in again["results"]] == ["unchanged"] * 3
-    for body in ([], {"templates": "x"}, {"format": "other", "templates": []}):
+    for body in (
+        [],
+        {"templates": "x"},
+        {"format": "other", "templates": []},
+        {"formatVersion": True, "templates": []},
+    ):
         status, answer = await admin.call("POST", "/api/templates/import", body)
         assert_error(status, answer, 400)
 

@@ -80,6 +80,8 @@ def test_queries_filter_and_page_newest_first():
         ({"limit": "0"}, "limit"),
         ({"limit": "501"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),  # a digit to str.isdigit, not to int()
+        ({"limit": "\u0661\u0662"}, "limit"),  # Arabic-Indic 12: ASCII digits only
         ({"cursor": "%%%"}, "cursor"),
         ({"cursor": "WzFd"}, "cursor"),  # a valid encoding of [1]
         ({"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "until"),

@@ -223,3 +223,16 @@ def test_every_write_counts_a_revision_and_refusals_do_not() -> None:
     _, row = run(row, "replace", template=SMS)
     assert row is not None and row["_rev"] == 4 and row["version"] == 2
     assert run(row, "publish") == (409, row)
+
+
+@pytest.mark.parametrize("language", [False, 0, [], {}])
+def test_only_absent_null_or_empty_language_is_the_default(language: Any) -> None:
+    with pytest.raises(model.TemplateInvalid) as caught:
+        model.check_fields({**SMS, "language": language}, default_language="en", max_body_chars=99)
+    assert [p.field for p in caught.value.problems] == ["language"]
+    for default in (None, ""):
+        template = {**SMS, "language": default}
+        assert (
+            model.check_fields(template, default_language="de", max_body_chars=99)["language"]
+            == "de"
+        )

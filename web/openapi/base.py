@@ -29,7 +29,7 @@ UNAUTHENTICATED = "missing or wrong bearer token"
 FORBIDDEN = "the token lacks the scope this operation needs (the error names it)"
 LOADING = "the service is still loading, or its store did not answer in time; retry"
 #: Every false value of JSON: what ``payload.get(field) or default`` replaces by the default.
-FALSY = [None, False, 0, "", [], {}]
+DEFAULTED = [None, ""]
 #: Query flags read by ``web.http.query_bool``: true, 1, yes, false, 0, no, in any case.
 FLAG = {
     "type": "string",
@@ -107,11 +107,11 @@ def anchored(regex: re.Pattern[str]) -> str:
     return f"^(?:{regex.pattern})$"
 
 
-def or_falsy(schema: dict[str, Any], default: str) -> dict[str, Any]:
-    """A field read as ``payload.get(field) or default``: any false JSON value is the default."""
+def or_default(schema: dict[str, Any], default: str) -> dict[str, Any]:
+    """A field read with ``templates.or_default``: absent, null or "" is the default."""
     return {
-        "anyOf": [schema, {"enum": FALSY}],
-        "description": f"absent or any false JSON value (null, false, 0, '', [], {{}}): {default}",
+        "anyOf": [schema, {"enum": DEFAULTED}],
+        "description": f"absent, null or '': {default}",
     }
 
 

@@ -24,7 +24,7 @@ from web.openapi.base import (
     body_errors,
     closed,
     json_body,
-    or_falsy,
+    or_default,
     path,
     query,
     ref,
@@ -164,7 +164,7 @@ def _template_inputs(lim: Limits) -> dict[str, Any]:
     ten times faster."""
     subject = {"type": "string", "maxLength": model.MAX_SUBJECT_CHARS, "pattern": "^[^\\n\\r]*$"}
     one_line = f"one line of at most {model.MAX_SUBJECT_CHARS} characters"
-    language = or_falsy(LANGUAGE_SCHEMA, f"{lim.default_language} (TEMPLATE_DEFAULT_LANGUAGE)")
+    language = or_default(LANGUAGE_SCHEMA, f"{lim.default_language} (TEMPLATE_DEFAULT_LANGUAGE)")
     language["description"] = f"a tag such as 'en' or 'pt-BR'; {language['description']}"
     fields = {
         "name": {**NAME_SCHEMA, "description": model.NAME_RULE},
@@ -319,10 +319,7 @@ def _transfer_schemas(stored: dict[str, Any]) -> dict[str, Any]:
             "description": "An Export (other fields are ignored).",
             "properties": {
                 "format": {"const": template_io.FORMAT},
-                "formatVersion": {
-                    "enum": [template_io.FORMAT_VERSION, True],
-                    "description": "1 (the server compares with ==, so true passes as 1)",
-                },
+                "formatVersion": {"const": template_io.FORMAT_VERSION},
                 "templates": {
                     "type": "array",
                     "maxItems": template_io.MAX_TEMPLATES,
@@ -338,11 +335,11 @@ def _transfer_schemas(stored: dict[str, Any]) -> dict[str, Any]:
         "ImportRefused": closed({"error": {"type": "string"}, **result}),
         "CloneRequest": {
             "type": "object",
-            "description": "Either may be left out (or false: the source's), not both.",
+            "description": "Either may be left out (or null: the source's), not both.",
             "example": {"language": "ro"},
             "properties": {
-                "name": or_falsy(NAME_SCHEMA, "the source's name"),
-                "language": or_falsy(LANGUAGE_SCHEMA, "the source's language"),
+                "name": or_default(NAME_SCHEMA, "the source's name"),
+                "language": or_default(LANGUAGE_SCHEMA, "the source's language"),
             },
         },
     }
