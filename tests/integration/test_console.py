@@ -632,7 +632,8 @@ def test_each_scope_is_shown_its_own_actions(
     console.open(name)
     if edits:  # a change, so that Save draft is enabled
         page.fill("#f-subject", "changed [(${clientId})]")
-        assert page.is_enabled("#save-draft")
+        # The form enables it on the input event: wait for it, as a user would.
+        playwright_sync.expect(page.locator("#save-draft")).to_be_enabled(timeout=TIMEOUT_MS)
     page.wait_for_selector("#history li[data-version='1']")
     for control in EDIT_CONTROLS:
         if control != "#create" and control != "#discard-draft":
@@ -685,7 +686,7 @@ def test_export_then_import_into_a_clean_deployment(
         page.wait_for_selector("#import-summary:has-text('1 refused')")
         refused = page.locator("#import-results tr.action-refused")
         assert refused.count() == 1 and "nowhere" in refused.text_content()
-        assert page.is_disabled("#import-apply")
+        playwright_sync.expect(page.locator("#import-apply")).to_be_disabled(timeout=TIMEOUT_MS)
         page.click("#import-cancel")
 
         choose(exported)
