@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "repartition":
         return repartition(settings, args[1:])
 
+    import mode.loop
+
+    # Faust applies its --loop option when it is imported, which app.main does before the
+    # command line is built; so the loop policy is set here, before any loop exists.
+    mode.loop.use(settings.event_loop)
+
     import asyncio
 
     from aiokafka.errors import KafkaError

@@ -7,6 +7,7 @@ different settings; ``app`` (built on first access from the environment) is the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -276,6 +277,11 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     @app.task
     async def run_template_cache() -> None:
         await ctx.cache.run()
+
+    @app.task
+    async def say_event_loop() -> None:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        log.info("worker running on the %s event loop", loop)
 
     @app.task
     async def warn_unmatched_reply_topics() -> None:

@@ -380,6 +380,13 @@ class Settings:
         _log_level,
         "level of Faust's, mode's and aiokafka's loggers (`LOG_LEVEL` sets the service's own)",
     )
+    event_loop: str = setting(
+        "EVENT_LOOP",
+        "aio",
+        _choice("aio", "uvloop"),
+        "the worker's asyncio event loop: `aio` (the standard library's) or `uvloop` (libuv; "
+        "within the run-to-run spread here, README, Performance)",
+    )
     log_format: str = setting(
         "LOG_FORMAT",
         "json",

@@ -16,7 +16,10 @@ import sys
 from typing import Any
 
 import faust
+import mode.loop
 import orjson
+
+from bench import event_loop
 
 
 def create_app(
@@ -68,6 +71,7 @@ def main() -> None:
         sys.exit(__doc__)
     bootstrap, in_topic, out_topic, app_id, partitions, data_dir = sys.argv[1:7]
     app = create_app(bootstrap, in_topic, out_topic, app_id, int(partitions), data_dir)
+    mode.loop.use(event_loop())  # before the worker makes its loop (as app/__main__.py does)
     sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", "warn"]
     app.main()
 

@@ -19,7 +19,10 @@ import signal
 import sys
 
 import orjson
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench import event_loop
 
 # The same linger as app/main.py's ``producer_linger=0.001``.
 LINGER_MS = 1
@@ -70,6 +73,8 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> None
 def main() -> None:
     if len(sys.argv) != 5:
         sys.exit(__doc__)
+    if event_loop() == "uvloop":
+        uvloop.install()
     asyncio.run(run(*sys.argv[1:5]))
 
 

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.integration
 def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     base = tmp_path_factory.mktemp("lifecycle-worker")
     tokens = write_tokens_file(base / "tokens.json")
-    w = start_worker(kafka_bootstrap, base, NOTIFY_API_TOKENS_FILE=str(tokens))
+    # On uvloop (EVENT_LOOP's other choice), so that it is run by a whole module of tests.
+    w = start_worker(kafka_bootstrap, base, NOTIFY_API_TOKENS_FILE=str(tokens), EVENT_LOOP="uvloop")
     yield w
     w.stop()
     log = w.log_path.read_text(errors="replace")
@@ -40,6 +41,7 @@ def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
         assert token not in log
     assert TOKEN not in log
     assert "by editor answered" in log, "template changes are logged under the token's name"
+    assert "worker running on the uvloop event loop" in log
 
 
 def api_as(worker: Worker, name: str) -> Api:
