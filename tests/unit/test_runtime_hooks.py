@@ -36,6 +36,7 @@ HOOKS = [
     (faust_aiokafka.Consumer, "seek_wait"),
     (faust_aiokafka.Consumer, "earliest_offsets"),
     (faust_aiokafka.Consumer, "on_partitions_revoked"),
+    (faust_aiokafka.Consumer, "on_partitions_assigned"),
     (faust_aiokafka.Consumer, "flow_active"),
     (faust_aiokafka.Transport, "Consumer"),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
