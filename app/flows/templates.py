@@ -25,6 +25,10 @@ from app import codec
 from app.flows import Inbound, Outbox, Route
 
 REQUEST_FIELD = "_request"
+#: The ids of the row's last writes: a command redelivered after a crash or a rebalance (every
+#: one since the last committed offset comes back) is answered, not applied again.
+REQUESTS_FIELD = "_requests"
+RECENT_REQUESTS = 64
 DRAFT_FIELD = "_draft"
 HISTORY_FIELD = "_history"
 CHANGE_FIELD = "_change"
@@ -148,7 +152,7 @@ def apply_command(
     request_id = command.get("id")
     if op in READ_OPS:
         return (200 if current is not None else 404), current
-    if current is not None and request_id and current.get(REQUEST_FIELD) == request_id:
+    if current is not None and request_id and request_id in seen_requests(current):
         return WRITE_STATUS.get(op, 200), current
     if op == "create":
         if current is not None:
@@ -163,7 +167,18 @@ def apply_command(
         status, row = _change(current, command, limits)
     if row is not None and row is not current:
         row = {**row, REVISION_FIELD: revision(current) + 1}
+        if request_id:
+            recent = [*seen_requests(current), request_id][-RECENT_REQUESTS:]
+            row = {**row, REQUESTS_FIELD: recent}
     return status, row
+
+
+def seen_requests(row: dict[str, Any] | None) -> list[str]:
+    if row is None:
+        return []
+    recent = list(row.get(REQUESTS_FIELD, []))
+    last = row.get(REQUEST_FIELD)
+    return recent if last is None or last in recent else [*recent, last]
 
 
 def revision(row: dict[str, Any] | None) -> int:
@@ -189,7 +204,7 @@ def _change(
             "savedBy": command.get("by"),
             "baseVersion": int(current.get("version", 0)),
         }
-        return 200, {**current, DRAFT_FIELD: draft, **mark}
+        return 200, _bounded({**current, DRAFT_FIELD: draft, **mark}, limits)
     if op == "discard_draft":
         if DRAFT_FIELD not in current:
             return 404, current

@@ -236,3 +236,34 @@ def test_only_absent_null_or_empty_language_is_the_default(language: Any) -> Non
             model.check_fields(template, default_language="de", max_body_chars=99)["language"]
             == "de"
         )
+
+
+def test_an_older_command_redelivered_after_newer_ones_is_answered_not_applied() -> None:
+    """After a crash every command since the last committed offset comes back: publishing a
+    draft (A), then saving another (B), then A again must not publish B."""
+    _, row = run(created(), "save_draft", template={**SMS, "body": "one [(${otpValue})]"}, id="d1")
+    _, row = run(row, "publish", id="A")
+    _, row = run(row, "save_draft", template={**SMS, "body": "two [(${otpValue})]"}, id="B")
+    assert row is not None
+    status, again = run(row, "publish", id="A")
+    assert status == 200 and again is row, "answered as the first time, nothing written"
+    assert again["version"] == 2 and again[DRAFT_FIELD]["body"] == "two [(${otpValue})]"
+    assert run(row, "discard_draft", id="d1") == (204, row)
+
+
+def test_a_saved_draft_keeps_the_row_within_a_kafka_record() -> None:
+    limits = HistoryLimits(versions=50, max_record_bytes=60_000)
+    row = created()
+    for i in range(10):
+        body = f"{i} [(${{otpValue}})] " + "€" * 5_000
+        _, row = run(row, "replace", limits, template={**SMS, "body": body})
+    _, row = run(row, "save_draft", limits, template={**SMS, "body": "€" * 5_000})
+    assert row is not None and len(codec.dumps(row)) <= 60_000
+    assert row[DRAFT_FIELD]["body"] == "€" * 5_000 and row["version"] == 11
+
+
+def test_otp_value_can_only_be_a_string() -> None:
+    with pytest.raises(model.TemplateInvalid) as caught:
+        check([{"key": "otpValue", "mandatory": True, "type": "NUMBER"}])
+    assert [p.field for p in caught.value.problems] == ["params[0].type"]
+    assert check([{"key": "otpValue", "type": "STRING"}])[0]["type"] == "STRING"
