@@ -51,7 +51,8 @@ UNAUTHENTICATED = Principal(ANONYMOUS, frozenset({ADMIN}))
 
 
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # aiohttp decodes headers with surrogateescape: a token of any bytes has a digest.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class TokenRegistry:
@@ -79,7 +80,13 @@ class TokenRegistry:
         if token:
             entries.append((digest(token), Principal(DEFAULT_TOKEN_NAME, frozenset({ADMIN}))))
         if tokens_file:
-            entries.extend(load_tokens_file(Path(tokens_file)))
+            listed = load_tokens_file(Path(tokens_file))
+            if token and any(value == entries[0][0] for value, _ in listed):
+                raise AccessConfigError(
+                    "the tokens file lists NOTIFY_API_TOKEN (which has every scope) under "
+                    "another name: use one or the other"
+                )
+            entries.extend(listed)
         return cls(entries)
 
 

@@ -107,3 +107,19 @@ def test_a_tokens_file_alone_is_enough(tmp_path: Path) -> None:
     assert principal is not None and principal.name == "ops"
     with pytest.raises(ConfigError, match="NOTIFY_API_TOKENS_FILE"):
         Settings.from_env({"OTP_HMAC_SECRET": "s" * 32})
+
+
+def test_a_token_of_any_bytes_is_refused_not_an_error() -> None:
+    registry = access.TokenRegistry.build("admin-token", None)
+    assert registry.authenticate(b"\xff\xfe".decode("utf-8", "surrogateescape")) is None
+
+
+def test_the_admin_token_listed_in_the_file_under_another_name_is_refused(tmp_path: Path) -> None:
+    path = tokens_file(tmp_path, [{"name": "ro", "sha256": sha("admin-token"), "scopes": ["read"]}])
+    env = {
+        "OTP_HMAC_SECRET": "s" * 32,
+        "NOTIFY_API_TOKEN": "admin-token",
+        "NOTIFY_API_TOKENS_FILE": str(path),
+    }
+    with pytest.raises(ConfigError, match="one or the other"):
+        Settings.from_env(env)
