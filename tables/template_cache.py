@@ -162,8 +162,10 @@ class TemplateCache:
         data = {k: v for k, v in record.items() if not k.startswith("_")}  # private fields
         draft, rev = record.get(DRAFT_FIELD), revision(record)
         current = self._entries.get(key)
+        version = int(data.get("version", 0))
+        # The version decides; the revision orders the writes of one version (drafts).
         if current is not None and (
-            int(data.get("version", 0)) < current.version or rev < current.revision
+            version < current.version or (version == current.version and rev < current.revision)
         ):
             return
         if current is not None and current.version == int(data.get("version", 0)):

@@ -115,3 +115,12 @@ def test_an_older_draft_record_does_not_replace_a_newer_one() -> None:
     c.apply(KEY, codec.dumps({**template(1), "_rev": 4}))  # then discarded
     entry = c.resolve("otpMail", "en")
     assert entry is not None and entry.draft is None
+
+
+def test_a_newer_version_wins_whatever_its_revision() -> None:
+    """Rows written before revisions were counted (a rolling upgrade) have none."""
+    c = cache()
+    c.apply(KEY, codec.dumps({**template(5), "_rev": 5}))
+    c.apply(KEY, codec.dumps(template(6)))
+    c.apply(KEY, codec.dumps({**template(7), "_rev": 1}))
+    assert versions(c) == [7]
