@@ -279,8 +279,13 @@ def _param_type(item: dict[str, Any], field: str, problems: list[Problem]) -> di
             problems.append(Problem(f"{field}.item", "is only for a parameter of type ARRAY"))
             return None
         return {}
-    if ptype not in PARAM_TYPES:
-        problems.append(Problem(f"{field}.type", f"must be one of {', '.join(PARAM_TYPES)}"))
+    if ptype not in PARAM_TYPES or (item.get("key") == "otpValue" and ptype != "STRING"):
+        message = (
+            "must be STRING for otpValue (the code)"
+            if ptype in PARAM_TYPES
+            else f"must be one of {', '.join(PARAM_TYPES)}"
+        )
+        problems.append(Problem(f"{field}.type", message))
         return None
     if item_type is not None and (ptype != "ARRAY" or item_type not in PARAM_TYPES):
         message = (
