@@ -144,17 +144,16 @@ class TransferApi:
         return json_response(body)
 
     async def apply(self, action: str, template: dict[str, Any], by: Principal) -> int:
+        """Write one template; the plan came from this worker's read model, which may lag, so
+        a create that finds the template answers as a replace, and a replace that finds none
+        as a create."""
         key = model.template_key(template["name"], template["language"])
-        if action == "create":
-            created = await self.templates.create_template(template, by, "imported")
-            return int(created["version"])
-        result = await self.templates.write(
-            "replace", key, by, template=template, summary="imported"
-        )
-        if result["status"] == 404:  # deleted since the plan: create it again
-            created = await self.templates.create_template(template, by, "imported")
-            return int(created["version"])
-        return int(result["template"]["version"])
+        ops = ("create", "replace") if action == "create" else ("replace", "create")
+        for op in ops:
+            result = await self.templates.write(op, key, by, template=template, summary="imported")
+            if result["status"] in (200, 201):
+                return int(result["template"]["version"])
+        raise ApiError(503, "the template store changed during the import; send it again")
 
 
 def register(ctx: Context, templates: TemplateApi) -> None:
