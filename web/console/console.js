@@ -795,9 +795,11 @@
   }
 
   async function cloneTemplate() {
-    const { name, language } = state.published;
+    // The clone is made from the published version, so unsaved edits would be lost: ask first.
+    if (!(await leaveEditor())) return;
+    const { name, language, version } = state.published;
     const dialog = $("clone-dialog");
-    $("clone-source").textContent = `${name} (${language})`;
+    $("clone-source").textContent = `${name} (${language}), published v${version}`;
     $("clone-name").value = `${name}-copy`;
     $("clone-language").value = language;
     const ok = await new Promise((resolve) => {
@@ -809,13 +811,13 @@
       $("clone-name").select();
     });
     if (!ok) return;
+    state.loaded = JSON.stringify(templateInput()); // the edits were let go above
     const target = {};
     const newName = $("clone-name").value.trim();
     const newLanguage = $("clone-language").value.trim();
     if (newName && newName !== name) target.name = newName;
     if (newLanguage && newLanguage !== language) target.language = newLanguage;
     const stored = await api("POST", templatePath(name, language, "/clone"), target);
-    state.loaded = JSON.stringify(templateInput());
     await loadList();
     await openTemplate(stored.name, stored.language);
     setStatus(`Cloned into ${stored.name} (${stored.language}).`, "ok");
