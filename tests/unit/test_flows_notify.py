@@ -160,7 +160,8 @@ class Service:
         [(route, key, value, _)] = self.produced(start)
         assert route is Route.NOTIFY_OUT
         reply = codec.loads(value)
-        assert key == str(reply["processInstanceId"] or reply["identifier"]).encode()
+        pid = reply["processInstanceId"]
+        assert key == str(pid if pid is not None else reply["identifier"]).encode()
         return reply
 
 
