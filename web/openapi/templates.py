@@ -68,6 +68,11 @@ TEMPLATE_REFUSALS = (
     ),
     Refusal("parameter keys must be unique", r"params\[\d+\]\.key", "duplicates '.+'"),
     Refusal(
+        "otpValue, the code, can only be typed STRING",
+        r"params\[\d+\]\.type",
+        r"must be STRING for otpValue \(the code\)",
+    ),
+    Refusal(
         f"context may nest at most {model.MAX_CONTEXT_DEPTH} levels deep",
         "context",
         f"is nested more than {model.MAX_CONTEXT_DEPTH} levels deep",
