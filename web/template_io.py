@@ -20,7 +20,7 @@ from aiohttp import web
 
 from app.core import templates as model
 from app.core.access import IMPORT, READ, Principal
-from app.flows.templates import CONTENT_FIELDS
+from app.flows.templates import content
 from web.errors import ApiError, json_response
 from web.http import Gate, query_bool, read_json
 from web.templates import TemplateApi
@@ -32,11 +32,6 @@ FORMAT = "faust-otp.templates"
 FORMAT_VERSION = 1
 MAX_TEMPLATES = 1000
 ACTIONS = ("create", "update", "unchanged", "refused")
-
-
-def content(template: dict[str, Any]) -> dict[str, Any]:
-    """What a template is, without what the server adds (versions, times)."""
-    return {k: template[k] for k in ("name", "language", *CONTENT_FIELDS) if k in template}
 
 
 def export_document(templates: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from app import codec
 from app.core import render
 from app.core import templates as model
 from app.core.access import EDIT, READ, Principal
-from app.flows.templates import CONTENT_FIELDS, READ_OPS
+from app.flows.templates import READ_OPS, content
 from app.render_pool import (
     RenderJobInvalid,
     RenderPoolBusy,
@@ -239,8 +239,8 @@ class TemplateApi:
         payload = await read_json(request, self.settings.api_max_body_bytes)
         new_name, new_language = clone_target(payload, name, language)
         source = self.entry(name, language).data
-        content = {k: source[k] for k in CONTENT_FIELDS if k in source}
-        template = await self.validated({**content, "name": new_name, "language": new_language})
+        copied = {**content(source), "name": new_name, "language": new_language}
+        template = await self.validated(copied)
         return await self.create_template(template, by, f"cloned from {name} ({language})")
 
     async def preview(self, request: web.Request, name: str) -> dict[str, Any]:

@@ -82,6 +82,12 @@ def public(template: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in template.items() if not k.startswith("_")}
 
 
+def content(template: dict[str, Any]) -> dict[str, Any]:
+    """What a template is, without what the server adds (version, times, private fields):
+    what restore copies, clone and export take, and import compares."""
+    return {k: template[k] for k in ("name", "language", *CONTENT_FIELDS) if k in template}
+
+
 def summary(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
     """Which content fields a change touched, in a few words ("body, subject changed")."""
     if before is None:
@@ -214,17 +220,15 @@ def _change(
         draft = current.get(DRAFT_FIELD)
         if draft is None:
             return 409, current
-        content = {k: v for k, v in draft.items() if k not in ("savedAt", "savedBy", "baseVersion")}
-        what = f"published draft: {summary(current, content)}"
-        record = _published(current, content, command, what, limits)
+        what = f"published draft: {summary(current, draft)}"
+        record = _published(current, content(draft), command, what, limits)
         return 200, {k: v for k, v in record.items() if k != DRAFT_FIELD}
     if op == "restore":
         old = version_of(current, int(command["version"]))
         if old is None:
             return 404, current
-        content = {k: old[k] for k in ("name", "language", *CONTENT_FIELDS) if k in old}
         what = f"restored version {old['version']}"
-        return 200, _published(current, content, command, what, limits)
+        return 200, _published(current, content(old), command, what, limits)
     raise ValueError(f"unknown template command {op!r}")
 
 
