@@ -24,6 +24,7 @@ from typing import Any
 from app import codec
 from app.flows import Inbound, Outbox, Route
 
+#: The one request id rows written before ``_requests`` existed remember (read, never written).
 REQUEST_FIELD = "_request"
 #: The ids of the row's last writes: a command redelivered after a crash or a rebalance (every
 #: one since the last committed offset comes back) is answered, not applied again.
@@ -119,7 +120,7 @@ def _published(
     limits: HistoryLimits,
 ) -> dict[str, Any]:
     """A new published version made of ``content``, the current one moved into the history."""
-    now, request_id = _now(), command.get("id")
+    now = _now()
     change = {"by": command.get("by"), "summary": what}
     if current is None:
         return {
@@ -128,7 +129,6 @@ def _published(
             "createdAt": now,
             "updatedAt": now,
             CHANGE_FIELD: change,
-            **({REQUEST_FIELD: request_id} if request_id else {}),
         }
     record = {
         **content,
@@ -138,7 +138,6 @@ def _published(
         CHANGE_FIELD: change,
         HISTORY_FIELD: [*current.get(HISTORY_FIELD, []), _version_entry(current)],
         **({DRAFT_FIELD: current[DRAFT_FIELD]} if DRAFT_FIELD in current else {}),
-        **({REQUEST_FIELD: request_id} if request_id else {}),
     }
     return _bounded(record, limits)
 
@@ -150,9 +149,9 @@ def apply_command(
 ) -> tuple[int, dict[str, Any] | None]:
     """Decide one command: (HTTP status, row to store, or None to delete/leave).
 
-    Pure, so the status rules are tested without Kafka. The stored row remembers the id of the
-    write that produced it (``_request``): the same command delivered again (at-least-once,
-    after a rebalance) is answered as the first time instead of bumping ``version``.
+    Pure, so the status rules are tested without Kafka. Every write records its request id in
+    the row (``_requests``, the last ``RECENT_REQUESTS``): the same command delivered again
+    (at-least-once, after a rebalance) is answered as the first time instead of applied again.
     """
     op = command["op"]
     request_id = command.get("id")
@@ -195,8 +194,7 @@ def _change(
     current: dict[str, Any], command: dict[str, Any], limits: HistoryLimits
 ) -> tuple[int, dict[str, Any] | None]:
     """A command on an existing row (``apply_command`` without the row-independent rules)."""
-    op, request_id = command["op"], command.get("id")
-    mark = {REQUEST_FIELD: request_id} if request_id else {}
+    op = command["op"]
     if op == "replace":
         template = command["template"]
         what = command.get("summary") or summary(current, template)
@@ -210,12 +208,11 @@ def _change(
             "savedBy": command.get("by"),
             "baseVersion": int(current.get("version", 0)),
         }
-        return 200, _bounded({**current, DRAFT_FIELD: draft, **mark}, limits)
+        return 200, _bounded({**current, DRAFT_FIELD: draft}, limits)
     if op == "discard_draft":
         if DRAFT_FIELD not in current:
             return 404, current
-        rest = {k: v for k, v in current.items() if k != DRAFT_FIELD}
-        return 204, {**rest, **mark}
+        return 204, {k: v for k, v in current.items() if k != DRAFT_FIELD}
     if op == "publish":
         draft = current.get(DRAFT_FIELD)
         if draft is None:

@@ -267,3 +267,11 @@ def test_otp_value_can_only_be_a_string() -> None:
         check([{"key": "otpValue", "mandatory": True, "type": "NUMBER"}])
     assert [p.field for p in caught.value.problems] == ["params[0].type"]
     assert check([{"key": "otpValue", "type": "STRING"}])[0]["type"] == "STRING"
+
+
+def test_a_row_written_before_the_request_list_still_answers_its_last_write() -> None:
+    row = {**created(), "_request": "old"}
+    row.pop("_requests", None)
+    assert run(row, "replace", template=SMS, id="old") == (200, row)
+    _, newer = run(row, "replace", template=SMS, id="new")
+    assert newer is not None and newer["_requests"] == ["old", "new"]
