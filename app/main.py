@@ -156,7 +156,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         web_tables_enabled=False,
         web_graph_enabled=False,
         web_stats_enabled=False,
-        producer_linger=0.001,
+        producer_linger=settings.producer_linger_ms / 1000,
         # The size MAX_REQUEST_BYTES is checked against (settings): what fits is answered.
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         broker_commit_interval=1.0,

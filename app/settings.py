@@ -387,6 +387,13 @@ class Settings:
         "the worker's asyncio event loop: `aio` (the standard library's) or `uvloop` (libuv; "
         "within the run-to-run spread here, README, Performance)",
     )
+    producer_linger_ms: int = setting(
+        "PRODUCER_LINGER_MS",
+        "1",
+        _int(0, 1000),
+        "how long the producer waits to fill a batch per partition: fewer, larger produce "
+        "requests for up to this much more latency per hop (README, Performance)",
+    )
     log_format: str = setting(
         "LOG_FORMAT",
         "json",

@@ -2,11 +2,19 @@
 
 import os
 
+from app.settings import Settings
+
+# The settings a baseline shares with the service, so the ratios compare pipelines, not
+# event loops or producer batching.
+SHARED = ("EVENT_LOOP", "PRODUCER_LINGER_MS")
+
+
+def service_settings() -> Settings:
+    """The service's settings of :data:`SHARED` from the environment (the rest at defaults)."""
+    chosen = {k: v for k, v in os.environ.items() if k in SHARED}
+    return Settings.from_env(chosen, check_secrets=False)
+
 
 def event_loop() -> str:
-    """The service's event loop (``EVENT_LOOP``, app/settings.py). Each baseline runs on the loop
-    the service runs on, so the ratios compare pipelines, not event loops."""
-    from app.settings import Settings
-
-    chosen = {k: v for k, v in os.environ.items() if k == "EVENT_LOOP"}
-    return Settings.from_env(chosen, check_secrets=False).event_loop
+    """The service's event loop (``EVENT_LOOP``, app/settings.py), for every baseline."""
+    return service_settings().event_loop

@@ -19,7 +19,7 @@ import faust
 import mode.loop
 import orjson
 
-from bench import event_loop
+from bench import event_loop, service_settings
 
 
 def create_app(
@@ -34,7 +34,7 @@ def create_app(
         topic_partitions=partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        producer_linger=0.001,
+        producer_linger=service_settings().producer_linger_ms / 1000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         table_standby_replicas=0,

@@ -22,10 +22,8 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench import event_loop
+from bench import event_loop, service_settings
 
-# The same linger as app/main.py's ``producer_linger=0.001``.
-LINGER_MS = 1
 MAX_RECORDS = 1000
 
 
@@ -38,7 +36,9 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> None
         enable_auto_commit=True,
         auto_commit_interval_ms=1000,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=LINGER_MS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=service_settings().producer_linger_ms
+    )
     await producer.start()
     await consumer.start()
     stop = asyncio.Event()
