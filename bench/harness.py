@@ -278,8 +278,10 @@ def start_otp_workers(
     sinks: Sinks,
     sms: bool,
     extra_env: dict[str, str] | None = None,
+    first: int = 0,
 ) -> list[Worker]:
-    """N ``python -m app worker`` processes, each with its own DATA_DIR and WEB_PORT."""
+    """N ``python -m app worker`` processes, each with its own DATA_DIR and WEB_PORT; ``first``
+    numbers them after the workers already started."""
     service_topics = {k: v for k, v in topics.items() if k.startswith(("APP_ID", "KAFKA_"))}
     extra = {
         **service_topics,
@@ -292,7 +294,7 @@ def start_otp_workers(
         extra.update(SMS_PROVIDER="webhook", SMS_WEBHOOK_URL=sinks.sms_url)
     env = worker_env(bootstrap, topics["APP_ID"], sinks.smtp_port, **extra)
     workers = []
-    for i in range(n):
+    for i in range(first, first + n):
         worker = Worker(
             env=env, data_dir=work / f"worker-{i + 1}", log_path=work / f"worker-{i + 1}.log"
         ).start()
