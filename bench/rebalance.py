@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import codec  # noqa: E402
-from app.kafka_admin import ensure_topics  # noqa: E402
+from app.kafka_admin import ensure_topics, partition_of  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.standby import CODE, write_codes  # noqa: E402
@@ -40,8 +40,11 @@ from tables import topic_specs  # noqa: E402
 class Probe:
     """Validates of distinct stored codes on a fixed schedule; each answer's latency is kept."""
 
-    def __init__(self, kafka: Kafka, topic: str, interval: float, rows: int) -> None:
+    def __init__(
+        self, kafka: Kafka, topic: str, interval: float, rows: int, partitions: int
+    ) -> None:
         self.kafka, self.topic, self.interval, self.rows = kafka, topic, interval, rows
+        self.partitions = partitions
         self.sent: dict[int, float] = {}
         self.answered: dict[int, float] = {}
         self.wrong: list[dict] = []
@@ -81,6 +84,17 @@ class Probe:
         now = time.monotonic()
         waits = [self.answered.get(n, now) - t for n, t in self.sent.items() if since <= t < until]
         return round(max(waits), 2) if waits else None
+
+    def held_up(self, since: float, until: float, over: float = 1.0) -> int:
+        """How many partitions had a probe scheduled in [since, until) wait over ``over``
+        seconds: the moved partitions only, or every one (the whole group paused)."""
+        now = time.monotonic()
+        late = {
+            n
+            for n, t in self.sent.items()
+            if since <= t < until and self.answered.get(n, now) - t > over
+        }
+        return len({partition_of(f"sb-{n}".encode(), self.partitions) for n in late})
 
     def typical(self, until: float) -> float | None:
         waits = [
@@ -124,7 +138,13 @@ async def measure(bootstrap: str, group: int, args: argparse.Namespace) -> dict:
             Kafka(bootstrap) as kafka,
             Collector(bootstrap, topics["KAFKA_TOPIC_OTP_VALIDATE_OUT"]) as replies,
         ):
-            probe = Probe(kafka, topics["KAFKA_TOPIC_OTP_VALIDATE_IN"], args.interval, args.rows)
+            probe = Probe(
+                kafka,
+                topics["KAFKA_TOPIC_OTP_VALIDATE_IN"],
+                args.interval,
+                args.rows,
+                args.partitions,
+            )
             stop = asyncio.Event()
             sending = asyncio.create_task(probe.run(stop))
             await poll(probe, replies, 5)
@@ -149,8 +169,10 @@ async def measure(bootstrap: str, group: int, args: argparse.Namespace) -> dict:
             "probe_interval_s": args.interval,
             "typical_wait_ms": probe.typical(joined),
             "join_slowest_wait_s": probe.slowest(joined, left),
+            "join_partitions_held_over_1s": probe.held_up(joined, left),
             "join_new_worker_ready_s": round(ready_after, 1),
             "leave_slowest_wait_s": probe.slowest(left, ended),
+            "leave_partitions_held_over_1s": probe.held_up(left, ended),
             "leave_sigterm_to_exit_s": round(stopped_after, 1),
             "probes": len(probe.sent),
             "unanswered": len(probe.sent) - len(probe.answered),
