@@ -194,7 +194,8 @@ class NotifyIngest:
             await self.refuse(record, exc)
             return
         command = {
-            "r": asdict(request),
+            # orjson writes a dataclass as asdict would, without its deep copy (20x faster).
+            "r": request,
             "src": [record.topic, record.partition, record.offset],
             "ts": record.timestamp,
         }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app import codec, records
@@ -266,7 +266,8 @@ class Ingest:
             return
         command = {
             "k": self.kind,
-            "r": asdict(request),
+            # orjson writes a dataclass as asdict would, without its deep copy (20x faster).
+            "r": request,
             "src": [record.topic, record.partition, record.offset],
             "ts": record.timestamp,
         }
