@@ -8,8 +8,10 @@ requests per second for ``--minutes``: half generate+MAIL for fresh identifiers,
 Codes live 60 s, the send window is 60 s and the sweep runs every 10 s, so after the first
 minutes rows are deleted as fast as they are made: the ``otps`` table must stop growing.
 
-Each step of ``--step-seconds`` records the worker's RSS (``/proc``), its ``otp_codes`` and
-``otp_consumer_lag`` gauges, and the step's answers and p99. At the end: RSS after the warm-up
+Each step of ``--step-seconds`` records the worker's RSS (``/proc``), its Python heap (pymalloc
+blocks and objects the collector tracks, from ``bench/heap_probe``: a growing RSS over a flat
+heap is native memory), its ``otp_codes`` and ``otp_consumer_lag`` gauges, and the step's
+answers and p99. At the end: RSS after the warm-up
 (the first minute) against the last step (flat within 10%), the table's largest size in the
 second half against the first's, the lag at the end, and whether every request was answered.
 Prints one JSON document.
@@ -90,10 +92,20 @@ def validate_target(run_id: str, topics: dict[str, str], clients: list[str]) -> 
     )
 
 
+def heap(path: Path) -> dict[str, int | None]:
+    """The worker's latest heap probe (``bench/heap_probe``): Python's share of its memory."""
+    try:
+        last = json.loads(path.read_text().splitlines()[-1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return {"pymalloc_blocks": None, "gc_objects": None}
+    return {k: last[k] for k in ("pymalloc_blocks", "gc_objects")}
+
+
 async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: str) -> dict:
     run_id = harness.new_run_id()
     topics = harness.run_topics(run_id)
     work = ROOT / ".local" / "bench" / f"soak-{run_id}"
+    probe = work / "heap-probe.jsonl"
     sinks = harness.start_sinks(procs, work)
     [worker] = harness.start_otp_workers(
         procs,
@@ -104,7 +116,12 @@ async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: st
         partitions=args.partitions,
         sinks=sinks,
         sms=False,
-        extra_env=SOAK_ENV,
+        extra_env={
+            **SOAK_ENV,
+            "PYTHONPATH": str(ROOT / "bench" / "heap_probe"),
+            "HEAP_PROBE_FILE": str(probe),
+            "HEAP_PROBE_SECONDS": str(min(10.0, args.step_seconds)),
+        },
     )
     await worker.wait_ready(timeout=180)
     api = Api(worker.url)
@@ -132,7 +149,7 @@ async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: st
                     validate_target(run_id, topics, previous), half, args.step_seconds
                 ),
             )
-            steps.append(step_record(worker, began, gen, val, await gauges(api)))
+            steps.append(step_record(worker, began, gen, val, await gauges(api), heap(probe)))
             print(json.dumps(steps[-1]), flush=True)
     finally:
         await driver.stop()
@@ -140,11 +157,14 @@ async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: st
     return summary(args, steps)
 
 
-def step_record(worker: Worker, began: float, gen: dict, val: dict, metrics: dict) -> dict:
+def step_record(
+    worker: Worker, began: float, gen: dict, val: dict, metrics: dict, python: dict
+) -> dict:
     assert worker.proc is not None
     return {
         "t_s": round(time.monotonic() - began),
         "rss_mib": round(rss_mib(worker.proc.pid), 1),
+        **python,
         "otp_codes": int(metrics["otp_codes"]),
         "lag": int(metrics["otp_consumer_lag"]),
         "generate": {k: gen[k] for k in ("requests", "completed", "failed", "missing", "p99_ms")},
