@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -29,12 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import codec  # noqa: E402
-from app.kafka_admin import ensure_topics, partition_of  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.kafka_admin import partition_of  # noqa: E402
 from bench import harness  # noqa: E402
-from bench.standby import CODE, write_codes  # noqa: E402
-from devtools.support import SECRET, TOKEN, Collector, Kafka  # noqa: E402
-from tables import topic_specs  # noqa: E402
+from bench.standby import CODE, live_app  # noqa: E402
+from devtools.support import Collector, Kafka  # noqa: E402
 
 
 class Probe:
@@ -112,22 +109,8 @@ async def poll(probe: Probe, replies: Collector, seconds: float) -> None:
 
 
 async def measure(bootstrap: str, group: int, args: argparse.Namespace) -> dict:
-    run_id = harness.new_run_id()
-    topics = harness.run_topics(run_id)
-    env = {
-        **topics,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "OTP_HMAC_SECRET": SECRET,
-        "NOTIFY_API_TOKEN": TOKEN,
-        "TOPIC_PARTITIONS": str(args.partitions),
-    }
-    settings = Settings.from_env(env)
-    await ensure_topics(bootstrap, topic_specs(settings))
-    await write_codes(settings, args.rows, args.partitions)
-    work = ROOT / ".local" / "bench" / f"rebalance-{run_id}"
-    procs = harness.Processes()
-    try:
-        sinks = harness.start_sinks(procs, work)
+    async with live_app(bootstrap, args.rows, args.partitions, "rebalance") as live:
+        topics, procs, work, sinks = live.topics, live.procs, live.work, live.sinks
         common = dict(
             bootstrap=bootstrap, topics=topics, partitions=args.partitions, sinks=sinks, sms=False
         )
@@ -178,10 +161,6 @@ async def measure(bootstrap: str, group: int, args: argparse.Namespace) -> dict:
             "unanswered": len(probe.sent) - len(probe.answered),
             "refused": len(probe.wrong),
         }
-    finally:
-        procs.stop_all()
-        await harness.delete_topics_containing(bootstrap, run_id)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +82,21 @@ def one_per_partition(rows: int, partitions: int) -> dict[int, str]:
     return chosen
 
 
-async def measure(bootstrap: str, rows: int, standbys: int, partitions: int) -> dict:
+@dataclass
+class LiveApp:
+    """A fresh app (topics, ``APP_ID``) whose ``otps`` changelog holds live codes, with the
+    bench's sinks started; its processes and topics go away with :func:`live_app`."""
+
+    topics: dict[str, str]
+    work: Path
+    procs: harness.Processes
+    sinks: harness.Sinks
+
+
+@contextlib.asynccontextmanager
+async def live_app(
+    bootstrap: str, rows: int, partitions: int, label: str
+) -> AsyncIterator[LiveApp]:
     run_id = harness.new_run_id()
     topics = harness.run_topics(run_id)
     env = {
@@ -92,10 +109,19 @@ async def measure(bootstrap: str, rows: int, standbys: int, partitions: int) -> 
     settings = Settings.from_env(env)
     await ensure_topics(bootstrap, topic_specs(settings))
     await write_codes(settings, rows, partitions)
-    work = ROOT / ".local" / "bench" / f"standby-{run_id}"
+    work = ROOT / ".local" / "bench" / f"{label}-{run_id}"
     procs = harness.Processes()
     try:
-        sinks = harness.start_sinks(procs, work)
+        yield LiveApp(topics, work, procs, harness.start_sinks(procs, work))
+    finally:
+        procs.stop_all()
+        await harness.delete_topics_containing(bootstrap, run_id)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def measure(bootstrap: str, rows: int, standbys: int, partitions: int) -> dict:
+    async with live_app(bootstrap, rows, partitions, "standby") as live:
+        topics, procs, work, sinks = live.topics, live.procs, live.work, live.sinks
         started = time.monotonic()
         workers = harness.start_otp_workers(
             procs,
@@ -140,10 +166,6 @@ async def measure(bootstrap: str, rows: int, standbys: int, partitions: int) -> 
             "kill_to_last_answer_s": round(max(answered.values()), 2),
             "answered": len(answered),
         }
-    finally:
-        procs.stop_all()
-        await harness.delete_topics_containing(bootstrap, run_id)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
