@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,24 @@ async def delete_topics_containing(bootstrap: str, marker: str) -> int:
         return len(names)
     finally:
         await admin.close()
+
+
+def add_broker_options(parser: argparse.ArgumentParser) -> None:
+    """``--kafka-port`` and ``--kafka-data-dir``: the broker a bench script runs against."""
+    parser.add_argument("--kafka-port", type=int, default=DEFAULT_KAFKA_PORT)
+    parser.add_argument("--kafka-data-dir", default=DEFAULT_KAFKA_DATA_DIR)
+
+
+@contextlib.contextmanager
+def broker_for(args: argparse.Namespace) -> Iterator[str]:
+    """The bootstrap address of the broker :func:`add_broker_options` names: started if it is
+    not running, and stopped at the end only if it was started here."""
+    broker = Broker(args.kafka_port, args.kafka_data_dir)
+    broker.ensure()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop_if_started()
 
 
 def run_topics(run_id: str) -> dict[str, str]:

@@ -111,12 +111,8 @@ async def measure(args: argparse.Namespace, bootstrap: str) -> dict:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    broker = harness.Broker(args.kafka_port, args.kafka_data_dir)
-    broker.ensure()
-    try:
-        print(json.dumps(await measure(args, broker.bootstrap), indent=2))
-    finally:
-        broker.stop_if_started()
+    with harness.broker_for(args) as bootstrap:
+        print(json.dumps(await measure(args, bootstrap), indent=2))
 
 
 def main() -> int:
@@ -124,8 +120,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=100_000, help="live rows in each of three tables")
     p.add_argument("--from", dest="from_partitions", type=int, default=4)
     p.add_argument("--to", dest="to_partitions", type=int, default=8)
-    p.add_argument("--kafka-port", type=int, default=19192)
-    p.add_argument("--kafka-data-dir", default=".local/kafka-bench")
+    harness.add_broker_options(p)
     asyncio.run(main_async(p.parse_args()))
     return 0
 

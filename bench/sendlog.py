@@ -174,17 +174,15 @@ async def _time_sweep(worker: Worker) -> dict:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    broker = harness.Broker(args.kafka_port, args.kafka_data_dir)
-    broker.ensure()
-    procs = harness.Processes()
-    try:
-        result = await measure(args, procs, broker.bootstrap)
-        result.update(await sweep(result))
-        shutil.rmtree(result.pop("work"), ignore_errors=True)
-        print(json.dumps(result, indent=2))
-    finally:
-        procs.stop_all()
-        broker.stop_if_started()
+    with harness.broker_for(args) as bootstrap:
+        procs = harness.Processes()
+        try:
+            result = await measure(args, procs, bootstrap)
+            result.update(await sweep(result))
+            shutil.rmtree(result.pop("work"), ignore_errors=True)
+            print(json.dumps(result, indent=2))
+        finally:
+            procs.stop_all()
 
 
 def main() -> int:
@@ -193,8 +191,7 @@ def main() -> int:
     p.add_argument("--receivers", type=int, default=20_000)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--kafka-port", type=int, default=harness.DEFAULT_KAFKA_PORT)
-    p.add_argument("--kafka-data-dir", default=harness.DEFAULT_KAFKA_DATA_DIR)
+    harness.add_broker_options(p)
     asyncio.run(main_async(p.parse_args()))
     return 0
 

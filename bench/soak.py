@@ -11,10 +11,9 @@ minutes rows are deleted as fast as they are made: the ``otps`` table must stop 
 Each step of ``--step-seconds`` records the worker's RSS (``/proc``), its Python heap (pymalloc
 blocks and objects the collector tracks, from ``bench/heap_probe``: a growing RSS over a flat
 heap is native memory), its ``otp_codes`` and ``otp_consumer_lag`` gauges, and the step's
-answers and p99. At the end: RSS after the warm-up
-(the first minute) against the last step (flat within 10%), the table's largest size in the
-second half against the first's, the lag at the end, and whether every request was answered.
-Prints one JSON document.
+answers and p99. At the end: RSS after the warm-up (the first minute) against the last step
+(flat within 10%), the table's largest size in the second half against the first's, the lag at
+the end, and whether every request was answered. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -196,14 +195,12 @@ def summary(args: argparse.Namespace, steps: list[dict]) -> dict:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    broker = harness.Broker(args.kafka_port, args.kafka_data_dir)
-    broker.ensure()
-    procs = harness.Processes()
-    try:
-        print(json.dumps(await soak(args, procs, broker.bootstrap), indent=2))
-    finally:
-        procs.stop_all()
-        broker.stop_if_started()
+    with harness.broker_for(args) as bootstrap:
+        procs = harness.Processes()
+        try:
+            print(json.dumps(await soak(args, procs, bootstrap), indent=2))
+        finally:
+            procs.stop_all()
 
 
 def main() -> int:
@@ -212,8 +209,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=200, help="requests/s, half of them validates")
     p.add_argument("--step-seconds", type=float, default=30)
     p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--kafka-port", type=int, default=19192)
-    p.add_argument("--kafka-data-dir", default=".local/kafka-bench")
+    harness.add_broker_options(p)
     asyncio.run(main_async(p.parse_args()))
     return 0
 

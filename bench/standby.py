@@ -169,17 +169,13 @@ async def measure(bootstrap: str, rows: int, standbys: int, partitions: int) -> 
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    broker = harness.Broker(args.kafka_port, args.kafka_data_dir)
-    broker.ensure()
     results = []
-    try:
+    with harness.broker_for(args) as bootstrap:
         for rows in (int(r) for r in args.rows.split(",")):
             for standbys in (int(s) for s in args.standbys.split(",")):
-                result = await measure(broker.bootstrap, rows, standbys, args.partitions)
+                result = await measure(bootstrap, rows, standbys, args.partitions)
                 print(json.dumps(result), flush=True)
                 results.append(result)
-    finally:
-        broker.stop_if_started()
     print(json.dumps(results, indent=2))
 
 
@@ -188,8 +184,7 @@ def main() -> int:
     p.add_argument("--rows", default="10000,100000", help="live codes, comma-separated")
     p.add_argument("--standbys", default="0,1", help="TABLE_STANDBY_REPLICAS values")
     p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--kafka-port", type=int, default=19192)
-    p.add_argument("--kafka-data-dir", default=".local/kafka-bench")
+    harness.add_broker_options(p)
     asyncio.run(main_async(p.parse_args()))
     return 0
 
