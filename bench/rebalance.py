@@ -75,22 +75,22 @@ class Probe:
                 self.wrong.append(reply)
             self.answered.setdefault(pid, now)
 
-    def slowest(self, since: float, until: float) -> float | None:
-        """The longest wait of a probe scheduled in [since, until); unanswered ones count as
-        waiting until now."""
+    def waits(self, since: float, until: float) -> dict[int, float]:
+        """Each probe scheduled in [since, until) and how long it waited; one not answered
+        yet counts as waiting until now."""
         now = time.monotonic()
-        waits = [self.answered.get(n, now) - t for n, t in self.sent.items() if since <= t < until]
+        return {
+            n: self.answered.get(n, now) - t for n, t in self.sent.items() if since <= t < until
+        }
+
+    def slowest(self, since: float, until: float) -> float | None:
+        waits = self.waits(since, until).values()
         return round(max(waits), 2) if waits else None
 
     def held_up(self, since: float, until: float, over: float = 1.0) -> int:
         """How many partitions had a probe scheduled in [since, until) wait over ``over``
         seconds: the moved partitions only, or every one (the whole group paused)."""
-        now = time.monotonic()
-        late = {
-            n
-            for n, t in self.sent.items()
-            if since <= t < until and self.answered.get(n, now) - t > over
-        }
+        late = [n for n, wait in self.waits(since, until).items() if wait > over]
         return len({partition_of(f"sb-{n}".encode(), self.partitions) for n in late})
 
     def typical(self, until: float) -> float | None:
@@ -164,16 +164,12 @@ async def measure(bootstrap: str, group: int, args: argparse.Namespace) -> dict:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    broker = harness.Broker(args.kafka_port, args.kafka_data_dir)
-    broker.ensure()
     results = []
-    try:
+    with harness.broker_for(args) as bootstrap:
         for group in (int(g) for g in args.groups.split(",")):
-            result = await measure(broker.bootstrap, group, args)
+            result = await measure(bootstrap, group, args)
             print(json.dumps(result), flush=True)
             results.append(result)
-    finally:
-        broker.stop_if_started()
     print(json.dumps(results, indent=2))
 
 
@@ -184,8 +180,7 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=0.05, help="seconds between probes")
     p.add_argument("--settle", type=float, default=25.0, help="seconds after each event")
     p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--kafka-port", type=int, default=19192)
-    p.add_argument("--kafka-data-dir", default=".local/kafka-bench")
+    harness.add_broker_options(p)
     asyncio.run(main_async(p.parse_args()))
     return 0
 
