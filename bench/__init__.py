@@ -13,8 +13,3 @@ def service_settings() -> Settings:
     """The service's settings of :data:`SHARED` from the environment (the rest at defaults)."""
     chosen = {k: v for k, v in os.environ.items() if k in SHARED}
     return Settings.from_env(chosen, check_secrets=False)
-
-
-def event_loop() -> str:
-    """The service's event loop (``EVENT_LOOP``, app/settings.py), for every baseline."""
-    return service_settings().event_loop

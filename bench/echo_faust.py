@@ -21,11 +21,18 @@ import mode.loop
 import orjson
 
 from app.logs import logging_config
-from bench import event_loop, service_settings
+from app.settings import Settings
+from bench import service_settings
 
 
 def create_app(
-    bootstrap: str, in_topic: str, out_topic: str, app_id: str, partitions: int, data_dir: str
+    bootstrap: str,
+    in_topic: str,
+    out_topic: str,
+    app_id: str,
+    partitions: int,
+    data_dir: str,
+    shared: Settings,
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -36,7 +43,7 @@ def create_app(
         topic_partitions=partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        producer_linger=service_settings().producer_linger_ms / 1000,
+        producer_linger=shared.producer_linger_ms / 1000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         table_standby_replicas=0,
@@ -76,8 +83,9 @@ def main() -> None:
     if len(sys.argv) != 7:
         sys.exit(__doc__)
     bootstrap, in_topic, out_topic, app_id, partitions, data_dir = sys.argv[1:7]
-    app = create_app(bootstrap, in_topic, out_topic, app_id, int(partitions), data_dir)
-    mode.loop.use(event_loop())  # before the worker makes its loop (as app/__main__.py does)
+    shared = service_settings()
+    app = create_app(bootstrap, in_topic, out_topic, app_id, int(partitions), data_dir, shared)
+    mode.loop.use(shared.event_loop)  # before the worker makes its loop (as app/__main__.py does)
     sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", "warn"]
     app.main()
 

@@ -22,12 +22,12 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench import event_loop, service_settings
+from bench import service_settings
 
 MAX_RECORDS = 1000
 
 
-async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> None:
+async def run(bootstrap: str, in_topic: str, out_topic: str, group: str, linger_ms: int) -> None:
     consumer = AIOKafkaConsumer(
         in_topic,
         bootstrap_servers=bootstrap,
@@ -36,9 +36,7 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> None
         enable_auto_commit=True,
         auto_commit_interval_ms=1000,
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=service_settings().producer_linger_ms
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
     await producer.start()
     await consumer.start()
     stop = asyncio.Event()
@@ -73,9 +71,10 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str) -> None
 def main() -> None:
     if len(sys.argv) != 5:
         sys.exit(__doc__)
-    if event_loop() == "uvloop":
+    shared = service_settings()
+    if shared.event_loop == "uvloop":
         uvloop.install()
-    asyncio.run(run(*sys.argv[1:5]))
+    asyncio.run(run(*sys.argv[1:5], linger_ms=shared.producer_linger_ms))
 
 
 if __name__ == "__main__":
