@@ -168,7 +168,7 @@ class TemplateCache:
             version < current.version or (version == current.version and rev < current.revision)
         ):
             return
-        if current is not None and current.version == int(data.get("version", 0)):
+        if current is not None and current.version == version:
             # A draft saved or discarded: the published version, and its compiled form, stay.
             self._entries[key] = CachedTemplate(current.data, current.compiled, draft, rev)
             return

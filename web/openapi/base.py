@@ -28,7 +28,7 @@ ERROR = ref("Error")
 UNAUTHENTICATED = "missing or wrong bearer token"
 FORBIDDEN = "the token lacks the scope this operation needs (the error names it)"
 LOADING = "the service is still loading, or its store did not answer in time; retry"
-#: Every false value of JSON: what ``payload.get(field) or default`` replaces by the default.
+#: The JSON values ``templates.or_default`` replaces by the default: null and the empty string.
 DEFAULTED = [None, ""]
 #: Query flags read by ``web.http.query_bool``: true, 1, yes, false, 0, no, in any case.
 FLAG = {
