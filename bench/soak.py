@@ -91,13 +91,17 @@ def validate_target(run_id: str, topics: dict[str, str], clients: list[str]) -> 
     )
 
 
-def heap(path: Path) -> dict[str, int | None]:
-    """The worker's latest heap probe (``bench/heap_probe``): Python's share of its memory."""
+def heap(path: Path, pid: int) -> dict[str, int | None]:
+    """The worker's latest heap probe (``bench/heap_probe``): Python's share of its memory.
+    Lines of other pids are its render pool's children."""
     try:
-        last = json.loads(path.read_text().splitlines()[-1])
-    except (FileNotFoundError, IndexError, ValueError):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+    except (FileNotFoundError, ValueError):
+        lines = []
+    mine = [line for line in lines if line.get("pid") == pid]
+    if not mine:
         return {"pymalloc_blocks": None, "gc_objects": None}
-    return {k: last[k] for k in ("pymalloc_blocks", "gc_objects")}
+    return {k: mine[-1][k] for k in ("pymalloc_blocks", "gc_objects")}
 
 
 async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: str) -> dict:
@@ -148,7 +152,9 @@ async def soak(args: argparse.Namespace, procs: harness.Processes, bootstrap: st
                     validate_target(run_id, topics, previous), half, args.step_seconds
                 ),
             )
-            steps.append(step_record(worker, began, gen, val, await gauges(api), heap(probe)))
+            assert worker.proc is not None
+            python = heap(probe, worker.proc.pid)
+            steps.append(step_record(worker, began, gen, val, await gauges(api), python))
             print(json.dumps(steps[-1]), flush=True)
     finally:
         await driver.stop()

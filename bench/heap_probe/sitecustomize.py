@@ -3,8 +3,10 @@
 ``bench/soak.py`` puts this directory on the worker's ``PYTHONPATH`` with ``HEAP_PROBE_FILE``
 set; Python imports ``sitecustomize`` at start-up, and in that process a daemon thread appends
 one JSON line every ``HEAP_PROBE_SECONDS``: pymalloc's allocated blocks and the objects the
-garbage collector tracks. Both flat while the RSS grows means the growth is outside Python's
-heap (RocksDB, the C allocator). Any other process ignores this file.
+garbage collector tracks, with its pid. Both flat while the RSS grows means the growth is
+outside Python's heap (RocksDB, the C allocator). The worker's own children (the render pool)
+inherit the environment and write lines too; the pid tells them apart. A process without
+``HEAP_PROBE_FILE`` ignores this file.
 """
 
 import gc
@@ -20,6 +22,7 @@ def _probe(path: str, every: float) -> None:
         time.sleep(every)
         line = {
             "t": time.time(),
+            "pid": os.getpid(),
             "pymalloc_blocks": sys.getallocatedblocks(),
             "gc_objects": len(gc.get_objects()),
         }
