@@ -40,7 +40,7 @@ def register_notifications(ctx: Context) -> None:
     @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_notifications")
     @survive
     async def sweep_notifications() -> None:
-        for key in flows.sender.expired_keys():
+        for key in await flows.sender.expired_keys():
             await topics.notify_commands.send(key=key, value=EXPIRE_COMMAND)
 
 
@@ -54,5 +54,5 @@ def register_receipts(ctx: Context) -> None:
     @app.timer(interval=ctx.settings.otp_sweep_interval_seconds, name="sweep_receipts")
     @survive
     async def sweep_receipts() -> None:
-        for key in receipts.expired_keys():
+        for key in await receipts.expired_keys():
             await topics.message_commands.send(key=key, value=RECEIPTS_EXPIRE)

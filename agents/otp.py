@@ -60,11 +60,11 @@ def register_sweeps(ctx: Context) -> None:
     @app.timer(interval=interval, name="sweep_expired_otps")
     @survive
     async def sweep_expired_otps() -> None:
-        for key in flows.processor.expired_keys():
+        for key in await flows.processor.expired_keys():
             await topics.otp_commands.send(key=key, value=EXPIRE_COMMAND)
 
     @app.timer(interval=interval, name="sweep_receivers")
     @survive
     async def sweep_receivers() -> None:
-        for key in flows.receivers.expired_keys():
+        for key in await flows.receivers.expired_keys():
             await topics.receiver_commands.send(key=key, value=EXPIRE_COMMAND)

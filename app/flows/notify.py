@@ -630,8 +630,8 @@ class NotifySender:
     def expired(self, state: State) -> bool:
         return state.done and self.clock() - state.created > self.limits.replay_seconds
 
-    def expired_keys(self) -> list[bytes]:
-        return expired_keys(self.rows, State.from_dict, self.expired)
+    async def expired_keys(self) -> list[bytes]:
+        return await expired_keys(self.rows, State.from_dict, self.expired)
 
 
 def request_digest(request: dict[str, Any]) -> str:

@@ -377,9 +377,9 @@ class ReceiverCounter:
     def expired(self, quota: ReceiverQuota) -> bool:
         return receivers.expired(quota, self.clock(), self.limits.send_window_seconds)
 
-    def expired_keys(self) -> list[bytes]:
+    async def expired_keys(self) -> list[bytes]:
         """Rows with nothing left to count (the sweep sends them an expire command)."""
-        return expired_keys(self.rows, ReceiverQuota.from_dict, self.expired)
+        return await expired_keys(self.rows, ReceiverQuota.from_dict, self.expired)
 
 
 class OtpProcessor:
@@ -683,11 +683,11 @@ class OtpProcessor:
                     status="expired",
                 )
 
-    def expired_keys(self) -> list[bytes]:
+    async def expired_keys(self) -> list[bytes]:
         """Rows the sweep should delete; tables change only inside their stream, so the sweep
         sends "expire" commands instead of deleting."""
         now = self.clock()
-        return expired_keys(
+        return await expired_keys(
             self.rows,
             OtpRecord.from_dict,
             lambda stored: otp.deletable(stored, self.policy, now),

@@ -173,5 +173,5 @@ class ReceiptProcessor:
     def expired(self, message: Message) -> bool:
         return self.clock() - message.sent_at > self.window_seconds
 
-    def expired_keys(self) -> list[bytes]:
-        return expired_keys(self.rows, Message.from_dict, self.expired)
+    async def expired_keys(self) -> list[bytes]:
+        return await expired_keys(self.rows, Message.from_dict, self.expired)

@@ -71,7 +71,7 @@ def test_refused_send_and_expiry_are_events():
     run(svc.generate(templateName="nope"))
     run(svc.generate(clientId="c2", recipient="bob@example.com"))
     svc.clock.now += 60 + 600 + 1  # ttl + send window
-    for key in svc.flows.processor.expired_keys():
+    for key in run(svc.flows.processor.expired_keys()):
         run(svc.flows.processor.expire(key))
     kinds = [(key, e["type"], e["error"]) for key, e in events(svc.outbox)]
     assert kinds == [

@@ -114,6 +114,6 @@ def test_registration_redelivered_keeps_the_reports_and_rows_expire():
     svc.play()
     assert codec.loads(svc.rows[SID.encode()])["statuses"] == ["queued"]
     svc.clock.now += 3601
-    [key] = svc.processor.expired_keys()
+    [key] = asyncio.run(svc.processor.expired_keys())
     asyncio.run(svc.processor.handle(Inbound("m", 0, 7, key, b'{"k":"x"}', [], None)))
     assert svc.rows == {}
