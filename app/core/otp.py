@@ -136,6 +136,11 @@ class OtpRecord:
             **({"f": [list(item) for item in self.facts]} if self.facts else {}),
         }
 
+    @staticmethod
+    def expiry(data: dict[str, Any]) -> float:
+        """A stored row's expiry, without building the record (all a sweep needs of a row)."""
+        return float(data["e"])
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OtpRecord:
         return cls(
@@ -416,14 +421,14 @@ def _verify(
     return wrong, replace(record, attempts=attempts)
 
 
-def deletable(record: OtpRecord, policy: OtpPolicy, now: float) -> bool:
+def deletable(expires_at: float, policy: OtpPolicy, now: float) -> bool:
     """True once the code has been expired for a whole send window.
 
     Until then the row still answers "code expired" (not "unknown") and still counts sends
     for the limit (every send is older than the expiry); keeping it longer would grow the
     table without bound.
     """
-    return now >= record.expires_at + policy.send_window_seconds
+    return now >= expires_at + policy.send_window_seconds
 
 
 def cancel(record: OtpRecord | None, now: float) -> OtpRecord | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -118,6 +119,11 @@ class ReceiverQuota:
     def to_dict(self) -> dict[str, Any]:
         return {"n": list(self.sends), "h": [list(item) for item in self.history]}
 
+    @staticmethod
+    def sends_of(data: dict[str, Any]) -> list[float]:
+        """A stored row's send times, without building the quota (all a sweep needs)."""
+        return data.get("n", [])
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReceiverQuota:
         return cls(
@@ -157,6 +163,6 @@ def _remember(quota: ReceiverQuota, source: str, outcome: str) -> ReceiverQuota:
     return replace(quota, history=(*quota.history, (source, outcome))[-HISTORY_SIZE:])
 
 
-def expired(quota: ReceiverQuota, now: float, window_seconds: float) -> bool:
-    """Nothing left to count: the row can go."""
-    return all(t <= now - window_seconds for t in quota.sends)
+def expired(sends: Iterable[float], now: float, window_seconds: float) -> bool:
+    """Nothing left to count (every send is out of the window): the row can go."""
+    return all(t <= now - window_seconds for t in sends)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -27,8 +28,10 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 # Room left in a producer request for what a dead letter adds around the original record.
 DLQ_HEADROOM = 4096
-# Rows a sweep reads between two turns of the event loop: about 5 ms of work.
-SWEEP_ROWS_PER_TURN = 500
+# A sweep reads this many rows, then pauses so that it holds the event loop for at most
+# SWEEP_LOOP_SHARE of the time it runs.
+SWEEP_ROWS_PER_TURN = 200
+SWEEP_LOOP_SHARE = 0.25
 
 
 class Route(enum.Enum):
@@ -132,17 +135,22 @@ async def expired_keys(
     """Keys of the rows ``expired`` says can go; a row that does not decode is left alone.
     ``counted`` gets the number of rows read, for a gauge that needs no second scan.
 
-    The scan reads every row (about 10 us each), so it hands the event loop back every
-    :data:`SWEEP_ROWS_PER_TURN` rows: read in one go, 100,000 live codes held every request in
-    flight for a second. The table is iterated lazily meanwhile; RocksDB's iterator reads the
-    state as it was when the scan began, whatever the streams write in between.
+    ``read`` should take from the row only what ``expired`` needs: a sweep reads every row of
+    its table, and building the whole record cost more than the rest of the scan. The scan
+    pauses every :data:`SWEEP_ROWS_PER_TURN` rows, for three times as long as it read: yielding
+    alone is not enough, since a request needs dozens of turns of the loop to be answered and
+    would wait a chunk at each (``bench/sweep.py``). The table is iterated lazily meanwhile;
+    RocksDB's iterator reads the state as it was when the scan began.
     """
     found = []
     read_rows = 0
+    started = time.perf_counter()
     for key, raw in rows.items():
         read_rows += 1
         if read_rows % SWEEP_ROWS_PER_TURN == 0:
-            await asyncio.sleep(0)
+            busy = time.perf_counter() - started
+            await asyncio.sleep(busy * (1 - SWEEP_LOOP_SHARE) / SWEEP_LOOP_SHARE)
+            started = time.perf_counter()
         try:
             row = read(codec.loads(raw))
         except (ValueError, KeyError, TypeError):

@@ -15,7 +15,7 @@ dead letter) and returns.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -335,7 +335,7 @@ class ReceiverCounter:
         key = record.key or b""
         quota = self.load(key)
         if command.get("k") == EXPIRE:
-            if quota is not None and self.expired(quota):
+            if quota is not None and self.expired(quota.sends):
                 del self.rows[key]
             return
         updated, refusal = receivers.admit(
@@ -374,12 +374,12 @@ class ReceiverCounter:
             GENERATE, fields, refusal, record.headers, command.get("ts"), "not_sent"
         )
 
-    def expired(self, quota: ReceiverQuota) -> bool:
-        return receivers.expired(quota, self.clock(), self.limits.send_window_seconds)
+    def expired(self, sends: Iterable[float]) -> bool:
+        return receivers.expired(sends, self.clock(), self.limits.send_window_seconds)
 
     async def expired_keys(self) -> list[bytes]:
         """Rows with nothing left to count (the sweep sends them an expire command)."""
-        return await expired_keys(self.rows, ReceiverQuota.from_dict, self.expired)
+        return await expired_keys(self.rows, ReceiverQuota.sends_of, self.expired)
 
 
 class OtpProcessor:
@@ -669,7 +669,7 @@ class OtpProcessor:
 
     async def expire(self, key: bytes) -> None:
         stored = self.load(key)
-        if stored is not None and otp.deletable(stored, self.policy, self.clock()):
+        if stored is not None and otp.deletable(stored.expires_at, self.policy, self.clock()):
             del self.rows[key]
             if stored.digest and stored.status is otp.Status.PENDING:  # never validated
                 await self.events.emit(
@@ -689,8 +689,8 @@ class OtpProcessor:
         now = self.clock()
         return await expired_keys(
             self.rows,
-            OtpRecord.from_dict,
-            lambda stored: otp.deletable(stored, self.policy, now),
+            OtpRecord.expiry,
+            lambda expires_at: otp.deletable(expires_at, self.policy, now),
             counted=self.metrics.otp_rows.set,
         )
 

@@ -193,9 +193,11 @@ def test_send_limit_and_window():
 def test_deletable_a_window_after_expiry():
     _, record = issue(now=1000.0)
     expired_at = 1000.0 + POLICY.ttl_seconds
-    assert not otp.deletable(record, POLICY, expired_at)
-    assert not otp.deletable(record, POLICY, expired_at + POLICY.send_window_seconds - 0.1)
-    assert otp.deletable(record, POLICY, expired_at + POLICY.send_window_seconds)
+    assert not otp.deletable(record.expires_at, POLICY, expired_at)
+    assert not otp.deletable(
+        record.expires_at, POLICY, expired_at + POLICY.send_window_seconds - 0.1
+    )
+    assert otp.deletable(record.expires_at, POLICY, expired_at + POLICY.send_window_seconds)
     # Every send counted by the limit is older than the row's expiry.
     assert not otp.recent_sends(record, POLICY, expired_at + POLICY.send_window_seconds)
 
@@ -326,7 +328,7 @@ def test_refusals_are_remembered_without_a_code():
         source="v/0/1",
     )
     assert outcome is Outcome.UNKNOWN and otp.replayed(row, "v/0/1") == "unknown"
-    assert otp.deletable(row, POLICY, 50.0 + POLICY.send_window_seconds)
+    assert otp.deletable(row.expires_at, POLICY, 50.0 + POLICY.send_window_seconds)
     assert otp.refused(otp.SENT) is None and otp.refused(None) is None
 
 

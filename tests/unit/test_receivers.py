@@ -90,8 +90,8 @@ def test_redelivered_request_is_counted_once_and_answered_the_same():
 def test_quota_round_trip_and_expiry():
     quota, _ = admit(None, "t/0/1")
     assert ReceiverQuota.from_dict(quota.to_dict()) == quota
-    assert not receivers.expired(quota, 1050.0, 100)
-    assert receivers.expired(quota, 1100.0, 100)
+    assert not receivers.expired(quota.sends, 1050.0, 100)
+    assert receivers.expired(quota.sends, 1100.0, 100)
 
 
 @given(st.lists(st.floats(min_value=0, max_value=500), max_size=40), st.integers(1, 10))
