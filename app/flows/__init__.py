@@ -126,6 +126,26 @@ def command_source(command: dict[str, Any]) -> str:
     return "/".join(map(str, command.get("src", ())))
 
 
+class Pacer:
+    """Paces a scan over a whole table: every :data:`SWEEP_ROWS_PER_TURN` rows it pauses three
+    times as long as it read, so it holds the event loop a quarter of the time at most.
+
+    Yielding alone is not enough: a request needs dozens of turns of the loop to be answered
+    and would wait a chunk of the scan at each (``bench/sweep.py``).
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._since = time.perf_counter()
+
+    async def row(self) -> None:
+        self.rows += 1
+        if self.rows % SWEEP_ROWS_PER_TURN == 0:
+            busy = time.perf_counter() - self._since
+            await asyncio.sleep(busy * (1 - SWEEP_LOOP_SHARE) / SWEEP_LOOP_SHARE)
+            self._since = time.perf_counter()
+
+
 async def expired_keys(
     rows: Rows,
     read: Callable[[dict[str, Any]], T],
@@ -136,21 +156,14 @@ async def expired_keys(
     ``counted`` gets the number of rows read, for a gauge that needs no second scan.
 
     ``read`` should take from the row only what ``expired`` needs: a sweep reads every row of
-    its table, and building the whole record cost more than the rest of the scan. The scan
-    pauses every :data:`SWEEP_ROWS_PER_TURN` rows, for three times as long as it read: yielding
-    alone is not enough, since a request needs dozens of turns of the loop to be answered and
-    would wait a chunk at each (``bench/sweep.py``). The table is iterated lazily meanwhile;
-    RocksDB's iterator reads the state as it was when the scan began.
+    its table, and building the whole record cost more than the rest of the scan. The table is
+    iterated lazily while the scan pauses (:class:`Pacer`); RocksDB's iterator reads the state
+    as it was when the scan began.
     """
     found = []
-    read_rows = 0
-    started = time.perf_counter()
+    pacer = Pacer()
     for key, raw in rows.items():
-        read_rows += 1
-        if read_rows % SWEEP_ROWS_PER_TURN == 0:
-            busy = time.perf_counter() - started
-            await asyncio.sleep(busy * (1 - SWEEP_LOOP_SHARE) / SWEEP_LOOP_SHARE)
-            started = time.perf_counter()
+        await pacer.row()
         try:
             row = read(codec.loads(raw))
         except (ValueError, KeyError, TypeError):
@@ -158,5 +171,5 @@ async def expired_keys(
         if expired(row):
             found.append(key)
     if counted is not None:
-        counted(read_rows)
+        counted(pacer.rows)
     return found

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
-from app.flows import Inbound, Outbox, Route
+from app.flows import Inbound, Outbox, Pacer, Route
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class SendLog:
             if command.get("k") == "q":
                 await self.answer(command, record.partition)
             elif command.get("k") == "x":
-                self.sweep(str(command["cutoff"]), record.partition)
+                await self.sweep(str(command["cutoff"]), record.partition)
         except Exception:  # the stream must go on
             log.exception("send log: could not handle %s", record.source)
 
@@ -277,8 +277,10 @@ class SendLog:
             result["body"] = {"items": found, "more": True}
         await self.outbox.send(Route.TEMPLATE_RESULTS, None, value, [])
 
-    def sweep(self, cutoff: str, partition: int) -> None:
+    async def sweep(self, cutoff: str, partition: int) -> None:
+        pacer = Pacer()
         for key in self.own_keys(partition):
+            await pacer.row()
             row = self.row(key)
             kept = sweep(row, cutoff)
             before = len(row.get("entries", {}))
