@@ -120,14 +120,15 @@ class ReceiverQuota:
         return {"n": list(self.sends), "h": [list(item) for item in self.history]}
 
     @staticmethod
-    def sends_of(data: dict[str, Any]) -> list[float]:
-        """A stored row's send times, without building the quota (all a sweep needs)."""
-        return data.get("n", [])
+    def sends_of(data: dict[str, Any]) -> tuple[float, ...]:
+        """A stored row's send times, without building the quota (all a sweep needs). Raises
+        ValueError or TypeError on a row that is not a quota, as ``from_dict`` does."""
+        return tuple(float(t) for t in data.get("n", ()))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReceiverQuota:
         return cls(
-            sends=tuple(float(t) for t in data.get("n", ())),
+            sends=cls.sends_of(data),
             history=tuple((str(src), str(outcome)) for src, outcome in data.get("h", ())),
         )
 

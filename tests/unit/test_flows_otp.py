@@ -506,6 +506,7 @@ def test_receiver_rows_are_swept_after_the_window(svc: Service):
     [key] = list(svc.receiver_rows)
     assert run(counter.expired_keys()) == []
     svc.receiver_rows[b"broken"] = b"not json"  # left alone, never a crash
+    svc.receiver_rows[b"odd"] = b'{"n": ["soon"]}'  # JSON, but not a quota: left alone too
     svc.clock.now += 601
     assert run(counter.expired_keys()) == [key]
     run(counter.handle(Inbound("hop", 0, 1, key, b'{"k": "x"}', [], None)))
