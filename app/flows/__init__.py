@@ -152,7 +152,8 @@ async def expired_keys(
     expired: Callable[[T], bool],
     counted: Callable[[int], object] | None = None,
 ) -> list[bytes]:
-    """Keys of the rows ``expired`` says can go; a row that does not decode is left alone.
+    """Keys of the rows ``expired`` says can go; a row that does not decode, or that
+    ``expired`` cannot judge (a field of the wrong type), is left alone.
     ``counted`` gets the number of rows read, for a gauge that needs no second scan.
 
     ``read`` should take from the row only what ``expired`` needs: a sweep reads every row of
@@ -165,10 +166,10 @@ async def expired_keys(
     for key, raw in rows.items():
         await pacer.row()
         try:
-            row = read(codec.loads(raw))
+            gone = expired(read(codec.loads(raw)))
         except (ValueError, KeyError, TypeError):
             continue
-        if expired(row):
+        if gone:
             found.append(key)
     if counted is not None:
         counted(pacer.rows)

@@ -305,6 +305,13 @@ def test_rows_are_deleted_after_the_replay_window(svc: Service):
     assert svc.rows == {}
 
 
+def test_a_row_the_sweep_cannot_judge_is_left_alone(svc: Service):
+    svc.rows[b"odd"] = b'{"created": "yesterday", "done": true}'
+    svc.clock.now += svc.limits.replay_seconds + 1
+    assert run(svc.flows.sender.expired_keys()) == []
+    assert b"odd" in svc.rows
+
+
 # -- forward on Kafka -----------------------------------------------------------------------
 
 
