@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -189,10 +190,37 @@ def parse_query(params: Mapping[str, str]) -> Query:
     return Query(tuple(filters), since, until, int(raw_limit), cursor)
 
 
+class Newest:
+    """The newest ``limit`` entries of a query among those offered, kept in a heap of
+    ``limit + 1``: a partition's scan holds one page in memory, not every match."""
+
+    def __init__(self, query: Query) -> None:
+        self.query = query
+        self._heap: list[tuple[tuple[str, str], int, dict[str, Any]]] = []
+        self._seen = 0  # breaks ties between equal orders, so entries are never compared
+
+    def offer(self, entries: Iterable[dict[str, Any]]) -> None:
+        keep = self.query.limit + 1
+        for entry in entries:
+            if self.query.matches(entry):
+                self._seen += 1
+                item = (order(entry), self._seen, entry)
+                if len(self._heap) < keep:
+                    heapq.heappush(self._heap, item)
+                else:
+                    heapq.heappushpop(self._heap, item)
+
+    def page(self) -> tuple[list[dict[str, Any]], bool]:
+        """The newest ``limit`` matching entries, and whether older ones match too."""
+        found = [entry for _, _, entry in sorted(self._heap, reverse=True)]
+        return found[: self.query.limit], len(found) > self.query.limit
+
+
 def page(entries: Iterable[dict[str, Any]], query: Query) -> tuple[list[dict[str, Any]], bool]:
     """The newest ``limit`` matching entries, and whether older ones match too."""
-    found = sorted((e for e in entries if query.matches(e)), key=order, reverse=True)
-    return found[: query.limit], len(found) > query.limit
+    newest = Newest(query)
+    newest.offer(entries)
+    return newest.page()
 
 
 def merge(
@@ -267,10 +295,14 @@ class SendLog:
 
     async def answer(self, command: dict[str, Any], partition: int) -> None:
         query = Query.from_dict(command["q"])
-        # By receiver: that one row; otherwise every row of this partition.
+        # By receiver: that one row; otherwise every row of this partition, paced like a sweep
+        # (the requests of the worker go on while an operator's query reads a large log).
         keys = [query.receiver.encode()] if query.receiver else self.own_keys(partition)
-        entries = (entry for key in keys for entry in self.row(key).get("entries", {}).values())
-        found, more = page(entries, query)
+        newest, pacer = Newest(query), Pacer()
+        for key in keys:
+            await pacer.row()
+            newest.offer(self.row(key).get("entries", {}).values())
+        found, more = newest.page()
         result = {"id": command["id"], "status": 200, "body": {"items": found, "more": more}}
         while len(value := codec.dumps(result)) > MAX_ANSWER_BYTES and found:
             found = found[: len(found) // 2]  # the newest half: ``merge`` bounds the page by it

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app import codec
-from app.flows import Inbound, Route
+from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Route
 from app.flows.sendlog import (
     QueryError,
     SendLog,
@@ -146,3 +146,43 @@ def test_the_store_answers_its_partition_and_sweeps_old_entries():
         asyncio.run(log.command(Inbound("q", partition, 2, None, codec.dumps(sweep), [], None)))
     assert list(rows) == [b"a@x.example"]
     assert list(codec.loads(rows[b"a@x.example"])["entries"]) == ["s40"]
+
+
+def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
+    """An operator's query without a receiver reads every row of a partition; it is paced like
+    a sweep, so a large log does not hold the worker's requests meanwhile."""
+    rows: dict[bytes, bytes] = {}
+    outbox = Outbox()
+    log = SendLog(rows, outbox, Metrics(), lambda partition: list(rows))
+    for n in range(5 * SWEEP_ROWS_PER_TURN):
+        receiver = f"r{n}@x.example"
+        value = codec.dumps(event(n % 60, f"s{n}", receiver, clientId=f"c{n % 7}"))
+        log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
+    turns = 0
+
+    async def other_requests(done: asyncio.Event) -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def query_alongside() -> None:
+        done = asyncio.Event()
+        task = asyncio.create_task(other_requests(done))
+        await asyncio.sleep(0)
+        query = {"k": "q", "id": "r1", "q": parse_query({"clientId": "c3", "limit": "5"}).to_dict()}
+        await log.command(Inbound("log-queries", 0, 1, None, codec.dumps(query), [], None))
+        done.set()
+        await task
+
+    asyncio.run(query_alongside())
+    [answer] = outbox.on(Route.TEMPLATE_RESULTS)
+    entries = [codec.loads(raw)["entries"] for raw in rows.values()]
+    expected = sorted(
+        (e for row in entries for e in row.values() if e["clientId"] == "c3"),
+        key=lambda e: (e["last"], e["id"]),
+        reverse=True,
+    )
+    assert answer["body"]["items"] == expected[:5]
+    assert answer["body"]["more"] is True
+    assert turns >= 5
