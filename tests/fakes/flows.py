@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from app import codec
 from app.channels.base import DeliveryError, Notification
 from app.core import render
 from app.flows import Route
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -75,3 +79,24 @@ class Clock:
 
 def check_mail(recipient: str) -> str | None:
     return None if "@" in recipient else "recipient must be an e-mail address"
+
+
+async def turns_alongside(work: Awaitable[T]) -> tuple[T, int]:
+    """``work``'s result, and how many turns another task got on the loop while it ran: a scan
+    that never hands the loop back lets it run once or twice at most."""
+    done = asyncio.Event()
+    turns = 0
+
+    async def other_requests() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_requests())
+    await asyncio.sleep(0)
+    try:
+        return await work, turns
+    finally:
+        done.set()
+        await task

@@ -19,7 +19,7 @@ from app.core.otp import OtpPolicy
 from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Route, expired_keys
 from app.flows.otp import GENERATE, VALIDATE, OtpFlows, OtpLimits
 from app.metrics import Metrics
-from tests.fakes.flows import Clock, FakeChannel, Outbox, Templates, check_mail
+from tests.fakes.flows import Clock, FakeChannel, Outbox, Templates, check_mail, turns_alongside
 
 SECRET = b"flow-secret-0123456789"
 HEADERS = [("fxContext", b"main"), ("processInstanceUuid", b"u-1")]
@@ -315,24 +315,8 @@ def test_the_sweep_lets_the_streams_run_while_it_reads():
     """A sweep over many rows hands the loop back between chunks, so requests are answered
     meanwhile (read in one go, 100,000 rows held them for a second, ``bench/sweep.py``)."""
     rows = {f"c{i}".encode(): codec.dumps({"n": i}) for i in range(5 * SWEEP_ROWS_PER_TURN)}
-    turns = 0
-
-    async def other_requests(done: asyncio.Event) -> None:
-        nonlocal turns
-        while not done.is_set():
-            turns += 1
-            await asyncio.sleep(0)
-
-    async def sweep_alongside() -> list[bytes]:
-        done = asyncio.Event()
-        task = asyncio.create_task(other_requests(done))
-        await asyncio.sleep(0)
-        found = await expired_keys(rows, lambda row: row["n"], lambda n: n % 300 == 0)
-        done.set()
-        await task
-        return found
-
-    found = run(sweep_alongside())
+    sweep = expired_keys(rows, lambda row: row["n"], lambda n: n % 300 == 0)
+    found, turns = run(turns_alongside(sweep))
     assert found == [f"c{i}".encode() for i in range(0, len(rows), 300)]
     assert turns >= 5
 

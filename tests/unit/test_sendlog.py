@@ -21,7 +21,7 @@ from app.flows.sendlog import (
     parse_query,
 )
 from app.metrics import Metrics
-from tests.fakes.flows import Outbox
+from tests.fakes.flows import Outbox, turns_alongside
 
 
 def event(n: int, entry: str, receiver: str = "a@x.example", **fields: Any) -> dict[str, Any]:
@@ -158,24 +158,9 @@ def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
         receiver = f"r{n}@x.example"
         value = codec.dumps(event(n % 60, f"s{n}", receiver, clientId=f"c{n % 7}"))
         log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
-    turns = 0
-
-    async def other_requests(done: asyncio.Event) -> None:
-        nonlocal turns
-        while not done.is_set():
-            turns += 1
-            await asyncio.sleep(0)
-
-    async def query_alongside() -> None:
-        done = asyncio.Event()
-        task = asyncio.create_task(other_requests(done))
-        await asyncio.sleep(0)
-        query = {"k": "q", "id": "r1", "q": parse_query({"clientId": "c3", "limit": "5"}).to_dict()}
-        await log.command(Inbound("log-queries", 0, 1, None, codec.dumps(query), [], None))
-        done.set()
-        await task
-
-    asyncio.run(query_alongside())
+    query = {"k": "q", "id": "r1", "q": parse_query({"clientId": "c3", "limit": "5"}).to_dict()}
+    command = Inbound("log-queries", 0, 1, None, codec.dumps(query), [], None)
+    _, turns = asyncio.run(turns_alongside(log.command(command)))
     [answer] = outbox.on(Route.TEMPLATE_RESULTS)
     entries = [codec.loads(raw)["entries"] for raw in rows.values()]
     expected = sorted(
