@@ -5,8 +5,9 @@
 Starts (or reuses) the bench broker and one worker, writes ``--entries`` delivery events
 (``otp.sent``, one entry each, spread over ``--receivers`` receivers; a tenth of them dated past
 ``SEND_LOG_RETENTION_DAYS``) straight onto the events topic, waits until the log holds them,
-then times each query kind over HTTP (p50/p95 of many calls) and the sweep that deletes the old
-tenth. Prints one JSON document.
+then times each query kind over HTTP (p50/p95 of many calls), what ``GET /health`` waits meanwhile
+(every 20 ms while the scanning queries run), and the sweep that deletes the old tenth. Prints
+one JSON document.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bench import harness  # noqa: E402
 from devtools.support import Api, Worker, metric_total  # noqa: E402
 
 SWEEP_SECONDS = 5
+PROBE_SECONDS = 0.02
 
 
 def events(n: int, receivers: int, now: float) -> list[tuple[bytes, dict]]:
@@ -70,6 +72,17 @@ async def timed(api: Api, query: str) -> tuple[float, dict]:
     status, body = await api.call("GET", f"/api/notifications?{query}")
     assert status == 200, body
     return (time.perf_counter() - started) * 1000, body
+
+
+async def probe_while(api: Api, done: asyncio.Event, samples: list[float]) -> None:
+    """``GET /health`` every 20 ms until ``done``: how long the worker's event loop keeps a
+    request waiting while the scan queries run."""
+    while not done.is_set():
+        started = time.perf_counter()
+        status, _ = await api.call("GET", "/health")
+        assert status == 200, status
+        samples.append(time.perf_counter() - started)
+        await asyncio.sleep(PROBE_SECONDS)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -127,12 +140,17 @@ async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap:
     for _ in range(args.queries):
         ms, _ = await timed(api, f"receiver=person{rng.randrange(args.receivers)}@example.com")
         kinds["receiver"].append(ms)
+    probes: list[float] = []
+    scanning = asyncio.Event()
+    probe = asyncio.create_task(probe_while(api, scanning, probes))
     for _ in range(max(5, args.queries // 10)):
         pid = 1_000_000 + rng.randrange(args.entries)
         ms, _ = await timed(api, f"processInstanceId={pid}")
         kinds["processInstanceId"].append(ms)
         ms, _ = await timed(api, f"templateName=template{rng.randrange(5)}&limit=50")
         kinds["templateName"].append(ms)
+    scanning.set()
+    await probe
     return {
         "entries": args.entries,
         "receivers": args.receivers,
@@ -140,6 +158,7 @@ async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap:
         "produce_seconds": round(produced, 1),
         "logged_seconds": round(caught_up, 1),
         "queries": {kind: summary(samples) for kind, samples in kinds.items()},
+        "health_during_scans": {"n": len(probes), **harness.summarize_ms(probes)},
         "work": str(work),
         "worker": worker,
     }
