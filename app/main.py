@@ -38,7 +38,7 @@ from app.offsets import OffsetLedger
 from app.render_pool import RenderPool
 from app.runtime import fetch
 from app.runtime.consumer import LedgerApp
-from app.runtime.store import partition_keys
+from app.runtime.store import partition_rows
 from app.runtime.worker import Worker
 from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
 from tables import (
@@ -265,7 +265,9 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             tables.send_log,
             outbox,
             metrics,
-            lambda partition: partition_keys(tables.send_log, partition),
+            lambda partition, after, count: partition_rows(
+                tables.send_log, partition, after, count
+            ),
         ),
     )
     template_agents.register(ctx)

@@ -16,13 +16,13 @@ import binascii
 import heapq
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
-from app.flows import Inbound, Outbox, Pacer, Route
+from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Outbox, Pacer, Route
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -248,22 +248,26 @@ def merge(
 MAX_ANSWER_BYTES = 800_000
 
 
+Rows = Callable[[int, bytes | None, int], Sequence[tuple[bytes, bytes]]]
+
+
 class SendLog:
     """Owns the ``send_log`` rows: records events, answers one partition's share of a query,
-    sweeps old entries. ``partition_keys`` lists one partition's keys (injected: the store's
-    own per-partition listing in a worker, no Kafka here)."""
+    sweeps old entries. ``partition_rows(partition, after, count)`` reads up to ``count`` rows
+    of one partition after key ``after``, in key order (injected: straight from the store's
+    per-partition RocksDB in a worker, no Kafka here)."""
 
     def __init__(
         self,
         rows: MutableMapping[bytes, bytes],
         outbox: Outbox,
         metrics: Metrics,
-        partition_keys: Callable[[int], Iterable[bytes]],
+        partition_rows: Rows,
     ) -> None:
         self.rows = rows
         self.outbox = outbox
         self.metrics = metrics
-        self.partition_keys = partition_keys
+        self.partition_rows = partition_rows
 
     def row(self, key: bytes) -> dict[str, Any]:
         raw = self.rows.get(key)
@@ -280,8 +284,20 @@ class SendLog:
         if updated is not None:
             self.rows[key] = codec.dumps(updated)
 
-    def own_keys(self, partition: int) -> list[bytes]:
-        return list(self.partition_keys(partition))
+    async def scan(self, partition: int) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
+        """Every decodable row of ``partition``, paced like a sweep (:class:`Pacer`), so the
+        worker's requests go on while a query or a sweep reads a large log. Rows are read a
+        chunk at a time and no iterator is held across a pause: the rows changed meanwhile are
+        read as they are now, and a partition revoked meanwhile ends the scan."""
+        pacer, after = Pacer(), None
+        while chunk := self.partition_rows(partition, after, SWEEP_ROWS_PER_TURN):
+            for key, raw in chunk:
+                await pacer.row()
+                try:
+                    yield key, codec.loads(raw)
+                except ValueError:
+                    log.warning("send log: skipped a row that does not decode")
+            after = chunk[-1][0]
 
     async def command(self, record: Inbound) -> None:
         try:
@@ -295,13 +311,12 @@ class SendLog:
 
     async def answer(self, command: dict[str, Any], partition: int) -> None:
         query = Query.from_dict(command["q"])
-        # By receiver: that one row; otherwise every row of this partition, paced like a sweep
-        # (the requests of the worker go on while an operator's query reads a large log).
-        keys = [query.receiver.encode()] if query.receiver else self.own_keys(partition)
-        newest, pacer = Newest(query), Pacer()
-        for key in keys:
-            await pacer.row()
-            newest.offer(self.row(key).get("entries", {}).values())
+        newest = Newest(query)
+        if query.receiver:  # that one row; otherwise every row of this partition
+            newest.offer(self.row(query.receiver.encode()).get("entries", {}).values())
+        else:
+            async for _, row in self.scan(partition):
+                newest.offer(row.get("entries", {}).values())
         found, more = newest.page()
         result = {"id": command["id"], "status": 200, "body": {"items": found, "more": more}}
         while len(value := codec.dumps(result)) > MAX_ANSWER_BYTES and found:
@@ -310,10 +325,7 @@ class SendLog:
         await self.outbox.send(Route.TEMPLATE_RESULTS, None, value, [])
 
     async def sweep(self, cutoff: str, partition: int) -> None:
-        pacer = Pacer()
-        for key in self.own_keys(partition):
-            await pacer.row()
-            row = self.row(key)
+        async for key, row in self.scan(partition):
             kept = sweep(row, cutoff)
             before = len(row.get("entries", {}))
             if kept is None:

@@ -1,4 +1,4 @@
-"""One partition's keys of a RocksDB-backed Faust table, read from its non-public store.
+"""One partition's rows of a RocksDB-backed Faust table, read from its non-public store.
 
 Faust iterates a table over every partition a worker holds; a per-partition sweep or query
 built on that reads every row once per partition, and hashes every key to find its partition
@@ -9,15 +9,26 @@ documented API: ``tests/unit/test_runtime_hooks.py`` names each attribute used h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 
-def partition_keys(table: Any, partition: int) -> Iterator[bytes]:
-    """The keys ``table`` holds in ``partition`` on this worker (none if it holds no such
-    partition)."""
+def partition_rows(
+    table: Any, partition: int, after: bytes | None, count: int
+) -> list[tuple[bytes, bytes]]:
+    """Up to ``count`` rows (key, stored value) ``table`` holds in ``partition`` on this worker,
+    in key order, after the key ``after``: one pass of that partition's RocksDB iterator, where
+    a scan by keys looked each row up again through the table. The iterator is not kept, so
+    the caller may pause between chunks (none once the partition is no longer held here)."""
     store = table.data
     db = store._dbs.get(partition)
     if db is None:
-        return iter(())
-    return (store._decode_key(key) for key in list(store._visible_keys(db)))
+        return []
+    start = store._encode_key(after) if after is not None else None
+    rows = []
+    for key, value in db.items(from_key=start):
+        if key == start or key == store.offset_key:
+            continue
+        rows.append((store._decode_key(key), store._decode_value(value)))
+        if len(rows) == count:
+            break
+    return rows

@@ -47,8 +47,10 @@ HOOKS = [
     (Recovery, "active_remaining"),
     (Recovery, "in_recovery"),
     # app/runtime/store.py
-    (faust_rocksdb.Store, "_visible_keys"),
+    (faust_rocksdb.Store, "offset_key"),
+    (faust_rocksdb.Store, "_encode_key"),
     (faust_rocksdb.Store, "_decode_key"),
+    (faust_rocksdb.Store, "_decode_value"),
 ]
 INSTANCE_FIELDS = {
     "PartitionRecords.__init__": (
@@ -79,6 +81,11 @@ INSTANCE_FIELDS = {
     ),
     "AIOKafkaConsumer.__init__": (AIOKafkaConsumer.__init__, ["self._subscription"]),
     "faust rocksdb Store.__init__": (faust_rocksdb.Store.__init__, ["self._dbs"]),
+    # app/runtime/store.py iterates rocksdict's DBs by bytes keys
+    "faust RocksDBOptions.as_options": (
+        faust_rocksdb.RocksDBOptions.as_options,
+        ["Options(raw_mode=True)"],
+    ),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -125,14 +126,23 @@ def test_pages_merged_across_partitions_walk_every_entry_once(times, partitions,
     assert seen == expected
 
 
+def rows_of(
+    rows: dict[bytes, bytes], partition_of: Callable[[bytes], int]
+) -> Callable[[int, bytes | None, int], list[tuple[bytes, bytes]]]:
+    """``rows`` read a chunk at a time, as the worker reads a partition's RocksDB."""
+
+    def partition_rows(partition: int, after: bytes | None, count: int):
+        mine = sorted((k, v) for k, v in rows.items() if partition_of(k) == partition)
+        return [(k, v) for k, v in mine if after is None or k > after][:count]
+
+    return partition_rows
+
+
 def test_the_store_answers_its_partition_and_sweeps_old_entries():
     rows: dict[bytes, bytes] = {}
     outbox = Outbox()
 
-    def partition_keys(partition: int) -> list[bytes]:
-        return [k for k in rows if (0 if k == b"a@x.example" else 1) == partition]
-
-    log = SendLog(rows, outbox, Metrics(), partition_keys)
+    log = SendLog(rows, outbox, Metrics(), rows_of(rows, lambda k: 0 if k == b"a@x.example" else 1))
     for n, receiver in ((1, "a@x.example"), (2, "b@x.example"), (40, "a@x.example")):
         value = codec.dumps(event(n, f"s{n}", receiver))
         log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
@@ -153,7 +163,7 @@ def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
     a sweep, so a large log does not hold the worker's requests meanwhile."""
     rows: dict[bytes, bytes] = {}
     outbox = Outbox()
-    log = SendLog(rows, outbox, Metrics(), lambda partition: list(rows))
+    log = SendLog(rows, outbox, Metrics(), rows_of(rows, lambda key: 0))
     for n in range(5 * SWEEP_ROWS_PER_TURN):
         receiver = f"r{n}@x.example"
         value = codec.dumps(event(n % 60, f"s{n}", receiver, clientId=f"c{n % 7}"))
@@ -171,3 +181,17 @@ def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
     assert answer["body"]["items"] == expected[:5]
     assert answer["body"]["more"] is True
     assert turns >= 5
+
+
+def test_a_sweep_over_many_chunks_deletes_every_old_row_and_skips_one_that_does_not_decode():
+    rows: dict[bytes, bytes] = {}
+    log = SendLog(rows, Outbox(), Metrics(), rows_of(rows, lambda key: 0))
+    for n in range(3 * SWEEP_ROWS_PER_TURN):
+        receiver = f"r{n:04d}@x.example"
+        value = codec.dumps(event(10 if n % 2 else 50, f"s{n}", receiver))
+        log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
+    rows[b"r0100-broken"] = b"not json"
+    sweep = {"k": "x", "cutoff": "2026-12-01T10:00:30.000Z"}
+    asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None)))
+    kept = {f"r{n:04d}@x.example".encode() for n in range(0, 3 * SWEEP_ROWS_PER_TURN, 2)}
+    assert set(rows) == kept | {b"r0100-broken"}
