@@ -104,6 +104,8 @@ def _version_entry(record: dict[str, Any]) -> dict[str, Any]:
 
 def _bounded(record: dict[str, Any], limits: HistoryLimits) -> dict[str, Any]:
     """Drop the oldest history entries until the row fits both limits."""
+    if HISTORY_FIELD not in record:
+        return record
     history = record.get(HISTORY_FIELD, [])[-limits.versions :] if limits.versions else []
     record = {**record, HISTORY_FIELD: history}
     while history and len(codec.dumps(record)) > limits.max_record_bytes:
@@ -117,7 +119,6 @@ def _published(
     content: dict[str, Any],
     command: dict[str, Any],
     what: str,
-    limits: HistoryLimits,
 ) -> dict[str, Any]:
     """A new published version made of ``content``, the current one moved into the history."""
     now = _now()
@@ -139,7 +140,7 @@ def _published(
         HISTORY_FIELD: [*current.get(HISTORY_FIELD, []), _version_entry(current)],
         **({DRAFT_FIELD: current[DRAFT_FIELD]} if DRAFT_FIELD in current else {}),
     }
-    return _bounded(record, limits)
+    return record
 
 
 def apply_command(
@@ -163,18 +164,19 @@ def apply_command(
         if current is not None:
             return 409, current
         what = command.get("summary") or "created"
-        status, row = 201, _published(None, command["template"], command, what, limits)
+        status, row = 201, _published(None, command["template"], command, what)
     elif current is None:
         if op in WRITE_STATUS or op == "delete":
             return 404, None
         raise ValueError(f"unknown template command {op!r}")
     else:
-        status, row = _change(current, command, limits)
+        status, row = _change(current, command)
     if row is not None and row is not current:
         row = {**row, REVISION_FIELD: revision(current) + 1}
         if request_id:
             recent = [*seen_requests(current), request_id][-RECENT_REQUESTS:]
             row = {**row, REQUESTS_FIELD: recent}
+        row = _bounded(row, limits)  # last: the size counts every field the row is written with
     return status, row
 
 
@@ -190,15 +192,13 @@ def revision(row: dict[str, Any] | None) -> int:
     return int(row.get(REVISION_FIELD, 0)) if row is not None else 0
 
 
-def _change(
-    current: dict[str, Any], command: dict[str, Any], limits: HistoryLimits
-) -> tuple[int, dict[str, Any] | None]:
+def _change(current: dict[str, Any], command: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     """A command on an existing row (``apply_command`` without the row-independent rules)."""
     op = command["op"]
     if op == "replace":
         template = command["template"]
         what = command.get("summary") or summary(current, template)
-        return 200, _published(current, template, command, what, limits)
+        return 200, _published(current, template, command, what)
     if op == "delete":
         return 204, None
     if op == "save_draft":
@@ -208,7 +208,7 @@ def _change(
             "savedBy": command.get("by"),
             "baseVersion": int(current.get("version", 0)),
         }
-        return 200, _bounded({**current, DRAFT_FIELD: draft}, limits)
+        return 200, {**current, DRAFT_FIELD: draft}
     if op == "discard_draft":
         if DRAFT_FIELD not in current:
             return 404, current
@@ -218,14 +218,14 @@ def _change(
         if draft is None:
             return 409, current
         what = f"published draft: {summary(current, draft)}"
-        record = _published(current, content(draft), command, what, limits)
+        record = _published(current, content(draft), command, what)
         return 200, {k: v for k, v in record.items() if k != DRAFT_FIELD}
     if op == "restore":
         old = version_of(current, int(command["version"]))
         if old is None:
             return 404, current
         what = f"restored version {old['version']}"
-        return 200, _published(current, content(old), command, what, limits)
+        return 200, _published(current, content(old), command, what)
     raise ValueError(f"unknown template command {op!r}")
 
 
