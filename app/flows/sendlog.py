@@ -294,9 +294,13 @@ class SendLog:
             for key, raw in chunk:
                 await pacer.row()
                 try:
-                    yield key, codec.loads(raw)
+                    row = codec.loads(raw)
                 except ValueError:
-                    log.warning("send log: skipped a row that does not decode")
+                    row = None
+                if isinstance(row, dict):
+                    yield key, row
+                else:
+                    log.warning("send log: skipped a row that is not a send log row")
             after = chunk[-1][0]
 
     async def command(self, record: Inbound) -> None:

@@ -183,7 +183,7 @@ def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
     assert turns >= 5
 
 
-def test_a_sweep_over_many_chunks_deletes_every_old_row_and_skips_one_that_does_not_decode():
+def test_a_sweep_over_many_chunks_deletes_every_old_row_and_skips_rows_not_of_the_log():
     rows: dict[bytes, bytes] = {}
     log = SendLog(rows, Outbox(), Metrics(), rows_of(rows, lambda key: 0))
     for n in range(3 * SWEEP_ROWS_PER_TURN):
@@ -191,7 +191,8 @@ def test_a_sweep_over_many_chunks_deletes_every_old_row_and_skips_one_that_does_
         value = codec.dumps(event(10 if n % 2 else 50, f"s{n}", receiver))
         log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
     rows[b"r0100-broken"] = b"not json"
+    rows[b"r0101-not-a-row"] = b"[1, 2]"
     sweep = {"k": "x", "cutoff": "2026-12-01T10:00:30.000Z"}
     asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None)))
     kept = {f"r{n:04d}@x.example".encode() for n in range(0, 3 * SWEEP_ROWS_PER_TURN, 2)}
-    assert set(rows) == kept | {b"r0100-broken"}
+    assert set(rows) == kept | {b"r0100-broken", b"r0101-not-a-row"}
