@@ -216,13 +216,6 @@ class Newest:
         return found[: self.query.limit], len(found) > self.query.limit
 
 
-def page(entries: Iterable[dict[str, Any]], query: Query) -> tuple[list[dict[str, Any]], bool]:
-    """The newest ``limit`` matching entries, and whether older ones match too."""
-    newest = Newest(query)
-    newest.offer(entries)
-    return newest.page()
-
-
 def merge(
     pages: Iterable[tuple[list[dict[str, Any]], bool]], limit: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

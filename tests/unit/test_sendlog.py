@@ -13,16 +13,24 @@ from hypothesis import strategies as st
 from app import codec
 from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Route
 from app.flows.sendlog import (
+    Newest,
+    Query,
     QueryError,
     SendLog,
     apply,
     encode_cursor,
     merge,
-    page,
     parse_query,
 )
 from app.metrics import Metrics
 from tests.fakes.flows import Outbox, turns_alongside
+
+
+def page(entries: list[dict[str, Any]], query: Query) -> tuple[list[dict[str, Any]], bool]:
+    """One partition's answer to ``query``, as ``SendLog.answer`` builds it."""
+    newest = Newest(query)
+    newest.offer(entries)
+    return newest.page()
 
 
 def event(n: int, entry: str, receiver: str = "a@x.example", **fields: Any) -> dict[str, Any]:
