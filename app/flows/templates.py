@@ -106,7 +106,7 @@ def _bounded(record: dict[str, Any], limits: HistoryLimits) -> dict[str, Any]:
     """Drop the oldest history entries until the row fits both limits."""
     if HISTORY_FIELD not in record:
         return record
-    history = record.get(HISTORY_FIELD, [])[-limits.versions :] if limits.versions else []
+    history = record[HISTORY_FIELD][-limits.versions :] if limits.versions else []
     record = {**record, HISTORY_FIELD: history}
     while history and len(codec.dumps(record)) > limits.max_record_bytes:
         history = history[1:]
