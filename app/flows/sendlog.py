@@ -241,7 +241,7 @@ def merge(
 MAX_ANSWER_BYTES = 800_000
 
 
-Rows = Callable[[int, bytes | None, int], Sequence[tuple[bytes, bytes]]]
+PartitionRows = Callable[[int, bytes | None, int], Sequence[tuple[bytes, bytes]]]
 
 
 class SendLog:
@@ -255,7 +255,7 @@ class SendLog:
         rows: MutableMapping[bytes, bytes],
         outbox: Outbox,
         metrics: Metrics,
-        partition_rows: Rows,
+        partition_rows: PartitionRows,
     ) -> None:
         self.rows = rows
         self.outbox = outbox
