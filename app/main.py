@@ -38,7 +38,7 @@ from app.offsets import OffsetLedger
 from app.render_pool import RenderPool
 from app.runtime import fetch
 from app.runtime.consumer import LedgerApp
-from app.runtime.store import partition_rows
+from app.runtime.store import table_scan
 from app.runtime.worker import Worker
 from app.settings import PRODUCER_MAX_REQUEST_BYTES, Settings
 from tables import (
@@ -218,6 +218,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         flows=OtpFlows.build(
             otps=tables.otps,
             receiver_rows=tables.receivers,
+            scan_of=table_scan,
             templates=cache,
             channels=channels,
             policy=otp_policy(settings),
@@ -242,6 +243,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         notify_dispatcher=KeyedDispatcher(MAX_IN_FLIGHT),
         notify_flows=NotifyFlows.build(
             rows=tables.notifications,
+            scan_of=table_scan,
             templates=cache,
             channels=channels,
             forwarder=forwarder,
@@ -256,6 +258,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         ),
         receipts=ReceiptProcessor(
             tables.messages,
+            table_scan(tables.messages),
             outbox,
             Events(outbox, metrics, time.time),
             settings.receipt_window_seconds,
@@ -265,9 +268,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             tables.send_log,
             outbox,
             metrics,
-            lambda partition, after, count: partition_rows(
-                tables.send_log, partition, after, count
-            ),
+            table_scan(tables.send_log),
         ),
     )
     template_agents.register(ctx)

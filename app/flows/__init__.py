@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -146,8 +146,42 @@ class Pacer:
             self._since = time.perf_counter()
 
 
+# ``(partition, after, count)``: up to ``count`` rows (key, stored value) of ``partition``
+# after the key ``after``, in key order.
+PartitionRows = Callable[[int, bytes | None, int], Sequence[tuple[bytes, bytes]]]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Reads a whole table a partition and a chunk at a time, paced (:class:`Pacer`).
+
+    ``partitions()`` names the partitions this worker owns; ``chunk`` reads one chunk of one
+    (straight from the partition's RocksDB in a worker, ``app.runtime.store``). No iterator
+    is held across a pause: a live RocksDB iterator keeps its partition's DB open, so a
+    partition revoked and given back during a scan could not be opened again until the scan
+    ended, and Faust stops the worker after 30 failed tries. Rows changed meanwhile are read
+    as they are now; a partition revoked meanwhile has no more rows.
+    """
+
+    partitions: Callable[[], Iterable[int]]
+    chunk: PartitionRows
+
+    async def rows(
+        self, partitions: Iterable[int] | None = None
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Every row of ``partitions`` (by default, every partition owned here)."""
+        pacer = Pacer()
+        for partition in self.partitions() if partitions is None else partitions:
+            after = None
+            while chunk := self.chunk(partition, after, SWEEP_ROWS_PER_TURN):
+                for key, raw in chunk:
+                    await pacer.row()
+                    yield key, raw
+                after = chunk[-1][0]
+
+
 async def expired_keys(
-    rows: Rows,
+    scan: Scan,
     read: Callable[[dict[str, Any]], T],
     expired: Callable[[T], bool],
     counted: Callable[[int], object] | None = None,
@@ -157,14 +191,11 @@ async def expired_keys(
     ``counted`` gets the number of rows read, for a gauge that needs no second scan.
 
     ``read`` should take from the row only what ``expired`` needs: a sweep reads every row of
-    its table, and building the whole record cost more than the rest of the scan. The table is
-    iterated lazily while the scan pauses (:class:`Pacer`); RocksDB's iterator reads the state
-    as it was when the scan began.
+    its table, and building the whole record cost more than the rest of the scan.
     """
-    found = []
-    pacer = Pacer()
-    for key, raw in rows.items():
-        await pacer.row()
+    found, count = [], 0
+    async for key, raw in scan.rows():
+        count += 1
         try:
             gone = expired(read(codec.loads(raw)))
         except (ValueError, KeyError, TypeError):
@@ -172,5 +203,5 @@ async def expired_keys(
         if gone:
             found.append(key)
     if counted is not None:
-        counted(pacer.rows)
+        counted(count)
     return found

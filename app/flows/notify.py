@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -31,7 +31,17 @@ from app.channels.base import Channel, DeliveryError, Notification
 from app.channels.smtp import check_address
 from app.core import keys, receivers, render
 from app.core import templates as template_model
-from app.flows import Clock, DeadLetters, Headers, Inbound, Outbox, Route, Rows, expired_keys
+from app.flows import (
+    Clock,
+    DeadLetters,
+    Headers,
+    Inbound,
+    Outbox,
+    Route,
+    Rows,
+    Scan,
+    expired_keys,
+)
 from app.flows import events as ev
 from app.flows.events import Events
 from app.flows.otp import INTERNAL_ERROR, Templates, Undecodable
@@ -243,6 +253,7 @@ class NotifySender:
     def __init__(
         self,
         rows: Rows,
+        scan: Scan,
         templates: Templates,
         channels: Mapping[str, Channel],
         forwarder: Forwarder,
@@ -258,6 +269,7 @@ class NotifySender:
         message_ids: bytes,
     ) -> None:
         self.rows = rows
+        self.scan = scan
         self.events = events
         self.message_ids = message_ids
         self.receipts = receipts
@@ -631,7 +643,7 @@ class NotifySender:
         return state.done and self.clock() - state.created > self.limits.replay_seconds
 
     async def expired_keys(self) -> list[bytes]:
-        return await expired_keys(self.rows, State.from_dict, self.expired)
+        return await expired_keys(self.scan, State.from_dict, self.expired)
 
 
 def request_digest(request: dict[str, Any]) -> str:
@@ -664,6 +676,7 @@ class NotifyFlows:
         cls,
         *,
         rows: Rows,
+        scan_of: Callable[[Rows], Scan],
         templates: Templates,
         channels: Mapping[str, Channel],
         forwarder: Forwarder,
@@ -683,6 +696,7 @@ class NotifyFlows:
             ingest=NotifyIngest(outbox, replies, dead_letters, limits, undecodable),
             sender=NotifySender(
                 rows,
+                scan_of(rows),
                 templates,
                 channels,
                 forwarder,

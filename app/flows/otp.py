@@ -33,6 +33,7 @@ from app.flows import (
     Outbox,
     Route,
     Rows,
+    Scan,
     command_source,
     expired_keys,
 )
@@ -301,6 +302,7 @@ class ReceiverCounter:
     def __init__(
         self,
         rows: Rows,
+        scan: Scan,
         outbox: Outbox,
         replies: Replies,
         dead_letters: DeadLetters,
@@ -310,6 +312,7 @@ class ReceiverCounter:
         events: Events,
     ) -> None:
         self.rows = rows
+        self.scan = scan
         self.outbox = outbox
         self.replies = replies
         self.dead_letters = dead_letters
@@ -379,7 +382,7 @@ class ReceiverCounter:
 
     async def expired_keys(self) -> list[bytes]:
         """Rows with nothing left to count (the sweep sends them an expire command)."""
-        return await expired_keys(self.rows, ReceiverQuota.sends_of, self.expired)
+        return await expired_keys(self.scan, ReceiverQuota.sends_of, self.expired)
 
 
 class OtpProcessor:
@@ -388,6 +391,7 @@ class OtpProcessor:
     def __init__(
         self,
         rows: Rows,
+        scan: Scan,
         checks: GenerateChecks,
         channels: Mapping[str, Channel],
         policy: OtpPolicy,
@@ -402,6 +406,7 @@ class OtpProcessor:
         receipts: Receipts,
     ) -> None:
         self.rows = rows
+        self.scan = scan
         self.events = events
         self.outbox = outbox
         self.receipts = receipts
@@ -688,7 +693,7 @@ class OtpProcessor:
         sends "expire" commands instead of deleting."""
         now = self.clock()
         return await expired_keys(
-            self.rows,
+            self.scan,
             OtpRecord.expiry,
             lambda expires_at: otp.deletable(expires_at, self.policy, now),
             counted=self.metrics.otp_rows.set,
@@ -739,6 +744,7 @@ class OtpFlows:
         *,
         otps: Rows,
         receiver_rows: Rows,
+        scan_of: Callable[[Rows], Scan],
         templates: Templates,
         channels: Mapping[str, Channel],
         policy: OtpPolicy,
@@ -762,10 +768,19 @@ class OtpFlows:
             ingest_generate=ingest(GENERATE),
             ingest_validate=ingest(VALIDATE),
             receivers=ReceiverCounter(
-                receiver_rows, outbox, replies, dead_letters, limits, metrics, clock, events
+                receiver_rows,
+                scan_of(receiver_rows),
+                outbox,
+                replies,
+                dead_letters,
+                limits,
+                metrics,
+                clock,
+                events,
             ),
             processor=OtpProcessor(
                 otps,
+                scan_of(otps),
                 checks,
                 channels,
                 policy,

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app import codec
-from app.flows import Clock, Inbound, Outbox, Route, Rows, expired_keys
+from app.flows import Clock, Inbound, Outbox, Route, Rows, Scan, expired_keys
 from app.flows import events as ev
 from app.flows.events import Events
 
@@ -117,9 +117,16 @@ class ReceiptProcessor:
     """Owns the ``messages`` rows: registers messages, applies provider updates."""
 
     def __init__(
-        self, rows: Rows, outbox: Outbox, events: Events, window_seconds: float, clock: Clock
+        self,
+        rows: Rows,
+        scan: Scan,
+        outbox: Outbox,
+        events: Events,
+        window_seconds: float,
+        clock: Clock,
     ) -> None:
         self.rows = rows
+        self.scan = scan
         self.outbox = outbox
         self.events = events
         self.window_seconds = window_seconds
@@ -174,4 +181,4 @@ class ReceiptProcessor:
         return self.clock() - message.sent_at > self.window_seconds
 
     async def expired_keys(self) -> list[bytes]:
-        return await expired_keys(self.rows, Message.from_dict, self.expired)
+        return await expired_keys(self.scan, Message.from_dict, self.expired)

@@ -16,13 +16,13 @@ import binascii
 import heapq
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
-from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Outbox, Pacer, Route
+from app.flows import Inbound, Outbox, Route, Scan
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -241,26 +241,22 @@ def merge(
 MAX_ANSWER_BYTES = 800_000
 
 
-PartitionRows = Callable[[int, bytes | None, int], Sequence[tuple[bytes, bytes]]]
-
-
 class SendLog:
     """Owns the ``send_log`` rows: records events, answers one partition's share of a query,
-    sweeps old entries. ``partition_rows(partition, after, count)`` reads up to ``count`` rows
-    of one partition after key ``after``, in key order (injected: straight from the store's
-    per-partition RocksDB in a worker, no Kafka here)."""
+    sweeps old entries. A query without a receiver and a sweep read a whole partition, with
+    ``scan`` (:class:`app.flows.Scan`), so the worker's other requests go on meanwhile."""
 
     def __init__(
         self,
         rows: MutableMapping[bytes, bytes],
         outbox: Outbox,
         metrics: Metrics,
-        partition_rows: PartitionRows,
+        scan: Scan,
     ) -> None:
         self.rows = rows
         self.outbox = outbox
         self.metrics = metrics
-        self.partition_rows = partition_rows
+        self.scan = scan
 
     def row(self, key: bytes) -> dict[str, Any]:
         raw = self.rows.get(key)
@@ -277,24 +273,17 @@ class SendLog:
         if updated is not None:
             self.rows[key] = codec.dumps(updated)
 
-    async def scan(self, partition: int) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
-        """Every decodable row of ``partition``, paced like a sweep (:class:`Pacer`), so the
-        worker's requests go on while a query or a sweep reads a large log. Rows are read a
-        chunk at a time and no iterator is held across a pause: the rows changed meanwhile are
-        read as they are now, and a partition revoked meanwhile ends the scan."""
-        pacer, after = Pacer(), None
-        while chunk := self.partition_rows(partition, after, SWEEP_ROWS_PER_TURN):
-            for key, raw in chunk:
-                await pacer.row()
-                try:
-                    row = codec.loads(raw)
-                except ValueError:
-                    row = None
-                if isinstance(row, dict):
-                    yield key, row
-                else:
-                    log.warning("send log: skipped a row that is not a send log row")
-            after = chunk[-1][0]
+    async def partition(self, partition: int) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
+        """Every row of ``partition`` that decodes to a row; the others are skipped."""
+        async for key, raw in self.scan.rows((partition,)):
+            try:
+                row = codec.loads(raw)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                yield key, row
+            else:
+                log.warning("send log: skipped a row that is not a send log row")
 
     async def command(self, record: Inbound) -> None:
         try:
@@ -312,7 +301,7 @@ class SendLog:
         if query.receiver:  # that one row; otherwise every row of this partition
             newest.offer(self.row(query.receiver.encode()).get("entries", {}).values())
         else:
-            async for _, row in self.scan(partition):
+            async for _, row in self.partition(partition):
                 newest.offer(row.get("entries", {}).values())
         found, more = newest.page()
         result = {"id": command["id"], "status": 200, "body": {"items": found, "more": more}}
@@ -322,7 +311,7 @@ class SendLog:
         await self.outbox.send(Route.TEMPLATE_RESULTS, None, value, [])
 
     async def sweep(self, cutoff: str, partition: int) -> None:
-        async for key, row in self.scan(partition):
+        async for key, row in self.partition(partition):
             kept = sweep(row, cutoff)
             before = len(row.get("entries", {}))
             if kept is None:

@@ -3,13 +3,18 @@
 Faust iterates a table over every partition a worker holds; a per-partition sweep or query
 built on that reads every row once per partition, and hashes every key to find its partition
 (the send log's sweep did: at 30,000 receivers it took a fifth of a worker's CPU). The store
-keeps one RocksDB per partition (``_dbs``); this reads the one asked for. None of it is
-documented API: ``tests/unit/test_runtime_hooks.py`` names each attribute used here.
+keeps one RocksDB per partition (``_dbs``); this reads the one asked for, a chunk at a time
+(:class:`app.flows.Scan`). None of it is documented API: ``tests/unit/test_runtime_hooks.py``
+names each attribute used here.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from faust.types import TP
+
+from app.flows import Scan
 
 
 def partition_rows(
@@ -32,3 +37,19 @@ def partition_rows(
         if len(rows) == count:
             break
     return rows
+
+
+def active_partitions(table: Any) -> list[int]:
+    """The partitions of ``table`` this worker holds as their owner, not as a standby: the
+    ones Faust's own iteration of a table reads (``Store._dbs_for_actives``)."""
+    actives = table.app.assignor.assigned_actives()
+    topic = table.changelog_topic_name
+    return sorted(p for p in table.data._dbs if TP(topic, p) in actives)
+
+
+def table_scan(table: Any) -> Scan:
+    """A :class:`~app.flows.Scan` of the partitions of ``table`` this worker owns."""
+    return Scan(
+        partitions=lambda: active_partitions(table),
+        chunk=lambda partition, after, count: partition_rows(table, partition, after, count),
+    )

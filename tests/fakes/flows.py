@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import heapq
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app import codec
 from app.channels.base import DeliveryError, Notification
 from app.core import render
-from app.flows import Route
+from app.flows import Route, Scan
 
 T = TypeVar("T")
+
+
+def scan_of(
+    rows: Mapping[bytes, bytes], partition_of: Callable[[bytes], int] = lambda _: 0
+) -> Scan:
+    """A :class:`Scan` of ``rows`` as a worker scans its tables: a partition (``partition_of``
+    a key) and a chunk at a time, in key order, looking at ``rows`` afresh for each chunk."""
+
+    def chunk(partition: int, after: bytes | None, count: int) -> list[tuple[bytes, bytes]]:
+        mine = (
+            (k, v)
+            for k, v in rows.items()
+            if partition_of(k) == partition and (after is None or k > after)
+        )
+        return heapq.nsmallest(count, mine)
+
+    return Scan(lambda: sorted({partition_of(key) for key in rows}), chunk)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from app.core import render
 from app.flows import Inbound, Route
 from app.flows.notify import NotifyFlows, NotifyLimits, sender_refusal
 from app.metrics import Metrics
-from tests.fakes.flows import Clock, FakeChannel, Outbox, Templates, check_mail
+from tests.fakes.flows import Clock, FakeChannel, Outbox, Templates, check_mail, scan_of
 
 HEADERS = [("processInstanceId", b"4242"), ("fxContext", b"main")]
 WELCOME = {
@@ -113,6 +113,7 @@ class Service:
         )
         self.flows = NotifyFlows.build(
             rows=self.rows,
+            scan_of=scan_of,
             templates=self.templates,
             channels=self.channels,
             forwarder=self.forwarder,

@@ -19,7 +19,15 @@ from app.core.otp import OtpPolicy
 from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Route, expired_keys
 from app.flows.otp import GENERATE, VALIDATE, OtpFlows, OtpLimits
 from app.metrics import Metrics
-from tests.fakes.flows import Clock, FakeChannel, Outbox, Templates, check_mail, turns_alongside
+from tests.fakes.flows import (
+    Clock,
+    FakeChannel,
+    Outbox,
+    Templates,
+    check_mail,
+    scan_of,
+    turns_alongside,
+)
 
 SECRET = b"flow-secret-0123456789"
 HEADERS = [("fxContext", b"main"), ("processInstanceUuid", b"u-1")]
@@ -44,6 +52,7 @@ class Service:
         self.flows = OtpFlows.build(
             otps=self.otps,
             receiver_rows=self.receiver_rows,
+            scan_of=scan_of,
             templates=self.templates,
             channels=self.channels,
             policy=OtpPolicy(max_sends=3, max_attempts=3, ttl_seconds=60),
@@ -315,7 +324,7 @@ def test_the_sweep_lets_the_streams_run_while_it_reads():
     """A sweep over many rows hands the loop back between chunks, so requests are answered
     meanwhile (read in one go, 100,000 rows held them for a second, ``bench/sweep.py``)."""
     rows = {f"c{i}".encode(): codec.dumps({"n": i}) for i in range(5 * SWEEP_ROWS_PER_TURN)}
-    sweep = expired_keys(rows, lambda row: row["n"], lambda n: n % 300 == 0)
+    sweep = expired_keys(scan_of(rows), lambda row: row["n"], lambda n: n % 300 == 0)
     found, turns = run(turns_alongside(sweep))
     assert found == [f"c{i}".encode() for i in range(0, len(rows), 300)]
     assert turns >= 5

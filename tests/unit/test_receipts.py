@@ -22,7 +22,7 @@ from app.flows.receipts import (
     update_command,
 )
 from app.metrics import Metrics
-from tests.fakes.flows import Clock, Outbox
+from tests.fakes.flows import Clock, Outbox, scan_of
 
 # Twilio's worked example ("Webhooks security"): auth token 12345, this URL and these parameters.
 TWILIO_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
@@ -65,7 +65,9 @@ class Service:
         self.outbox = Outbox()
         self.clock = Clock()
         events = Events(self.outbox, Metrics(), self.clock)
-        self.processor = ReceiptProcessor(self.rows, self.outbox, events, 3600, self.clock)
+        self.processor = ReceiptProcessor(
+            self.rows, scan_of(self.rows), self.outbox, events, 3600, self.clock
+        )
         self.receipts = Receipts(self.outbox, self.clock)
 
     def play(self) -> None:

@@ -11,7 +11,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher
 from aiokafka.record import default_records
+from faust.assignor import PartitionAssignor
 from faust.stores import rocksdb as faust_rocksdb
+from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -51,6 +53,8 @@ HOOKS = [
     (faust_rocksdb.Store, "_encode_key"),
     (faust_rocksdb.Store, "_decode_key"),
     (faust_rocksdb.Store, "_decode_value"),
+    (PartitionAssignor, "assigned_actives"),
+    (Collection, "changelog_topic_name"),
 ]
 INSTANCE_FIELDS = {
     "PartitionRecords.__init__": (

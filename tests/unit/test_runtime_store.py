@@ -1,19 +1,29 @@
-"""``partition_rows`` against a real rocksdict DB opened as Faust opens its partitions."""
+"""The table scans of ``app.runtime.store`` against real rocksdict DBs opened as Faust opens
+its partitions."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
 import rocksdict
+from faust.types import TP
 
-from app.runtime.store import partition_rows
+from app.runtime.store import active_partitions, partition_rows, table_scan
 
 OFFSET_KEY = b"__faust\0offset__"
+CHANGELOG = "otp-service-otps-changelog"
 
 
-def table_with(path: Path, rows: dict[bytes, bytes]) -> SimpleNamespace:
-    db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+def open_db(path: Path) -> rocksdict.Rdict:
+    return rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+
+
+def table_with(
+    path: Path, rows: dict[bytes, bytes], actives: set[TP] | None = None
+) -> SimpleNamespace:
+    db = open_db(path)
     for key, value in rows.items():
         db[key] = value
     db[OFFSET_KEY] = b"41"  # Faust's own row: never a table row
@@ -24,7 +34,12 @@ def table_with(path: Path, rows: dict[bytes, bytes]) -> SimpleNamespace:
         _decode_key=lambda key: key,
         _decode_value=lambda value: value,
     )
-    return SimpleNamespace(data=store)
+    assignor = SimpleNamespace(
+        assigned_actives=lambda: {TP(CHANGELOG, 3)} if actives is None else actives
+    )
+    return SimpleNamespace(
+        data=store, changelog_topic_name=CHANGELOG, app=SimpleNamespace(assignor=assignor)
+    )
 
 
 def test_chunks_cover_every_row_once_in_key_order(tmp_path: Path):
@@ -49,3 +64,33 @@ def test_a_chunk_after_a_deleted_key_goes_on_from_the_next_one(tmp_path: Path):
 def test_a_partition_not_held_here_has_no_rows(tmp_path: Path):
     table = table_with(tmp_path / "db", {b"a": b"1"})
     assert partition_rows(table, 0, None, 10) == []
+
+
+def test_a_scan_reads_the_partitions_owned_here_not_the_standbys(tmp_path: Path):
+    table = table_with(tmp_path / "db3", {b"a": b"1"}, actives={TP(CHANGELOG, 3), TP("x", 5)})
+    table.data._dbs[5] = open_db(tmp_path / "db5")  # a standby copy of partition 5
+    table.data._dbs[5][b"b"] = b"2"
+    assert active_partitions(table) == [3]
+
+    async def rows() -> list[tuple[bytes, bytes]]:
+        return [row async for row in table_scan(table).rows()]
+
+    assert asyncio.run(rows()) == [(b"a", b"1")]
+
+
+def test_a_paused_scan_lets_its_partition_be_closed_and_opened_again(tmp_path: Path):
+    """Faust closes a revoked partition's DB and opens it again when the partition comes
+    back. A scan that held a RocksDB iterator across its pauses kept the DB locked
+    (``lock hold by current process``), and Faust stops a worker that cannot open it."""
+    rows = {f"k{i:04d}".encode(): b"v" for i in range(450)}
+    table = table_with(tmp_path / "db", rows)
+
+    async def scan_across_a_reopen() -> list[bytes]:
+        scan = table_scan(table).rows()
+        seen = [(await anext(scan))[0]]  # paused inside the first chunk
+        table.data._dbs.pop(3).close()  # revoked
+        table.data._dbs[3] = open_db(tmp_path / "db")  # assigned again
+        seen += [key async for key, _ in scan]
+        return seen
+
+    assert asyncio.run(scan_across_a_reopen()) == sorted(rows)

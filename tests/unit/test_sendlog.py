@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from app.flows.sendlog import (
     parse_query,
 )
 from app.metrics import Metrics
-from tests.fakes.flows import Outbox, turns_alongside
+from tests.fakes.flows import Outbox, scan_of, turns_alongside
 
 
 def page(entries: list[dict[str, Any]], query: Query) -> tuple[list[dict[str, Any]], bool]:
@@ -134,23 +133,11 @@ def test_pages_merged_across_partitions_walk_every_entry_once(times, partitions,
     assert seen == expected
 
 
-def rows_of(
-    rows: dict[bytes, bytes], partition_of: Callable[[bytes], int]
-) -> Callable[[int, bytes | None, int], list[tuple[bytes, bytes]]]:
-    """``rows`` read a chunk at a time, as the worker reads a partition's RocksDB."""
-
-    def partition_rows(partition: int, after: bytes | None, count: int):
-        mine = sorted((k, v) for k, v in rows.items() if partition_of(k) == partition)
-        return [(k, v) for k, v in mine if after is None or k > after][:count]
-
-    return partition_rows
-
-
 def test_the_store_answers_its_partition_and_sweeps_old_entries():
     rows: dict[bytes, bytes] = {}
     outbox = Outbox()
 
-    log = SendLog(rows, outbox, Metrics(), rows_of(rows, lambda k: 0 if k == b"a@x.example" else 1))
+    log = SendLog(rows, outbox, Metrics(), scan_of(rows, lambda k: 0 if k == b"a@x.example" else 1))
     for n, receiver in ((1, "a@x.example"), (2, "b@x.example"), (40, "a@x.example")):
         value = codec.dumps(event(n, f"s{n}", receiver))
         log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
@@ -171,7 +158,7 @@ def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
     a sweep, so a large log does not hold the worker's requests meanwhile."""
     rows: dict[bytes, bytes] = {}
     outbox = Outbox()
-    log = SendLog(rows, outbox, Metrics(), rows_of(rows, lambda key: 0))
+    log = SendLog(rows, outbox, Metrics(), scan_of(rows))
     for n in range(5 * SWEEP_ROWS_PER_TURN):
         receiver = f"r{n}@x.example"
         value = codec.dumps(event(n % 60, f"s{n}", receiver, clientId=f"c{n % 7}"))
@@ -193,7 +180,7 @@ def test_a_query_over_a_whole_partition_lets_the_streams_run_while_it_reads():
 
 def test_a_sweep_over_many_chunks_deletes_every_old_row_and_skips_rows_not_of_the_log():
     rows: dict[bytes, bytes] = {}
-    log = SendLog(rows, Outbox(), Metrics(), rows_of(rows, lambda key: 0))
+    log = SendLog(rows, Outbox(), Metrics(), scan_of(rows))
     for n in range(3 * SWEEP_ROWS_PER_TURN):
         receiver = f"r{n:04d}@x.example"
         value = codec.dumps(event(10 if n % 2 else 50, f"s{n}", receiver))
