@@ -10,8 +10,9 @@ REST; warms the pipeline up; then produces ``--requests`` generate requests, eac
 ``--rate R`` sends on a fixed schedule and measures each latency from the request's *scheduled*
 time, so a stalled pipeline cannot hide its backlog (no coordinated omission).
 
-Prints requests per second (first send to last reply) and the latency percentiles from request
-produced to reply consumed, and checks that every reply is ``otpSent: true``.
+Prints requests per second (first send to last reply), the latency percentiles from request
+produced to reply consumed, and the workers' CPU per request and cores while the requests ran
+(the render children not included), and checks that every reply is ``otpSent: true``.
 """
 
 from __future__ import annotations
@@ -62,12 +63,22 @@ async def measure(args: argparse.Namespace, procs: harness.Processes, bootstrap:
         print(f"warm-up: {rounds} round(s)", flush=True)
         if warm.failures:
             raise SystemExit(f"warm-up failed (logs in {work}): {warm.failures[:3]}")
+        meter = harness.CpuMeter(
+            lambda: {c.name: c.pid for c in procs.children if c.name.startswith("worker")}
+        )
+        before = meter.snapshot()
         if args.rate:
             seconds = args.requests / args.rate
             result = await driver.fixed_rate(target, args.rate, seconds)
             result["rps"] = result["achieved_rps"]
         else:
             result = await driver.saturate(target, driver.pids(args.requests))
+        after = meter.snapshot()
+        used = sum(harness.CpuMeter.cpu_seconds(before, after).values())
+        result["worker_cores"] = round(used / (after["t"] - before["t"]), 2)
+        result["worker_cpu_ms_per_request"] = (
+            round(1000 * used / result["completed"], 2) if result["completed"] else None
+        )
         result["mails"] = (await sinks.stats())["mails"] - len(warm.latencies)
         shutil.rmtree(work, ignore_errors=True)  # logs are kept when something failed
         return result
@@ -123,6 +134,10 @@ def main() -> None:
         f"  throughput {result['rps']:.0f} req/s | latency p50 {result['p50_ms']:.1f} ms, "
         f"p95 {result['p95_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"max {result['max_ms']:.1f} ms"
+    )
+    print(
+        f"  worker CPU {result['worker_cpu_ms_per_request']} ms per request, "
+        f"{result['worker_cores']} of a core"
     )
 
 
