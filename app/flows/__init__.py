@@ -127,40 +127,38 @@ def command_source(command: dict[str, Any]) -> str:
 
 
 class Pacer:
-    """Paces a scan over a whole table: every :data:`SWEEP_ROWS_PER_TURN` rows it pauses three
-    times as long as it read, so it holds the event loop a quarter of the time at most.
+    """Paces a scan over a whole table: after each chunk of :data:`SWEEP_ROWS_PER_TURN` rows it
+    pauses three times as long as it worked, so it holds the event loop a quarter of the time at
+    most.
 
     Yielding alone is not enough: a request needs dozens of turns of the loop to be answered
     and would wait a chunk of the scan at each (``bench/sweep.py``).
     """
 
     def __init__(self) -> None:
-        self.rows = 0
         self._since = time.perf_counter()
 
-    async def row(self) -> None:
-        self.rows += 1
-        if self.rows % SWEEP_ROWS_PER_TURN == 0:
-            busy = time.perf_counter() - self._since
-            await asyncio.sleep(busy * (1 - SWEEP_LOOP_SHARE) / SWEEP_LOOP_SHARE)
-            self._since = time.perf_counter()
+    async def pause(self) -> None:
+        busy = time.perf_counter() - self._since
+        await asyncio.sleep(busy * (1 - SWEEP_LOOP_SHARE) / SWEEP_LOOP_SHARE)
+        self._since = time.perf_counter()
 
 
 # ``(partition, after, count)``: up to ``count`` rows (key, stored value) of ``partition``
-# after the key ``after``, in key order.
+# after the key ``after``, in key order; none once the partition is not owned here.
 PartitionRows = Callable[[int, bytes | None, int], Sequence[tuple[bytes, bytes]]]
 
 
 @dataclass(frozen=True)
 class Scan:
-    """Reads a whole table a partition and a chunk at a time, paced (:class:`Pacer`).
+    """Reads a whole table a partition and a chunk at a time, pausing between chunks
+    (:class:`Pacer`), so a sweep or a query over a large table lets the requests go on.
 
     ``partitions()`` names the partitions this worker owns; ``chunk`` reads one chunk of one
     (straight from the partition's RocksDB in a worker, ``app.runtime.store``). No iterator
     is held across a pause: a live RocksDB iterator keeps its partition's DB open, so a
     partition revoked and given back during a scan could not be opened again until the scan
-    ended, and Faust stops the worker after 30 failed tries. Rows changed meanwhile are read
-    as they are now; a partition revoked meanwhile has no more rows.
+    ended, and Faust stops the worker after 30 failed tries.
     """
 
     partitions: Callable[[], Iterable[int]]
@@ -169,15 +167,21 @@ class Scan:
     async def rows(
         self, partitions: Iterable[int] | None = None
     ) -> AsyncIterator[tuple[bytes, bytes]]:
-        """Every row of ``partitions`` (by default, every partition owned here)."""
+        """Every row of ``partitions`` (by default, every partition owned here).
+
+        The pauses fall between chunks, never inside one: a caller that does not await between
+        rows sees each row as the store holds it then, so what it writes back loses nothing
+        another stream wrote during a pause. A partition this worker stops owning during a
+        pause yields no more rows, so nothing is read or written there once it is gone.
+        """
         pacer = Pacer()
         for partition in self.partitions() if partitions is None else partitions:
             after = None
             while chunk := self.chunk(partition, after, SWEEP_ROWS_PER_TURN):
                 for key, raw in chunk:
-                    await pacer.row()
                     yield key, raw
                 after = chunk[-1][0]
+                await pacer.pause()
 
 
 async def expired_keys(

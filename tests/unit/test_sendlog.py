@@ -191,3 +191,30 @@ def test_a_sweep_over_many_chunks_deletes_every_old_row_and_skips_rows_not_of_th
     asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None)))
     kept = {f"r{n:04d}@x.example".encode() for n in range(0, 3 * SWEEP_ROWS_PER_TURN, 2)}
     assert set(rows) == kept | {b"r0100-broken", b"r0101-not-a-row"}
+
+
+def test_a_sweep_loses_nothing_recorded_while_it_pauses():
+    """The delivery events go on being recorded while a sweep pauses between chunks; a row the
+    sweep writes back must be the row as it is then, with what was recorded meanwhile."""
+    rows: dict[bytes, bytes] = {}
+    log = SendLog(rows, Outbox(), Metrics(), scan_of(rows))
+    receivers = [f"r{n:04d}@x.example" for n in range(3 * SWEEP_ROWS_PER_TURN)]
+    for n, receiver in enumerate(receivers):
+        for at, send in ((10, f"old{n}"), (50, f"kept{n}")):
+            value = codec.dumps(event(at, send, receiver))
+            log.record(Inbound("events", 0, n, receiver.encode(), value, [], None))
+
+    async def record_late_sends() -> None:  # runs in the sweep's first pause
+        for n, receiver in enumerate(receivers):
+            value = codec.dumps(event(55, f"late{n}", receiver))
+            log.record(Inbound("events", 0, 10_000 + n, receiver.encode(), value, [], None))
+
+    async def sweep_while_recording() -> None:
+        sweep = {"k": "x", "cutoff": "2026-12-01T10:00:30.000Z"}
+        command = log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None))
+        await asyncio.gather(command, record_late_sends())
+
+    asyncio.run(sweep_while_recording())
+    for n, receiver in enumerate(receivers):
+        entries = codec.loads(rows[receiver.encode()])["entries"]
+        assert set(entries) == {f"kept{n}", f"late{n}"}, receiver
