@@ -39,17 +39,24 @@ def partition_rows(
     return rows
 
 
-def active_partitions(table: Any) -> list[int]:
-    """The partitions of ``table`` this worker holds as their owner, not as a standby: the
-    ones Faust's own iteration of a table reads (``Store._dbs_for_actives``)."""
+def owns(table: Any, partition: int) -> bool:
+    """Whether this worker holds ``partition`` of ``table`` as its owner (a global table's
+    every partition), not as a standby: Faust's own test (``Store._dbs_for_actives``)."""
     actives = table.app.assignor.assigned_actives()
-    topic = table.changelog_topic_name
-    return sorted(p for p in table.data._dbs if TP(topic, p) in actives)
+    return table.is_global or TP(table.changelog_topic_name, partition) in actives
+
+
+def active_partitions(table: Any) -> list[int]:
+    """The partitions of ``table`` this worker owns: the ones Faust's iteration reads."""
+    return sorted(p for p in table.data._dbs if owns(table, p))
 
 
 def table_scan(table: Any) -> Scan:
-    """A :class:`~app.flows.Scan` of the partitions of ``table`` this worker owns."""
-    return Scan(
-        partitions=lambda: active_partitions(table),
-        chunk=lambda partition, after, count: partition_rows(table, partition, after, count),
-    )
+    """A :class:`~app.flows.Scan` of the partitions of ``table`` this worker owns. Ownership is
+    checked again for every chunk, as a scan pauses between chunks and a rebalance may move
+    the partition to a standby meanwhile (its DB stays open then, so it would still read)."""
+
+    def chunk(partition: int, after: bytes | None, count: int) -> list[tuple[bytes, bytes]]:
+        return partition_rows(table, partition, after, count) if owns(table, partition) else []
+
+    return Scan(partitions=lambda: active_partitions(table), chunk=chunk)

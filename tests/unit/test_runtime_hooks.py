@@ -85,6 +85,7 @@ INSTANCE_FIELDS = {
     ),
     "AIOKafkaConsumer.__init__": (AIOKafkaConsumer.__init__, ["self._subscription"]),
     "faust rocksdb Store.__init__": (faust_rocksdb.Store.__init__, ["self._dbs"]),
+    "faust Collection.__init__": (Collection.__init__, ["self.is_global"]),
     # app/runtime/store.py iterates rocksdict's DBs by bytes keys
     "faust RocksDBOptions.as_options": (
         faust_rocksdb.RocksDBOptions.as_options,
