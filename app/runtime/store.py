@@ -10,6 +10,7 @@ names each attribute used here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from faust.types import TP
@@ -39,16 +40,18 @@ def partition_rows(
     return rows
 
 
-def owns(table: Any, partition: int) -> bool:
-    """Whether this worker holds ``partition`` of ``table`` as its owner (a global table's
-    every partition), not as a standby: Faust's own test (``Store._dbs_for_actives``)."""
+def owned(table: Any, partitions: Iterable[int]) -> list[int]:
+    """Those of ``partitions`` of ``table`` this worker holds as their owner (a global table's
+    every partition), not as a standby: Faust's own test (``Store._dbs_for_actives``). The
+    assignor builds its set of active partitions anew on every call, so it is asked once."""
     actives = table.app.assignor.assigned_actives()
-    return table.is_global or TP(table.changelog_topic_name, partition) in actives
+    topic = table.changelog_topic_name
+    return sorted(p for p in partitions if table.is_global or TP(topic, p) in actives)
 
 
 def active_partitions(table: Any) -> list[int]:
     """The partitions of ``table`` this worker owns: the ones Faust's iteration reads."""
-    return sorted(p for p in table.data._dbs if owns(table, p))
+    return owned(table, table.data._dbs)
 
 
 def table_scan(table: Any) -> Scan:
@@ -57,6 +60,6 @@ def table_scan(table: Any) -> Scan:
     the partition to a standby meanwhile (its DB stays open then, so it would still read)."""
 
     def chunk(partition: int, after: bytes | None, count: int) -> list[tuple[bytes, bytes]]:
-        return partition_rows(table, partition, after, count) if owns(table, partition) else []
+        return partition_rows(table, partition, after, count) if owned(table, (partition,)) else []
 
     return Scan(partitions=lambda: active_partitions(table), chunk=chunk)
