@@ -334,8 +334,21 @@ def logging_config(
             "botocore": {"level": library_level},
             "aiobotocore": {"level": library_level},
             "aiokafka.cluster": {"level": "CRITICAL"},
+            **{name: {"level": _at_least_info(library_level)} for name in PAYLOAD_LOGGERS},
         },
     }
+
+
+# Library loggers that print what they carry at DEBUG, so they never go below INFO, whatever
+# LIBRARY_LOG_LEVEL says: aiokafka's producer logs every record's key and value (an SMS sent
+# on Kafka holds a live code, a validate command the code the user typed), botocore's signer
+# the request's signature on a line of its own, which no redaction pattern can recognise.
+PAYLOAD_LOGGERS = ("aiokafka.producer.producer", "botocore.auth")
+
+
+def _at_least_info(level: str) -> str:
+    number = logging.getLevelNamesMapping().get(level.upper(), logging.NOTSET)
+    return level if number >= logging.INFO else "INFO"
 
 
 def mask_recipient(recipient: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import logging
 import logging.config
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from app import codec
 from app.logs import (
+    PAYLOAD_LOGGERS,
     TEXT_FORMAT,
     JsonFormatter,
     Redactor,
@@ -450,3 +452,53 @@ def test_libraries_log_at_their_own_level():
     assert logging_config("DEBUG", "json", library_level="DEBUG")["loggers"]["faust"] == {
         "level": "DEBUG"
     }
+
+
+@pytest.mark.parametrize("library_level", ["DEBUG", "INFO", "WARNING"])
+def test_loggers_that_print_payloads_stay_at_info_or_above(library_level: str):
+    config = logging_config("DEBUG", "json", library_level=library_level)
+    for name in PAYLOAD_LOGGERS:
+        assert config["loggers"][name] == {"level": max(library_level, "INFO", key=_level)}
+
+
+def _level(name: str) -> int:
+    return logging.getLevelNamesMapping()[name]
+
+
+def test_aiokafka_producer_logs_record_values_where_the_pin_holds_it():
+    """The pin names aiokafka's producer logger; if aiokafka moved that line, say so."""
+    import aiokafka.producer.producer as producer
+
+    source = inspect.getsource(producer)
+    assert 'log.debug("Sending (key=%s value=%s) to %s"' in source
+    assert producer.log.name == "aiokafka.producer.producer"
+
+
+def test_a_produced_record_is_not_logged_even_at_debug(capsys: pytest.CaptureFixture[str]):
+    """Both levels at DEBUG, as an operator chasing a fault would set them."""
+    root = logging.getLogger()
+    names = ("aiokafka", "faust", "mode", "botocore", "aiobotocore", *PAYLOAD_LOGGERS)
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in names})
+    try:
+        logging.config.dictConfig(logging_config("DEBUG", "json", library_level="DEBUG"))
+        buffer = io.StringIO()
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(buffer)
+        logging.getLogger("aiokafka.producer.producer").debug(
+            "Sending (key=%s value=%s) to %s", b"1", b'{"body":"Your code is 482913"}', "sms"
+        )
+        logging.getLogger("botocore.auth").debug("Signature:\n%s", "5ec1e7")
+        logging.getLogger("aiokafka.consumer").debug("still at DEBUG")
+        out = buffer.getvalue()
+        assert "482913" not in out and "5ec1e7" not in out
+        assert "still at DEBUG" in out
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        handlers, level, levels = saved
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
