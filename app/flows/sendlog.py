@@ -145,11 +145,12 @@ def order(entry: dict[str, Any]) -> tuple[str, str]:
 def _instant(field: str, raw: str) -> str:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        # 0001-01-01T00:00+01:00 is a valid time that falls before year 1 in UTC.
+        text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError):
         raise QueryError(field, "must be an ISO-8601 time such as 2026-12-01T10:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 

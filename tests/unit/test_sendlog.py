@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -94,6 +95,9 @@ def test_queries_filter_and_page_newest_first():
         ({"cursor": "WzFd"}, "cursor"),  # a valid encoding of [1]
         ({"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "until"),
         ({"receiver": ""}, "receiver"),
+        # valid ISO-8601 times that fall outside years 1-9999 once in UTC
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+        ({"until": "9999-12-31T23:59:59-01:00"}, "until"),
     ],
 )
 def test_bad_queries_name_the_parameter(params: dict[str, str], field: str):
@@ -108,6 +112,19 @@ def test_any_query_string_parses_or_names_a_parameter(params: dict[str, str]):
         parse_query(params)
     except QueryError as exc:
         assert exc.field in params
+
+
+@given(
+    st.datetimes(
+        timezones=st.builds(timezone, st.timedeltas(-timedelta(hours=23), timedelta(hours=23)))
+    ),
+    st.sampled_from(["since", "until"]),
+)
+def test_any_iso_time_with_any_offset_parses_or_names_its_parameter(moment, name):
+    try:
+        parse_query({name: moment.isoformat()})
+    except QueryError as exc:
+        assert exc.field == name
 
 
 @given(
