@@ -27,7 +27,7 @@ from aiohttp import web
 from app.channels.twilio import TWILIO_CALLBACK_PATH
 from app.flows.receipts import TWILIO_STATUSES, signature_ok, update_command
 from web.errors import ApiError
-from web.http import ask
+from web.http import ask, within_read_deadline
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -38,6 +38,18 @@ MAX_CALLBACK_BYTES = 16384
 UNKNOWN_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
 _SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 _ERROR_CODE = re.compile(r"[0-9]{1,10}")
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body up to ``limit`` bytes: one ``read(n)`` returns what has arrived so far, which
+    for a body sent in pieces is not the body the signature covers."""
+    raw = bytearray()
+    while len(raw) < limit:
+        chunk = await request.content.read(limit - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 class TwilioCallbacks:
@@ -54,7 +66,7 @@ class TwilioCallbacks:
     async def params_of(self, request: web.Request) -> list[tuple[str, str]]:
         if request.content_length is not None and request.content_length > MAX_CALLBACK_BYTES:
             raise ApiError(413, f"callback body is over the {MAX_CALLBACK_BYTES}-byte limit")
-        raw = await request.content.read(MAX_CALLBACK_BYTES + 1)
+        raw = await within_read_deadline(_read_at_most(request, MAX_CALLBACK_BYTES + 1))
         if len(raw) > MAX_CALLBACK_BYTES:
             raise ApiError(413, f"callback body is over the {MAX_CALLBACK_BYTES}-byte limit")
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 from aiohttp import web
@@ -13,6 +13,8 @@ from app import codec
 from app.core import access
 from app.core.access import Principal, TokenRegistry
 from web.errors import ApiError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -97,6 +99,18 @@ async def ask(
         cache.forget(request_id)
 
 
+# A body that has not arrived by then is a client holding a handler open, not a slow network.
+BODY_READ_SECONDS = 10.0
+
+
+async def within_read_deadline(read: Awaitable[T]) -> T:
+    """``read`` (of a request body), or 408 once ``BODY_READ_SECONDS`` have passed."""
+    try:
+        return await asyncio.wait_for(read, timeout=BODY_READ_SECONDS)
+    except TimeoutError:
+        raise ApiError(408, f"request body did not arrive within {BODY_READ_SECONDS:g} s") from None
+
+
 async def read_json(request: web.Request, max_bytes: int) -> Any:
     """The body as JSON: 415 unless declared JSON, 413 when too large, 400 when malformed."""
     if request.content_type != "application/json":
@@ -107,7 +121,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         )
     try:
         # aiohttp enforces client_max_size (set to max_bytes) here, chunked bodies included.
-        raw = await request.read()
+        raw = await within_read_deadline(request.read())
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"request body is over the {max_bytes}-byte limit") from None
     if len(raw) > max_bytes:

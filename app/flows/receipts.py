@@ -56,7 +56,8 @@ def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]
     followed by every parameter's name and value, sorted by name (values of a repeated name in
     order), base64-encoded."""
     data = url + "".join(name + value for name, value in sorted(params))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    # HTTP text arrives surrogate-escaped (aiohttp); such bytes only make a wrong signature.
+    digest = hmac.new(auth_token.encode(), _raw(data), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -66,7 +67,11 @@ def signature_ok(
     if not given:
         return False
     expected = twilio_signature(auth_token, url, params)
-    return hmac.compare_digest(expected.encode(), given.strip().encode())
+    return hmac.compare_digest(expected.encode(), _raw(given.strip()))
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # never raises: any str has bytes so
 
 
 @dataclass

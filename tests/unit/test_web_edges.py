@@ -1,0 +1,138 @@
+"""HTTP edges that need the real aiohttp server in front of the views: bodies that arrive in
+pieces or not at all, header bytes that are not text. No broker: the views' Kafka sends are
+answered in place."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+import app.main as main
+from app import codec
+from app.flows.receipts import twilio_signature
+from app.settings import Settings
+from web import http
+
+TWILIO_TOKEN = "x" * 20
+BASE_URL = "https://otp.example.com"
+API_TOKEN = "t" * 20
+PARAMS = [
+    ("MessageSid", "SM" + "a" * 32),
+    ("MessageStatus", "delivered"),
+    ("AccountSid", "AC" + "b" * 32),
+    ("Body", "x" * 300),
+]
+
+
+@pytest.fixture
+async def served(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    contexts: list[Any] = []
+    register = main.register_views
+
+    def capture(ctx: Any) -> None:
+        contexts.append(ctx)
+        register(ctx)
+
+    monkeypatch.setattr(main, "register_views", capture)
+    settings = Settings.from_env(
+        {
+            "OTP_HMAC_SECRET": "s" * 32,
+            "NOTIFY_API_TOKEN": API_TOKEN,
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "DATA_DIR": str(tmp_path),
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "PUBLIC_BASE_URL": BASE_URL,
+        }
+    )
+    app = main.create_app(settings)
+    ctx = contexts[0]
+    ctx.cache.ready.set()
+    sent: list[dict[str, Any]] = []
+
+    async def answer(key: Any = None, value: Any = None, **_: Any) -> None:
+        command = codec.loads(value)
+        sent.append(command)
+        ctx.cache._deliver_result(codec.dumps({"id": command["id"], "status": 200}))
+
+    ctx.topics.message_commands.send = answer
+    client = TestClient(TestServer(app.web.web_app))
+    await client.start_server()
+    client.sent = sent  # type: ignore[attr-defined]
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def _signed() -> tuple[bytes, dict[str, str]]:
+    body = urlencode(PARAMS).encode()
+    signature = twilio_signature(TWILIO_TOKEN, BASE_URL + "/api/callbacks/twilio", PARAMS)
+    headers = {
+        "X-Twilio-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return body, headers
+
+
+async def test_a_signed_callback_sent_in_pieces_is_accepted(served: Any):
+    body, headers = _signed()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield body[:100]
+        await asyncio.sleep(0.05)
+        yield body[100:]
+
+    response = await served.post("/api/callbacks/twilio", data=pieces(), headers=headers)
+    assert response.status == 204
+    assert len(served.sent) == 1
+
+
+async def test_a_signed_callback_with_its_length_in_two_writes_is_accepted(served: Any):
+    body, headers = _signed()
+    reader, writer = await asyncio.open_connection(served.server.host, served.server.port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(
+        f"POST /api/callbacks/twilio HTTP/1.1\r\nHost: x\r\n{head}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body[:100]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(body[100:])
+    await writer.drain()
+    status_line = (await reader.read()).split(b"\r\n", 1)[0]
+    writer.close()
+    assert status_line == b"HTTP/1.1 204 No Content"
+
+
+async def test_a_signature_that_is_not_text_is_refused_not_a_500(served: Any):
+    reader, writer = await asyncio.open_connection(served.server.host, served.server.port)
+    writer.write(
+        b"POST /api/callbacks/twilio HTTP/1.1\r\nHost: x\r\nX-Twilio-Signature: \xff\xfe\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert b"X-Twilio-Signature" in answer
+
+
+async def test_a_body_that_never_arrives_is_a_408(served: Any, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(http, "BODY_READ_SECONDS", 0.2)
+    reader, writer = await asyncio.open_connection(served.server.host, served.server.port)
+    writer.write(
+        f"POST /api/templates/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{".encode()
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(400), 5)  # aiohttp lingers for the rest
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"did not arrive" in body
