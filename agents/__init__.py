@@ -85,7 +85,12 @@ async def for_each_event(
     async for event in stream.events():
         claim = await admit(event.message)
         if claim is not None:
-            await handle(event)
+            try:
+                await handle(event)
+            except Exception:
+                # Handlers answer their own failures; one that cannot must still let the
+                # partition's later offsets be committed (as ``KeyedDispatcher`` does).
+                log.exception("event %s/%s left unanswered", event.message.tp, event.message.offset)
             claim.finish()
         await stream.ack(event)
 

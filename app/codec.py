@@ -19,6 +19,16 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)
 
 
+def loads_object(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """Parse a JSON object. Every command and event of ours is one; anything else on a topic
+    (``[]``, ``null``, ``1``) raises :data:`JSONDecodeError` as bad JSON does, so a handler
+    answers it as unreadable instead of failing on its first ``.get``."""
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise orjson.JSONDecodeError(f"expected a JSON object, not {type(value).__name__}", "", 0)
+    return value
+
+
 def depth(value: Any) -> int:
     """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), without recursion.
 

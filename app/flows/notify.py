@@ -295,7 +295,7 @@ class NotifySender:
     async def handle(self, record: Inbound) -> None:
         command: dict[str, Any] = {}
         try:
-            command = codec.loads(record.value or b"")
+            command = codec.loads_object(record.value or b"")
             await self._handle(record, command)
         except Exception:  # the stream must go on (app.flows.otp's module docstring)
             log.exception("unexpected failure sending %s", record.source)

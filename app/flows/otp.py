@@ -216,7 +216,9 @@ def _command_request(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reply_fields(command: dict[str, Any]) -> tuple[Any, Any, Any] | None:
-    request = command.get("r") or {}
+    request = command.get("r")
+    if not isinstance(request, dict):
+        return None
     pid = request.get("process_instance_id")
     if pid is None or command.get("k") not in (GENERATE, VALIDATE):
         return None
@@ -328,7 +330,7 @@ class ReceiverCounter:
     async def handle(self, record: Inbound) -> None:
         command: dict[str, Any] = {}
         try:
-            command = codec.loads(record.value or b"")
+            command = codec.loads_object(record.value or b"")
             await self._handle(record, command)
         except Exception:  # the stream must go on, see the module docstring
             log.exception("unexpected failure counting %s", record.source)
@@ -341,6 +343,7 @@ class ReceiverCounter:
             if quota is not None and self.expired(quota.sends):
                 del self.rows[key]
             return
+        request = GenerateRequest(**_command_request(command))  # before the quota is spent
         updated, refusal = receivers.admit(
             quota,
             command_source(command),
@@ -350,7 +353,6 @@ class ReceiverCounter:
         )
         if updated != quota:
             self.rows[key] = codec.dumps(updated.to_dict())
-        request = GenerateRequest(**_command_request(command))
         if refusal is None:
             await self.outbox.send(
                 Route.OTP_COMMANDS, request.key.encode(), record.value, record.headers
@@ -429,7 +431,7 @@ class OtpProcessor:
     async def handle(self, record: Inbound) -> None:
         command: dict[str, Any] = {}
         try:
-            command = codec.loads(record.value or b"")
+            command = codec.loads_object(record.value or b"")
             await self._dispatch(record, command)
         except Exception:  # the stream must go on, see the module docstring
             log.exception("unexpected failure processing %s", record.source)

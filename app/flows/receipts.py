@@ -143,7 +143,7 @@ class ReceiptProcessor:
 
     async def handle(self, record: Inbound) -> None:
         try:
-            await self._handle(record, codec.loads(record.value or b""))
+            await self._handle(record, codec.loads_object(record.value or b""))
         except Exception:  # the stream must go on (app.flows.otp's module docstring)
             log.exception("unexpected failure applying %s", record.source)
 

@@ -569,3 +569,17 @@ def test_a_parameter_of_the_wrong_type_is_refused_naming_it(svc: Service):
     assert reply["error"] == "parameter 'age' must be a NUMBER"
     assert not svc.mail.sent
     assert run(svc.generate(templateName="typed", clientId="c5", age=10))["otpSent"]
+
+
+NOT_OBJECTS = [b"[]", b"null", b"1", b'"x"', b'{"k":"g","r":[1]}', b'{"k":"v","r":"x"}']
+
+
+@pytest.mark.parametrize("value", NOT_OBJECTS)
+@pytest.mark.parametrize("hop", ["receivers", "processor"])
+def test_an_internal_command_that_is_not_ours_is_dead_lettered(svc: Service, hop, value):
+    """Anyone who can write to the internal topics can write this; the handler must answer it
+    (here: a dead letter, as it names no request) and return, so its offset moves on."""
+    handler = getattr(svc.flows, hop)
+    run(handler.handle(svc.record(value, "hop", key=b"c1")))
+    assert [s[0] for s in svc.outbox.sent] == [Route.DLQ]
+    assert svc.otps == {} and svc.receiver_rows == {}
