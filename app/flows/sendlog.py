@@ -44,6 +44,8 @@ _STATUS = {
     "notification.failed": "failed",
     "notification.forwarded": "forwarded",
 }
+# What every delivery event of ours carries, as text; ``at`` is compared as ISO text.
+_EVENT_KEYS = ("entryId", "receiver", "eventId", "type", "at")
 _ENTRY_FIELDS = ("clientId", "identifier", "processInstanceId", "templateName", "language")
 
 
@@ -59,9 +61,9 @@ class QueryError(ValueError):
 def apply(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any] | None:
     """``row`` with ``event`` joined to its entry; None when the event belongs to no send (a
     validate for an identifier that has no code). A redelivered event is recorded once."""
-    entry_id, receiver = event.get("entryId"), event.get("receiver")
-    if not entry_id or not receiver:
-        return None
+    if not all(isinstance(event.get(name), str) and event[name] for name in _EVENT_KEYS):
+        return None  # not one of ours (a validate of no code, or a record written by hand)
+    entry_id, receiver = event["entryId"], event["receiver"]
     entries = dict((row or {}).get("entries", {}))
     entry = entries.get(entry_id) or {
         "id": entry_id,
@@ -267,8 +269,8 @@ class SendLog:
         """Join one delivery event to its entry; a record not of ours is skipped."""
         key = record.key or b""
         try:
-            updated = apply(self.row(key) or None, codec.loads(record.value or b""))
-        except (ValueError, KeyError, TypeError):
+            updated = apply(self.row(key) or None, codec.loads_object(record.value or b""))
+        except Exception:  # the stream must go on: nothing on the events topic is trusted
             log.warning("send log: skipped an unreadable event at %s", record.source)
             return
         if updated is not None:
@@ -288,11 +290,11 @@ class SendLog:
 
     async def command(self, record: Inbound) -> None:
         try:
-            command = codec.loads(record.value or b"")
+            command = codec.loads_object(record.value or b"")
             if command.get("k") == "q":
                 await self.answer(command, record.partition)
             elif command.get("k") == "x":
-                await self.sweep(str(command["cutoff"]), record.partition)
+                await self.sweep(_instant("cutoff", str(command["cutoff"])), record.partition)
         except Exception:  # the stream must go on
             log.exception("send log: could not handle %s", record.source)
 

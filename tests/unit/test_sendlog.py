@@ -235,3 +235,35 @@ def test_a_sweep_loses_nothing_recorded_while_it_pauses():
     for n, receiver in enumerate(receivers):
         entries = codec.loads(rows[receiver.encode()])["entries"]
         assert set(entries) == {f"kept{n}", f"late{n}"}, receiver
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[]",
+        b"null",
+        b"7",
+        codec.dumps({**event(10, "s1"), "at": 0}),  # a number where the time belongs
+        codec.dumps({**event(10, "s1"), "eventId": None}),
+        codec.dumps({**event(10, "s1"), "type": ["otp.sent"]}),
+    ],
+)
+def test_an_event_not_of_ours_is_skipped_and_queries_and_sweeps_go_on(value: bytes):
+    rows: dict[bytes, bytes] = {}
+    outbox = Outbox()
+    log = SendLog(rows, outbox, Metrics(), scan_of(rows))
+    log.record(Inbound("events", 0, 1, b"a@x.example", codec.dumps(event(50, "s0")), [], None))
+    log.record(Inbound("events", 0, 2, b"a@x.example", value, [], None))
+    assert [e["id"] for e in codec.loads(rows[b"a@x.example"])["entries"].values()] == ["s0"]
+    query = {"k": "q", "id": "r1", "q": parse_query({}).to_dict()}
+    asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(query), [], None)))
+    assert [i["id"] for i in codec.loads(outbox.sent[-1][2])["body"]["items"]] == ["s0"]
+
+
+def test_a_sweep_whose_cutoff_is_not_a_time_deletes_nothing():
+    rows: dict[bytes, bytes] = {}
+    log = SendLog(rows, Outbox(), Metrics(), scan_of(rows))
+    log.record(Inbound("events", 0, 1, b"a@x.example", codec.dumps(event(50, "s0")), [], None))
+    sweep = {"k": "x", "cutoff": "~"}  # sorts after every ISO time
+    asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None)))
+    assert b"a@x.example" in rows
