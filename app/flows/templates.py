@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
+from app.core.templates import MAX_CONTEXT_DEPTH
 from app.flows import Inbound, Outbox, Route
 
 #: The one request id rows written before ``_requests`` existed remember (read, never written).
@@ -70,6 +71,9 @@ class HistoryLimits:
 
 
 DEFAULT_LIMITS = HistoryLimits()
+# A template's context may nest MAX_CONTEXT_DEPTH levels; a command wraps it in a few more. A
+# row nested near orjson's limit would be stored, and every answer about it fail to serialise.
+MAX_COMMAND_DEPTH = MAX_CONTEXT_DEPTH + 8
 
 
 def _now() -> str:
@@ -303,7 +307,9 @@ class TemplateWriter:
     async def handle(self, record: Inbound) -> None:
         command: dict[str, Any] = {}
         try:
-            command = codec.loads(record.value or b"")
+            command = codec.loads_object(record.value or b"")
+            if codec.depth(command) > MAX_COMMAND_DEPTH:
+                raise ValueError(f"command is nested deeper than {MAX_COMMAND_DEPTH} levels")
             key = command["key"].encode()
             stored = self.rows.get(key)
             current = codec.loads(stored) if stored is not None else None
@@ -314,7 +320,14 @@ class TemplateWriter:
                         del self.rows[key]
                 else:
                     self.rows[key] = codec.dumps(row)
-            result = answer(status, row, command)
+            value = codec.dumps(answer(status, row, command))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            result = {"id": command.get("id"), "status": 400, "template": None, "error": str(exc)}
-        await self.outbox.send(Route.TEMPLATE_RESULTS, record.key, codec.dumps(result), [])
+            request_id = command.get("id")
+            result = {
+                "id": request_id if isinstance(request_id, str) else None,
+                "status": 400,
+                "template": None,
+                "error": str(exc)[:500],
+            }
+            value = codec.dumps(result)
+        await self.outbox.send(Route.TEMPLATE_RESULTS, record.key, value, [])

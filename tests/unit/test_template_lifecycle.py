@@ -276,3 +276,37 @@ def test_a_row_written_before_the_request_list_still_answers_its_last_write() ->
     assert run(row, "replace", template=SMS, id="old") == (200, row)
     _, newer = run(row, "replace", template=SMS, id="new")
     assert newer is not None and newer["_requests"] == ["old", "new"]
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[]",
+        b"null",
+        b'"x"',
+        codec.dumps({"op": "create", "key": ["t:en"], "id": "r1"}),
+        # stored, this row could never be answered: its answer nests one level deeper
+        codec.dumps(
+            {"op": "create", "key": "t:en", "id": "r1", "template": {"context": _deep(250)}}
+        ),
+    ],
+)
+def test_a_template_command_not_of_ours_is_answered_400_and_stores_nothing(value: bytes):
+    import asyncio
+
+    from app.flows import Inbound, Route
+    from app.flows.templates import TemplateWriter
+    from tests.fakes.flows import Outbox
+
+    rows: dict[bytes, bytes] = {}
+    outbox = Outbox()
+    asyncio.run(TemplateWriter(rows, outbox).handle(Inbound("c", 0, 1, b"k", value, [], None)))
+    (answer,) = outbox.on(Route.TEMPLATE_RESULTS)
+    assert answer["status"] == 400 and rows == {}
