@@ -12,7 +12,15 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -24,6 +32,48 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes | None]]
 Rows = MutableMapping[bytes, bytes]
+# The largest row a table takes: its changelog record (key, value, headers, batch framing) must
+# fit in one producer request, or the producer's error stops the whole worker, and the row,
+# already in RocksDB, would be written again, and fail again, at the next change of its key.
+MAX_ROW_BYTES = PRODUCER_MAX_REQUEST_BYTES - 64 * 1024
+
+
+class RowTooLarge(ValueError):
+    """A table write refused because its changelog record could not be produced."""
+
+
+class BoundedRows(MutableMapping[bytes, bytes]):
+    """A table, refusing (with :class:`RowTooLarge`) any row over ``MAX_ROW_BYTES``, so that
+    the handler whose write it was answers its record as failed and the worker goes on."""
+
+    def __init__(self, rows: Rows, limit: int = MAX_ROW_BYTES) -> None:
+        self.rows = rows
+        self.limit = limit
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self.rows[key]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if len(key) + len(value) > self.limit:
+            raise RowTooLarge(f"a row of {len(key) + len(value)} bytes, over {self.limit}")
+        self.rows[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.rows[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        return self.rows.get(key, default)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 T = TypeVar("T")
 Clock = Callable[[], float]
 # Room left in a producer request for what a dead letter adds around the original record.

@@ -32,6 +32,7 @@ from app.channels.smtp import check_address
 from app.core import keys, receivers, render
 from app.core import templates as template_model
 from app.flows import (
+    BoundedRows,
     Clock,
     DeadLetters,
     Headers,
@@ -268,7 +269,7 @@ class NotifySender:
         receipts: Receipts,
         message_ids: bytes,
     ) -> None:
-        self.rows = rows
+        self.rows = BoundedRows(rows)
         self.scan = scan
         self.events = events
         self.message_ids = message_ids

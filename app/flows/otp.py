@@ -26,6 +26,7 @@ from app.core import templates as template_model
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited
 from app.core.receivers import ReceiverQuota
 from app.flows import (
+    BoundedRows,
     Clock,
     DeadLetters,
     Headers,
@@ -313,7 +314,7 @@ class ReceiverCounter:
         clock: Clock,
         events: Events,
     ) -> None:
-        self.rows = rows
+        self.rows = BoundedRows(rows)
         self.scan = scan
         self.outbox = outbox
         self.replies = replies
@@ -407,7 +408,7 @@ class OtpProcessor:
         outbox: Outbox,
         receipts: Receipts,
     ) -> None:
-        self.rows = rows
+        self.rows = BoundedRows(rows)
         self.scan = scan
         self.events = events
         self.outbox = outbox

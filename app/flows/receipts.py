@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app import codec
-from app.flows import Clock, Inbound, Outbox, Route, Rows, Scan, expired_keys
+from app.flows import BoundedRows, Clock, Inbound, Outbox, Route, Rows, Scan, expired_keys
 from app.flows import events as ev
 from app.flows.events import Events
 
@@ -130,7 +130,7 @@ class ReceiptProcessor:
         window_seconds: float,
         clock: Clock,
     ) -> None:
-        self.rows = rows
+        self.rows = BoundedRows(rows)
         self.scan = scan
         self.outbox = outbox
         self.events = events

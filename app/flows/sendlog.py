@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
-from app.flows import Inbound, Outbox, Route, Scan
+from app.flows import BoundedRows, Inbound, Outbox, Route, Scan
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # Bounds that keep a row, and an answer, well inside a Kafka record.
 MAX_ENTRIES_PER_RECEIVER = 200
 MAX_EVENTS_PER_ENTRY = 50
+# Ours are a few hundred bytes; with these, a row stays far below what a changelog record holds
+# (at 200 entries of 50 events each, it would not).
+MAX_EVENT_BYTES = 4096
+MAX_LOG_ROW_BYTES = 256 * 1024
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 FILTERS = ("receiver", "clientId", "processInstanceId", "templateName", "channel")
 PARAMS = frozenset({*FILTERS, "since", "until", "limit", "cursor"})
@@ -85,6 +89,18 @@ def apply(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any] |
         newest = sorted(entries.values(), key=lambda e: e["last"])[-MAX_ENTRIES_PER_RECEIVER:]
         entries = {e["id"]: e for e in newest}
     return {"entries": entries}
+
+
+def fit(row: dict[str, Any]) -> bytes:
+    """``row`` encoded in at most ``MAX_LOG_ROW_BYTES``, its least recently touched entries
+    dropped as needed: a receiver sent to all day long keeps its newest sends."""
+    value = codec.dumps(row)
+    entries = row["entries"]
+    while len(value) > MAX_LOG_ROW_BYTES and len(entries) > 1:
+        newest = sorted(entries.values(), key=lambda e: e["last"])[len(entries) // 4 or 1 :]
+        entries = {e["id"]: e for e in newest}
+        value = codec.dumps({"entries": entries})
+    return value
 
 
 def sweep(row: dict[str, Any], cutoff: str) -> dict[str, Any] | None:
@@ -256,7 +272,7 @@ class SendLog:
         metrics: Metrics,
         scan: Scan,
     ) -> None:
-        self.rows = rows
+        self.rows = BoundedRows(rows)
         self.outbox = outbox
         self.metrics = metrics
         self.scan = scan
@@ -268,13 +284,17 @@ class SendLog:
     def record(self, record: Inbound) -> None:
         """Join one delivery event to its entry; a record not of ours is skipped."""
         key = record.key or b""
+        if len(record.value or b"") > MAX_EVENT_BYTES:
+            log.warning(
+                "send log: skipped an event over %d bytes at %s", MAX_EVENT_BYTES, record.source
+            )
+            return
         try:
             updated = apply(self.row(key) or None, codec.loads_object(record.value or b""))
+            if updated is not None:
+                self.rows[key] = fit(updated)
         except Exception:  # the stream must go on: nothing on the events topic is trusted
             log.warning("send log: skipped an unreadable event at %s", record.source)
-            return
-        if updated is not None:
-            self.rows[key] = codec.dumps(updated)
 
     async def partition(self, partition: int) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
         """Every row of ``partition`` that decodes to a row; the others are skipped."""

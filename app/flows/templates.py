@@ -23,7 +23,7 @@ from typing import Any
 
 from app import codec
 from app.core.templates import MAX_CONTEXT_DEPTH
-from app.flows import Inbound, Outbox, Route
+from app.flows import BoundedRows, Inbound, Outbox, Route
 
 #: The one request id rows written before ``_requests`` existed remember (read, never written).
 REQUEST_FIELD = "_request"
@@ -300,7 +300,7 @@ class TemplateWriter:
         outbox: Outbox,
         limits: HistoryLimits = DEFAULT_LIMITS,
     ) -> None:
-        self.rows = rows
+        self.rows = BoundedRows(rows)
         self.outbox = outbox
         self.limits = limits
 

@@ -8,11 +8,12 @@ import hashlib
 import hmac
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app import codec
-from app.flows import Inbound, Route
+from app.flows import MAX_ROW_BYTES, BoundedRows, Inbound, Route, RowTooLarge
 from app.flows.events import Events
 from app.flows.receipts import (
     ReceiptProcessor,
@@ -119,3 +120,28 @@ def test_registration_redelivered_keeps_the_reports_and_rows_expire():
     [key] = asyncio.run(svc.processor.expired_keys())
     asyncio.run(svc.processor.handle(Inbound("m", 0, 7, key, b'{"k":"x"}', [], None)))
     assert svc.rows == {}
+
+
+def test_a_row_too_large_for_its_changelog_is_refused_and_the_processor_goes_on():
+    """Stored, a row over a producer request would stop the worker at its changelog write, and
+    again at every later write of its key: it is refused before it reaches the table."""
+    svc = Service()
+    huge = codec.dumps({"k": "m", "m": {"provider": "twilio", "pad": "A" * MAX_ROW_BYTES}})
+    asyncio.run(svc.processor.handle(Inbound("m", 0, 1, b"SM1", huge, [], None)))
+    assert svc.rows == {}
+    small = codec.dumps(
+        {"k": "m", "m": {"provider": "twilio", "receiver": "+40712345678", "sent_at": 1.0}}
+    )
+    asyncio.run(svc.processor.handle(Inbound("m", 0, 2, b"SM2", small, [], None)))
+    assert list(svc.rows) == [b"SM2"]
+
+
+def test_bounded_rows_refuse_only_what_is_over_the_limit():
+    rows: dict[bytes, bytes] = {}
+    bounded = BoundedRows(rows, limit=10)
+    bounded[b"k"] = b"123456789"
+    with pytest.raises(RowTooLarge):
+        bounded[b"k"] = b"1234567890"
+    assert rows == {b"k": b"123456789"} and b"k" in bounded and len(bounded) == 1
+    del bounded[b"k"]
+    assert bounded.get(b"k") is None

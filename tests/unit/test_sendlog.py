@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from app import codec
 from app.flows import SWEEP_ROWS_PER_TURN, Inbound, Route
 from app.flows.sendlog import (
+    MAX_EVENT_BYTES,
+    MAX_LOG_ROW_BYTES,
     Newest,
     Query,
     QueryError,
@@ -267,3 +269,30 @@ def test_a_sweep_whose_cutoff_is_not_a_time_deletes_nothing():
     sweep = {"k": "x", "cutoff": "~"}  # sorts after every ISO time
     asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None)))
     assert b"a@x.example" in rows
+
+
+def test_a_receiver_sent_to_all_day_keeps_a_row_of_bounded_size_with_its_newest_sends():
+    rows: dict[bytes, bytes] = {}
+    log = SendLog(rows, Outbox(), Metrics(), scan_of(rows))
+    for n in range(600):
+        value = codec.dumps(
+            {
+                **event(n % 60, f"s{n:04d}"),
+                "at": f"2026-12-01T{n // 60:02d}:{n % 60:02d}:00.000Z",
+                "eventId": f"e{n}",
+                "error": "x" * 3000,
+            }
+        )
+        log.record(Inbound("events", 0, n, b"a@x.example", value, [], None))
+    raw = rows[b"a@x.example"]
+    assert len(raw) <= MAX_LOG_ROW_BYTES
+    kept = sorted(codec.loads(raw)["entries"])
+    assert kept[-1] == "s0599" and len(kept) > 20
+
+
+def test_an_event_over_its_bound_is_skipped():
+    rows: dict[bytes, bytes] = {}
+    log = SendLog(rows, Outbox(), Metrics(), scan_of(rows))
+    value = codec.dumps({**event(1, "s1"), "pad": "x" * MAX_EVENT_BYTES})
+    log.record(Inbound("events", 0, 1, b"a@x.example", value, [], None))
+    assert rows == {}
