@@ -598,7 +598,10 @@ async def test_pool_survives_a_crashed_child() -> None:
         await idle.wait()
         assert (await pool.validate(sms("y"), **VALIDATE))["body"] == "y"
         job = asyncio.ensure_future(pool.validate(slow, **VALIDATE))
-        await asyncio.sleep(0.5)
+        for _ in range(5000):  # the job's child, as soon as it has it (a fixed sleep raced it)
+            if pool._busy:
+                break
+            await asyncio.sleep(0.001)
         (busy,) = pool._busy
         os.kill(busy.proc.pid, signal.SIGKILL)  # dies during a job: that job fails, cleanly
         with pytest.raises(RenderCrashed, match="failed on this template"):
