@@ -230,6 +230,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
                 sms_allowed_countries=settings.sms_allowed_countries,
                 generate_in=settings.topic_generate_in,
                 validate_in=settings.topic_validate_in,
+                otp_commands=otp_commands_topic(settings),
             ),
             render_limits=render_limits,
             outbox=outbox,

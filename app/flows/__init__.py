@@ -21,7 +21,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from app import codec, records
@@ -128,12 +128,19 @@ class Inbound:
 class DeadLetters:
     """Copies records to the DLQ; never raises (see :meth:`send`)."""
 
-    def __init__(self, outbox: Outbox, metrics: Metrics) -> None:
+    def __init__(
+        self, outbox: Outbox, metrics: Metrics, coded_topics: frozenset[str] = frozenset()
+    ) -> None:
         self.outbox = outbox
         self.metrics = metrics
+        self.coded_topics = coded_topics
 
     async def send(self, record: Inbound, reason: str, category: str = "internal") -> None:
         """Copy the record as it came (key, value, every header) with why and from where.
+
+        Except a code: a record of ``coded_topics`` (validate requests, whose code the user
+        typed and may still be right) is copied with its ``otp`` masked, or, when it is not a
+        JSON object where the code could be found, as a stub; it stays on its own topic.
 
         A record too large to copy (or refused by the broker) becomes a stub that names its
         source and size, and if even that fails the loss is logged and counted. The caller's
@@ -144,6 +151,8 @@ class DeadLetters:
             ("x-dlq-reason", reason.encode()),
             ("x-dlq-source", record.source.encode()),
         ]
+        if record.topic in self.coded_topics:
+            record = replace(record, value=without_code(record))
         headers = [*record.headers, *marks]
         size = records.record_size(record.key, record.value, headers)
         copied = size <= PRODUCER_MAX_REQUEST_BYTES - DLQ_HEADROOM and await self._try(
@@ -169,6 +178,21 @@ class DeadLetters:
             log.warning("could not write %s to the DLQ (%s)", source, exc.__class__.__name__)
             return False
         return True
+
+
+def without_code(record: Inbound) -> bytes:
+    """``record``'s value with its ``otp`` (a request's, or a command's request's) masked."""
+    try:
+        value = codec.loads_object(record.value or b"")
+        request = value.get("r")
+        for fields in (value, request if isinstance(request, dict) else {}):
+            if "otp" in fields:
+                fields["otp"] = "***"
+        return codec.dumps(value)
+    except (ValueError, TypeError):  # not an object, or nested too deep to write again
+        size = len(record.value or b"")
+        why = "not a JSON object: it may hold a code, so it is not copied"
+        return codec.dumps({"dlqStub": True, "source": record.source, "size": size, "reason": why})
 
 
 def command_source(command: dict[str, Any]) -> str:

@@ -76,6 +76,7 @@ class OtpLimits:
     sms_allowed_countries: frozenset[str] | None = None
     generate_in: str = "generate-in"
     validate_in: str = "validate-in"
+    otp_commands: str = "otp-commands"
 
 
 class Replies:
@@ -760,7 +761,10 @@ class OtpFlows:
         undecodable: Undecodable,
     ) -> OtpFlows:
         replies = Replies(outbox, metrics, limits, clock)
-        dead_letters = DeadLetters(outbox, metrics)
+        # Validate requests carry the code the user typed; so do the commands made of them.
+        dead_letters = DeadLetters(
+            outbox, metrics, frozenset({limits.validate_in, limits.otp_commands})
+        )
         checks = GenerateChecks(templates, channels, limits, secret)
         events = Events(outbox, metrics, clock)
 

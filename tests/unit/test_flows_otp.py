@@ -583,3 +583,30 @@ def test_an_internal_command_that_is_not_ours_is_dead_lettered(svc: Service, hop
     run(handler.handle(svc.record(value, "hop", key=b"c1")))
     assert [s[0] for s in svc.outbox.sent] == [Route.DLQ]
     assert svc.otps == {} and svc.receiver_rows == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        # unanswerable: no reply can carry a processInstanceId this long
+        (codec.dumps({"processInstanceId": "p" * 201, "clientId": "c1", "otp": "709960"}), "***"),
+        (b'{"otp": "709960", "clientId": ', None),  # not JSON: withheld, not copied
+    ],
+)
+def test_a_dead_lettered_validate_request_never_carries_its_code(svc: Service, value, kept):
+    """The DLQ is kept long and read by people; the code in it may still be right."""
+    run(svc.flows.ingest_validate.handle(svc.record(value, "validate-in")))
+    [(_, _, copied, _)] = dead_letters(svc)
+    assert b"709960" not in copied
+    letter = codec.loads(copied)
+    if kept is None:
+        assert letter["dlqStub"] is True and letter["size"] == len(value)
+    else:
+        assert letter["otp"] == kept and letter["clientId"] == "c1"
+
+
+def test_a_validate_command_that_fails_is_dead_lettered_without_its_code(svc: Service):
+    command = {"k": "v", "r": {"client_id": "c1", "otp": "709960"}}  # no reply possible
+    run(svc.flows.processor.handle(svc.record(codec.dumps(command), "otp-commands", key=b"c1")))
+    [(_, _, copied, _)] = dead_letters(svc)
+    assert b"709960" not in copied and codec.loads(copied)["r"]["otp"] == "***"
