@@ -237,6 +237,7 @@ def json_body(schema: dict[str, Any], max_body_bytes: int) -> dict[str, Any]:
 
 def body_errors(lim: Limits) -> dict[int, str]:
     return {
+        408: "the body did not arrive within 10 s",
         413: f"body over {lim.max_body_bytes} bytes (API_MAX_BODY_BYTES)",
         415: "body is not declared application/json",
     }

@@ -660,9 +660,8 @@ def transfer_operations(lim: Limits) -> list[Operation]:
                 400: refused,
             },
             errors={
-                409: "a template was created meanwhile; send the document again",
                 **body_errors(lim),
-                503: BUSY,
+                503: f"{BUSY}; or the template store changed during the import: send it again",
             },
             parameters=(query("dryRun", FLAG, "true: only say what would be done"),),
             body=json_body(ref("ImportDocument"), lim.max_body_bytes),
