@@ -12,6 +12,7 @@ sending the same document again finishes it (those already written answer ``unch
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,11 @@ def document_templates(document: Any) -> list[Any]:
     return templates
 
 
+# Each template may spend the whole render budget before it is refused; a thousand such, in one
+# document, would hold both render children for minutes.
+IMPORT_CHECK_SECONDS = 20.0
+
+
 class TransferApi:
     def __init__(self, ctx: Context, templates: TemplateApi) -> None:
         self.templates = templates
@@ -90,7 +96,16 @@ class TransferApi:
         """Per template: (its result line, the validated template to write or None)."""
         out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + IMPORT_CHECK_SECONDS
         for i, raw in enumerate(templates):
+            if time.monotonic() > deadline:
+                message = (
+                    f"checking took over {IMPORT_CHECK_SECONDS:g} s, at templates[{i}] of "
+                    f"{len(templates)}; import the document in smaller parts"
+                )
+                raise ApiError(
+                    400, "document too slow to check", [{"field": "templates", "message": message}]
+                )
             line: dict[str, Any] = {
                 "name": raw.get("name") if isinstance(raw, dict) else None,
                 "language": raw.get("language") if isinstance(raw, dict) else None,

@@ -16,7 +16,7 @@ import app.main as main
 from app import codec
 from app.flows.receipts import twilio_signature
 from app.settings import Settings
-from web import http
+from web import http, template_io
 
 TWILIO_TOKEN = "x" * 20
 BASE_URL = "https://otp.example.com"
@@ -136,3 +136,21 @@ async def test_a_body_that_never_arrives_is_a_408(served: Any, monkeypatch: pyte
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
     assert b"did not arrive" in body
+
+
+async def test_an_import_too_slow_to_check_is_refused_naming_where_it_stopped(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(template_io, "IMPORT_CHECK_SECONDS", 0.0)
+    templates = [
+        {"name": f"t{n}", "language": "en", "channel": "SMS", "body": "x [(${otpValue})]"}
+        for n in range(3)
+    ]
+    response = await served.post(
+        "/api/templates/import?dryRun=true",
+        json={"templates": templates},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert response.status == 400
+    (detail,) = (await response.json())["details"]
+    assert detail["field"] == "templates" and "templates[0] of 3" in detail["message"]
