@@ -310,6 +310,9 @@ class NotifySender:
                 del self.rows[key]
             return
         req = NotifyRequest(**command["r"])
+        if not isinstance(req.receivers, list) or len(req.receivers) > self.limits.max_receivers:
+            # The ingest checked this; a command written by anyone else on the topic may not be.
+            raise ValueError(f"receivers: not a list of at most {self.limits.max_receivers}")
         digest = request_digest(command["r"])
         state = self.load(key)
         if state is None or (state.digest and state.digest != digest):
@@ -444,6 +447,7 @@ class NotifySender:
         """Every receiver checked for the channel (SMS numbers in E.164), or the first refusal:
         nothing is sent unless every address is usable, so the engine fixes one request."""
         out: list[str] = []
+        seen: set[str] = set()
         for i, receiver in enumerate(req.receivers):
             address = receiver
             if channel == "SMS":
@@ -456,7 +460,8 @@ class NotifySender:
                 refusal = self.channels[channel].check_recipient(address)
             if refusal is not None:
                 return f"receivers[{i}]: {refusal}"
-            if address not in out:
+            if address not in seen:
+                seen.add(address)
                 out.append(address)
         return out
 

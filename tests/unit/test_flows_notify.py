@@ -562,3 +562,16 @@ def test_logs_count_unreached_receivers_without_naming_them(
     with caplog.at_level("INFO"):
         run(svc.send({**WELCOME, "receivers": ["a@x.example", "bob.private@x.example"]}))
     assert "bob.private" not in caplog.text and "1 of 2 not reached" in caplog.text
+
+
+def test_a_command_with_more_receivers_than_a_request_may_have_sends_nothing(svc: Service):
+    """The ingest bounds receivers; a command written straight to the internal topic is bounded
+    again, so it cannot hold the loop checking 55,000 addresses against each other."""
+    assert run(svc.send(WELCOME))["error"] is None
+    command = codec.loads(svc.commands[-1].value)
+    command["r"]["receivers"] = [f"r{n}@example.com" for n in range(svc.limits.max_receivers + 1)]
+    sent = len(svc.mail.sent)
+    hop = Inbound("notify-commands", 0, 99, b"k99", codec.dumps(command), HEADERS, None)
+    reply = run(svc.play(hop))
+    assert len(svc.mail.sent) == sent
+    assert reply is None or reply["error"]
