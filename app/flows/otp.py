@@ -452,6 +452,8 @@ class OtpProcessor:
             await self.generate(call, GenerateRequest(**_command_request(command)))
         elif kind == VALIDATE:
             await self.validate(call, ValidateRequest(**_command_request(command)))
+        else:  # not ours: kept, not lost
+            await self.dead_letters.send(record, f"unknown command kind {str(kind)[:40]!r}")
 
     # -- generate -----------------------------------------------------------------------------
     async def generate(self, call: Call, req: GenerateRequest) -> None:

@@ -610,3 +610,9 @@ def test_a_validate_command_that_fails_is_dead_lettered_without_its_code(svc: Se
     run(svc.flows.processor.handle(svc.record(codec.dumps(command), "otp-commands", key=b"c1")))
     [(_, _, copied, _)] = dead_letters(svc)
     assert b"709960" not in copied and codec.loads(copied)["r"]["otp"] == "***"
+
+
+def test_a_command_of_an_unknown_kind_is_dead_lettered(svc: Service):
+    run(svc.flows.processor.handle(svc.record(b'{"k": "zz"}', "otp-commands", key=b"c1")))
+    [(_, _, _, headers)] = dead_letters(svc)
+    assert dict(headers)["x-dlq-reason"] == b"unknown command kind 'zz'"
