@@ -76,6 +76,9 @@ class ValidateRequest:
     channel: str
     otp: str
     transaction: Transaction | None = None
+    # What travels on otp-commands instead of the code: its digest (``app.core.otp.digest``),
+    # which only the HMAC key holder can check a guess against. ``otp`` is then empty.
+    otp_digest: str | None = None
 
     @property
     def key(self) -> str:

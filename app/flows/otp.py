@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from app import codec, records
@@ -269,6 +269,11 @@ class Ingest:
         except RequestError as exc:
             await self.refuse(record, exc)
             return
+        if isinstance(request, ValidateRequest):  # the code the user typed stays here
+            guess = otp.digest(
+                self.checks.secret, request.key, request.channel, request.otp, request.transaction
+            )
+            request = replace(request, otp="", otp_digest=guess)
         command = {
             "k": self.kind,
             # orjson writes a dataclass as asdict would, without its deep copy (20x faster).
@@ -613,6 +618,7 @@ class OtpProcessor:
             identifier=req.key,
             channel=req.channel,
             code=req.otp,
+            guess=req.otp_digest,
             now=self.clock(),
             source=call.source,
             transaction=req.transaction,

@@ -616,3 +616,29 @@ def test_a_command_of_an_unknown_kind_is_dead_lettered(svc: Service):
     run(svc.flows.processor.handle(svc.record(b'{"k": "zz"}', "otp-commands", key=b"c1")))
     [(_, _, _, headers)] = dead_letters(svc)
     assert dict(headers)["x-dlq-reason"] == b"unknown command kind 'zz'"
+
+
+def test_the_code_the_user_typed_does_not_travel_on_the_internal_topic(svc: Service):
+    """otp-commands is kept for the broker's retention and readable by whoever reads the
+    topic: a validate crosses it as the code's digest, which needs the HMAC key to check."""
+    run(svc.generate())
+    code = svc.last_code()
+    reply = run(svc.validate(code))
+    assert reply["otpValid"] is True
+    commands = [v for r, _, v, _ in svc.outbox.sent if r is Route.OTP_COMMANDS]
+    validate = codec.loads(commands[-1])
+    assert validate["k"] == "v" and code.encode() not in commands[-1]
+    assert validate["r"]["otp"] == "" and len(validate["r"]["otp_digest"]) == 64
+
+
+def test_a_validate_command_of_an_earlier_version_with_the_code_in_clear_still_validates(
+    svc: Service,
+):
+    """Commands written before an upgrade, still on the topic, carry the code itself."""
+    run(svc.generate())
+    code = svc.last_code()
+    request = {"process_instance_id": 8, "client_id": "c1", "channel": "MAIL", "otp": code}
+    command = {"k": "v", "r": request, "src": ["in", 0, 999], "ts": None}
+    run(svc.flows.processor.handle(svc.record(codec.dumps(command), "otp-commands", key=b"c1")))
+    (reply,) = svc.outbox.on(Route.VALIDATE_OUT)[-1:]
+    assert reply["otpValid"] is True
