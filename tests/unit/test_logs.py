@@ -196,18 +196,22 @@ def test_longer_secret_wins_over_one_it_contains():
 # --- formatters and the dictConfig -------------------------------------------------------
 
 
-Configure = Callable[[str, list[str]], io.StringIO]
+Configure = Callable[..., io.StringIO]
 
 
 @pytest.fixture
 def configure() -> Iterator[Configure]:
     """Applies ``logging_config`` for real (root handler and all), writing to a buffer."""
     root = logging.getLogger()
-    names = ("aiokafka", "faust", "mode", "aiokafka.cluster", "aiohttp.server")
+    names = ("aiokafka", "faust", "mode", "aiokafka.cluster", "aiohttp.server", "botocore")
+    names += ("aiobotocore", *PAYLOAD_LOGGERS)
     saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in names})
 
-    def apply(fmt: str, secrets: list[str]) -> io.StringIO:
-        logging.config.dictConfig(logging_config("INFO", fmt, secrets=secrets))
+    def apply(
+        fmt: str, secrets: list[str], level: str = "INFO", library_level: str = "WARNING"
+    ) -> io.StringIO:
+        config = logging_config(level, fmt, secrets=secrets, library_level=library_level)
+        logging.config.dictConfig(config)
         buffer = io.StringIO()
         handler = logging.getLogger().handlers[0]
         assert isinstance(handler, logging.StreamHandler)
@@ -474,31 +478,14 @@ def test_aiokafka_producer_logs_record_values_where_the_pin_holds_it():
     assert producer.log.name == "aiokafka.producer.producer"
 
 
-def test_a_produced_record_is_not_logged_even_at_debug(capsys: pytest.CaptureFixture[str]):
+def test_a_produced_record_is_not_logged_even_at_debug(configure: Configure):
     """Both levels at DEBUG, as an operator chasing a fault would set them."""
-    root = logging.getLogger()
-    names = ("aiokafka", "faust", "mode", "botocore", "aiobotocore", *PAYLOAD_LOGGERS)
-    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in names})
-    try:
-        logging.config.dictConfig(logging_config("DEBUG", "json", library_level="DEBUG"))
-        buffer = io.StringIO()
-        handler = root.handlers[0]
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(buffer)
-        logging.getLogger("aiokafka.producer.producer").debug(
-            "Sending (key=%s value=%s) to %s", b"1", b'{"body":"Your code is 482913"}', "sms"
-        )
-        logging.getLogger("botocore.auth").debug("Signature:\n%s", "5ec1e7")
-        logging.getLogger("aiokafka.consumer").debug("still at DEBUG")
-        out = buffer.getvalue()
-        assert "482913" not in out and "5ec1e7" not in out
-        assert "still at DEBUG" in out
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        handlers, level, levels = saved
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-        for name, lvl in levels.items():
-            logging.getLogger(name).setLevel(lvl)
+    buffer = configure("json", [], level="DEBUG", library_level="DEBUG")
+    logging.getLogger("aiokafka.producer.producer").debug(
+        "Sending (key=%s value=%s) to %s", b"1", b'{"body":"Your code is 482913"}', "sms"
+    )
+    logging.getLogger("botocore.auth").debug("Signature:\n%s", "5ec1e7")
+    logging.getLogger("aiokafka.consumer").debug("still at DEBUG")
+    out = buffer.getvalue()
+    assert "482913" not in out and "5ec1e7" not in out
+    assert "still at DEBUG" in out
