@@ -86,9 +86,14 @@ def apply(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any] |
     entry["last"] = event["at"]
     entries[entry_id] = entry
     if len(entries) > MAX_ENTRIES_PER_RECEIVER:
-        newest = sorted(entries.values(), key=lambda e: e["last"])[-MAX_ENTRIES_PER_RECEIVER:]
-        entries = {e["id"]: e for e in newest}
+        entries = _newest(entries, MAX_ENTRIES_PER_RECEIVER)
     return {"entries": entries}
+
+
+def _newest(entries: dict[str, Any], count: int) -> dict[str, Any]:
+    """The ``count`` entries touched last."""
+    newest = sorted(entries.values(), key=lambda e: e["last"])[-count:]
+    return {e["id"]: e for e in newest}
 
 
 def fit(row: dict[str, Any]) -> bytes:
@@ -97,8 +102,7 @@ def fit(row: dict[str, Any]) -> bytes:
     value = codec.dumps(row)
     entries = row["entries"]
     while len(value) > MAX_LOG_ROW_BYTES and len(entries) > 1:
-        newest = sorted(entries.values(), key=lambda e: e["last"])[len(entries) // 4 or 1 :]
-        entries = {e["id"]: e for e in newest}
+        entries = _newest(entries, len(entries) - (len(entries) // 4 or 1))
         value = codec.dumps({"entries": entries})
     return value
 
