@@ -27,6 +27,7 @@ from app.channels.kafka import KafkaForwarder
 from app.core.access import TokenRegistry
 from app.core.otp import OtpPolicy
 from app.core.render import RenderLimits
+from app.flows import DeadLetters
 from app.flows.events import Events
 from app.flows.notify import NotifyFlows, NotifyLimits
 from app.flows.otp import OtpFlows, OtpLimits
@@ -262,6 +263,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             table_scan(tables.messages),
             outbox,
             Events(outbox, metrics, time.time),
+            DeadLetters(outbox, metrics),
             settings.receipt_window_seconds,
             time.time,
         ),

@@ -112,8 +112,10 @@ class TwilioCallbacks:
                 send,
                 "the report could not be applied in time; retry",
             )
-            if result["status"] != 404:
+            if result["status"] == 204:
                 return web.Response(status=204)
+            if result["status"] != 404:
+                raise ApiError(503, "the report could not be applied; retry")
             if delay is not None:
                 await asyncio.sleep(delay)
         raise ApiError(404, "unknown MessageSid")

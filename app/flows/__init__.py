@@ -36,6 +36,9 @@ Rows = MutableMapping[bytes, bytes]
 # fit in one producer request, or the producer's error stops the whole worker, and the row,
 # already in RocksDB, would be written again, and fail again, at the next change of its key.
 MAX_ROW_BYTES = PRODUCER_MAX_REQUEST_BYTES - 64 * 1024
+# What a reply or a dead letter says of a failure the handler did not foresee (its detail is
+# in the log, where a secret it might carry is masked).
+INTERNAL_ERROR = "internal error while handling the request"
 
 
 class RowTooLarge(ValueError):

@@ -32,6 +32,7 @@ from app.channels.smtp import check_address
 from app.core import keys, receivers, render
 from app.core import templates as template_model
 from app.flows import (
+    INTERNAL_ERROR,
     BoundedRows,
     Clock,
     DeadLetters,
@@ -45,7 +46,7 @@ from app.flows import (
 )
 from app.flows import events as ev
 from app.flows.events import Events
-from app.flows.otp import INTERNAL_ERROR, Templates, Undecodable
+from app.flows.otp import Templates, Undecodable
 from app.flows.receipts import Receipts
 from app.logs import request_context
 from app.metrics import Metrics

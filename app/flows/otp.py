@@ -26,6 +26,7 @@ from app.core import templates as template_model
 from app.core.otp import OtpPolicy, OtpRecord, Outcome, RateLimited
 from app.core.receivers import ReceiverQuota
 from app.flows import (
+    INTERNAL_ERROR,
     BoundedRows,
     Clock,
     DeadLetters,
@@ -51,7 +52,6 @@ GENERATE, VALIDATE, EXPIRE = "g", "v", "x"
 # Operator commands from the HTTP API (web/otp.py), answered on the API results topic.
 STATUS, CANCEL = "s", "c"
 KIND_NAMES = {GENERATE: "generate", VALIDATE: "validate"}
-INTERNAL_ERROR = "internal error while handling the request"
 Undecodable = Callable[[str, int, int], "str | None"]
 
 

@@ -20,11 +20,22 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from app import codec
-from app.flows import BoundedRows, Clock, Inbound, Outbox, Route, Rows, Scan, expired_keys
+from app.flows import (
+    INTERNAL_ERROR,
+    BoundedRows,
+    Clock,
+    DeadLetters,
+    Inbound,
+    Outbox,
+    Route,
+    Rows,
+    Scan,
+    expired_keys,
+)
 from app.flows import events as ev
 from app.flows.events import Events
 
@@ -89,6 +100,27 @@ class Message:
         return cls(**data)
 
 
+def _message(data: object) -> Message:
+    """A registration's message, checked field by field: a row that ``Message`` could not read
+    back would fail every report on it."""
+    if not isinstance(data, dict):
+        raise Malformed("a registration needs its message as an object")
+    try:
+        message = Message.from_dict(data)
+    except TypeError:
+        raise Malformed("a registration's message has unknown or missing fields") from None
+    text = isinstance(message.provider, str) and isinstance(message.receiver, str)
+    if (
+        not text
+        or not isinstance(message.sent_at, int | float)
+        or isinstance(message.sent_at, bool)
+    ):
+        raise Malformed("a registration's provider, receiver or sent_at has the wrong type")
+    if not isinstance(message.context, dict) or not isinstance(message.statuses, list):
+        raise Malformed("a registration's context or statuses has the wrong type")
+    return replace(message, context=_context(message.context))
+
+
 class Receipts:
     """Registers sent messages the provider will report on; used by both flows."""
 
@@ -118,8 +150,17 @@ def update_command(request_id: str, status: str, error_code: str | None) -> byte
     return codec.dumps({"k": UPDATE, "id": request_id, "status": status, "errorCode": error_code})
 
 
+class Malformed(ValueError):
+    """A message command that is not one of ours; the reason names what is wrong."""
+
+
 class ReceiptProcessor:
-    """Owns the ``messages`` rows: registers messages, applies provider updates."""
+    """Owns the ``messages`` rows: registers messages, applies provider updates.
+
+    ``message-commands`` is written by the service, but by anyone else who can write to the
+    broker too: a command that is not one of ours is dead-lettered, never stored, so no row
+    exists that a later update of its key could not read.
+    """
 
     def __init__(
         self,
@@ -127,6 +168,7 @@ class ReceiptProcessor:
         scan: Scan,
         outbox: Outbox,
         events: Events,
+        dead_letters: DeadLetters,
         window_seconds: float,
         clock: Clock,
     ) -> None:
@@ -134,6 +176,7 @@ class ReceiptProcessor:
         self.scan = scan
         self.outbox = outbox
         self.events = events
+        self.dead_letters = dead_letters
         self.window_seconds = window_seconds
         self.clock = clock
 
@@ -142,22 +185,37 @@ class ReceiptProcessor:
         return Message.from_dict(codec.loads(raw)) if raw is not None else None
 
     async def handle(self, record: Inbound) -> None:
+        command: dict[str, Any] = {}
         try:
-            await self._handle(record, codec.loads_object(record.value or b""))
+            command = codec.loads_object(record.value or b"")
+            await self._handle(record, command)
+        except (codec.JSONDecodeError, Malformed) as exc:
+            await self.dead_letters.send(record, f"not a message command: {exc}", "malformed")
         except Exception:  # the stream must go on (app.flows.otp's module docstring)
             log.exception("unexpected failure applying %s", record.source)
+            await self.dead_letters.send(record, INTERNAL_ERROR)
+            if command.get("k") == UPDATE:  # the callback's view waits for its answer
+                await self.answer(command, 500)
 
     async def _handle(self, record: Inbound, command: dict[str, Any]) -> None:
         key, kind = record.key or b"", command.get("k")
         if kind == REGISTER:
+            message = _message(command.get("m"))
             if key not in self.rows:  # a redelivered registration keeps what arrived since
-                self.rows[key] = codec.dumps(command["m"])
+                self.rows[key] = codec.dumps(asdict(message))
         elif kind == UPDATE:
+            if (
+                not isinstance(command.get("id"), str)
+                or command.get("status") not in TWILIO_STATUSES
+            ):
+                raise Malformed("an update needs an id and a provider's status")
             await self.update(key, command, record.source)
         elif kind == EXPIRE:
             message = self.load(key)
             if message is not None and self.expired(message):
                 del self.rows[key]
+        else:
+            raise Malformed(f"unknown kind {str(kind)[:20]!r}")
 
     async def update(self, key: bytes, command: dict[str, Any], source: str) -> None:
         message = self.load(key)
@@ -179,6 +237,9 @@ class ReceiptProcessor:
                     status=reported,
                     error=f"{message.provider} error {code}" if code else None,
                 )
+        await self.answer(command, status)
+
+    async def answer(self, command: dict[str, Any], status: int) -> None:
         result = {"id": command.get("id", ""), "status": status, "body": None}
         await self.outbox.send(Route.TEMPLATE_RESULTS, None, codec.dumps(result), [])
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app import codec
-from app.flows import MAX_ROW_BYTES, BoundedRows, Inbound, Route, RowTooLarge
+from app.flows import MAX_ROW_BYTES, BoundedRows, DeadLetters, Inbound, Route, RowTooLarge
 from app.flows.events import Events
 from app.flows.receipts import (
     ReceiptProcessor,
@@ -65,9 +65,16 @@ class Service:
         self.rows: dict[bytes, bytes] = {}
         self.outbox = Outbox()
         self.clock = Clock()
-        events = Events(self.outbox, Metrics(), self.clock)
+        metrics = Metrics()
+        events = Events(self.outbox, metrics, self.clock)
         self.processor = ReceiptProcessor(
-            self.rows, scan_of(self.rows), self.outbox, events, 3600, self.clock
+            self.rows,
+            scan_of(self.rows),
+            self.outbox,
+            events,
+            DeadLetters(self.outbox, metrics),
+            3600,
+            self.clock,
         )
         self.receipts = Receipts(self.outbox, self.clock)
 
@@ -145,3 +152,66 @@ def test_bounded_rows_refuse_only_what_is_over_the_limit():
     assert rows == {b"k": b"123456789"} and b"k" in bounded and len(bounded) == 1
     del bounded[b"k"]
     assert bounded.get(b"k") is None
+
+
+def dead_letters(svc: Service) -> list[bytes]:
+    return [
+        reason
+        for *_, headers in svc.outbox.sent
+        for name, reason in headers
+        if name == "x-dlq-reason"
+    ]
+
+
+HOSTILE_COMMANDS = [
+    b"[]",
+    b"null",
+    b"\xff",
+    b'{"k":"zz"}',
+    b'{"k":"m"}',
+    b'{"k":"m","m":[1]}',
+    b'{"k":"m","m":{"provider":"twilio"}}',
+    b'{"k":"m","m":{"provider":"twilio","receiver":"+1","sent_at":"yesterday"}}',
+    b'{"k":"m","m":{"provider":"twilio","receiver":"+1","sent_at":1,"statuses":{}}}',
+    b'{"k":"m","m":{"provider":"twilio","receiver":"+1","sent_at":1,"extra":1}}',
+    b'{"k":"u","status":"sent"}',
+    b'{"k":"u","id":"r9","status":"made up"}',
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_COMMANDS)
+def test_commands_not_of_ours_are_dead_lettered_and_store_nothing(value):
+    """Anyone who can write to the broker can write to ``message-commands``: such a record is
+    copied to the DLQ with its reason, and no row is left that a later report could not read."""
+    svc = Service()
+    asyncio.run(svc.processor.handle(Inbound("m", 0, 1, SID.encode(), value, [], None)))
+    assert svc.rows == {}
+    [reason] = dead_letters(svc)
+    assert reason.startswith(b"not a message command: ")
+    assert svc.update("delivered")["status"] == 404  # the key still works
+
+
+def test_a_registered_context_keeps_only_the_event_fields():
+    """A context naming an event's own fields (``status``) would fail every report on it."""
+    svc = Service()
+    message = {"provider": "twilio", "receiver": "+1", "sent_at": 1.0, "context": {"status": 1}}
+    command = codec.dumps({"k": "m", "m": message})
+    asyncio.run(svc.processor.handle(Inbound("m", 0, 1, SID.encode(), command, [], None)))
+    assert svc.update("delivered")["status"] == 204
+    [event] = svc.outbox.on(Route.EVENTS)
+    assert event["status"] == "delivered"
+
+
+def test_an_update_that_fails_is_answered_and_dead_lettered():
+    """The callback's view waits for an answer: a failure applying the report answers it 500
+    (the view says 503, so Twilio retries) instead of leaving it to time out."""
+    svc = Service()
+    asyncio.run(svc.receipts.register("twilio", SID, "+40712345678", {}))
+    svc.play()
+
+    def broken(event_type: str, *args: Any, **fields: Any) -> None:
+        raise RuntimeError("the events topic is away")
+
+    svc.processor.events.emit = broken  # type: ignore[method-assign]
+    assert svc.update("delivered")["status"] == 500
+    assert dead_letters(svc) == [b"internal error while handling the request"]
