@@ -216,8 +216,8 @@ def callback_operations(lim: Limits) -> list[Operation]:
                 403: "missing or wrong X-Twilio-Signature",
                 404: "a MessageSid this service never sent",
                 413: f"body over {MAX_CALLBACK_BYTES} bytes",
-                503: "the service is still loading, or the report could not be applied in "
-                "time; retry",
+                503: "the service is still loading, or the report could not be applied (in "
+                "time); retry",
             },
             parameters=(signature,),
             body={
