@@ -57,7 +57,7 @@ async def served(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     async def answer(key: Any = None, value: Any = None, **_: Any) -> None:
         command = codec.loads(value)
         sent.append(command)
-        ctx.cache._deliver_result(codec.dumps({"id": command["id"], "status": 200}))
+        ctx.cache._deliver_result(codec.dumps({"id": command["id"], "status": 204}))
 
     ctx.topics.message_commands.send = answer
     client = TestClient(TestServer(app.web.web_app))
