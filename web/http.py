@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 from aiohttp import web
@@ -44,6 +45,30 @@ def authorize(request: web.Request, registry: TokenRegistry, enabled: bool) -> P
     return principal
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a browser (if one sent it) sent ``request`` from this service's own pages.
+
+    The console calls the API with a bearer header, which no other site's page can make a
+    browser send without CORS, and this service answers no CORS preflight. But a form on any
+    page can still POST to a body-less route (an OTP cancel, a publish), and with
+    ``NOTIFY_API_AUTH=disabled`` nothing else would stop it. Browsers say where a request
+    comes from (``Sec-Fetch-Site``, or ``Origin`` in older ones); other clients say nothing.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")  # "none": typed by the user, a bookmark
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        return urlsplit(origin).netloc == request.host  # "null" (a sandbox, a file) never is
+    except ValueError:  # "http://[::1": not an origin a browser writes
+        return False
+
+
 class Gate:
     """Every API view's first step: who is calling, may they do this, is the worker ready."""
 
@@ -63,6 +88,12 @@ class Gate:
         """The caller if it holds ``scope`` (403 naming the scope otherwise), once this worker's
         read model has caught up: before that, a read could miss a template and a command (a
         template write, an OTP cancel) its answer."""
+        if request.method not in SAFE_METHODS and not same_origin(request):
+            raise ApiError(
+                403,
+                "a page of another origin cannot change anything here",
+                [{"field": "Origin", "message": "must be this service's own, or absent"}],
+            )
         principal = self.who(request)
         if not principal.allows(scope):
             raise ApiError(

@@ -154,3 +154,54 @@ async def test_an_import_too_slow_to_check_is_refused_naming_where_it_stopped(
     assert response.status == 400
     (detail,) = (await response.json())["details"]
     assert detail["field"] == "templates" and "templates[0] of 3" in detail["message"]
+
+
+@pytest.fixture
+async def open_api(tmp_path: Any) -> AsyncIterator[TestClient]:
+    """The API with ``NOTIFY_API_AUTH=disabled``, where nothing but the origin check stops a
+    page of another site."""
+    settings = Settings.from_env(
+        {
+            "OTP_HMAC_SECRET": "s" * 32,
+            "NOTIFY_API_AUTH": "disabled",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "DATA_DIR": str(tmp_path),
+            "API_WRITE_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    client = TestClient(TestServer(main.create_app(settings).web.web_app))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://[::1"},
+    ],
+)
+async def test_a_page_of_another_origin_cannot_post(open_api: TestClient, headers: dict[str, str]):
+    """A cross-site form can POST to a body-less route without any CORS preflight."""
+    response = await open_api.post("/api/otp/alice/cancel", headers=headers)
+    assert response.status == 403
+    assert (await response.json())["details"] == [
+        {"field": "Origin", "message": "must be this service's own, or absent"}
+    ]
+
+
+async def test_the_services_own_pages_and_other_clients_pass_the_origin_check(
+    open_api: TestClient,
+):
+    host = f"{open_api.server.host}:{open_api.server.port}"
+    for headers in ({}, {"Sec-Fetch-Site": "same-origin"}, {"Origin": f"http://{host}"}):
+        response = await open_api.post("/api/otp/alice/cancel", headers=headers)
+        assert response.status == 503, headers  # past the gate: the read model is not ready
+    cross = {"Sec-Fetch-Site": "cross-site"}
+    assert (await open_api.get("/api/otp/alice", headers=cross)).status == 503  # reads are safe

@@ -27,6 +27,7 @@ ERROR = ref("Error")
 #: What every route behind the bearer token may answer besides its own statuses.
 UNAUTHENTICATED = "missing or wrong bearer token"
 FORBIDDEN = "the token lacks the scope this operation needs (the error names it)"
+FORBIDDEN_OR_CROSS_ORIGIN = f"{FORBIDDEN}, or a browser sent it from a page of another origin"
 LOADING = "the service is still loading, or its store did not answer in time; retry"
 #: The JSON values ``templates.or_default`` replaces by the default: null and the empty string.
 DEFAULTED = [None, ""]
@@ -177,7 +178,8 @@ class Operation:
         if self.scope is None:
             return {401: UNAUTHENTICATED}, None, ""
         needs = f"Needs a token with the `{self.scope}` scope (`admin` has every scope)."
-        return {401: UNAUTHENTICATED, 403: FORBIDDEN}, [{"bearer": [self.scope]}], needs
+        forbidden = FORBIDDEN if self.method in ("get", "head") else FORBIDDEN_OR_CROSS_ORIGIN
+        return {401: UNAUTHENTICATED, 403: forbidden}, [{"bearer": [self.scope]}], needs
 
     def to_dict(self) -> dict[str, Any]:
         auth_errors, security, needs = self._security()
