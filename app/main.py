@@ -37,7 +37,7 @@ from app.logs import logging_config
 from app.metrics import Metrics
 from app.offsets import OffsetLedger
 from app.render_pool import RenderPool
-from app.runtime import fetch
+from app.runtime import fetch, http
 from app.runtime.consumer import LedgerApp
 from app.runtime.store import table_scan
 from app.runtime.worker import Worker
@@ -133,6 +133,7 @@ def worker_class(shutdown_timeout: float) -> type:
 def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None) -> faust.App:
     """Build the Faust app for ``settings`` (already validated by ``Settings.from_env``)."""
     fetch.install()  # no record can stop a consumer of this process (see app.runtime.fetch)
+    http.install()  # a request aiohttp cannot parse is answered in JSON (app.runtime.http)
     app = LedgerApp(
         settings.app_id,
         # ledger://: Faust's aiokafka transport with our consumer (app.runtime.consumer).

@@ -33,7 +33,8 @@ BAD_REQUESTS = {
 
 
 def raw_request(port: int, header_line: str) -> int:
-    """Sends one request with ``header_line`` as it is; the status line's code."""
+    """Sends one request with ``header_line`` as it is; the status line's code (of a JSON
+    answer, as every error of the API is, even those aiohttp gives before any view runs)."""
     request = f"GET /api/template HTTP/1.1\r\nHost: x\r\n{header_line}\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request.encode("latin-1"))
@@ -45,6 +46,7 @@ def raw_request(port: int, header_line: str) -> int:
             answer += chunk
     status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
     assert status_line.startswith("HTTP/1."), answer[:200]
+    assert b"\r\nContent-Type: application/json" in answer, answer[:300]
     return int(status_line.split()[1])
 
 

@@ -8,6 +8,7 @@ import inspect
 
 import mode.worker
 import pytest
+from aiohttp import web_protocol
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher
 from aiokafka.record import default_records
@@ -55,6 +56,8 @@ HOOKS = [
     (faust_rocksdb.Store, "_decode_value"),
     (PartitionAssignor, "assigned_actives"),
     (Collection, "changelog_topic_name"),
+    # app/runtime/http.py
+    (web_protocol.RequestHandler, "handle_error"),
 ]
 INSTANCE_FIELDS = {
     "PartitionRecords.__init__": (

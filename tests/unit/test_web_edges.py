@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import app.main as main
 from app import codec
 from app.flows.receipts import twilio_signature
+from app.runtime import http as http_hooks
 from app.settings import Settings
 from web import http, template_io
 
@@ -205,3 +206,42 @@ async def test_the_services_own_pages_and_other_clients_pass_the_origin_check(
         assert response.status == 503, headers  # past the gate: the read model is not ready
     cross = {"Sec-Fetch-Site": "cross-site"}
     assert (await open_api.get("/api/otp/alice", headers=cross)).status == 503  # reads are safe
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        (b"Authorization: Bearer " + API_TOKEN.encode() + b"\x01", "Authorization", "Invalid"),
+        (b"Authorization Bearer " + API_TOKEN.encode(), "Authorization", "Invalid header token"),
+        (b"Content-Length: zz", "Content-Length", "Invalid character in Content-Length"),
+    ],
+)
+async def test_a_request_aiohttp_cannot_parse_is_answered_in_json_without_its_values(
+    served: Any, line: bytes, field: str, message: str
+):
+    reader, writer = await asyncio.open_connection(served.server.host, served.server.port)
+    writer.write(b"GET /api/template HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") or head.startswith(b"HTTP/1.0 400 ")
+    assert b"Content-Type: application/json" in head
+    error = codec.loads(body)
+    assert error["error"] == "malformed HTTP request"
+    [detail] = error["details"]
+    assert detail["field"] == field and detail["message"].startswith(message)
+    assert API_TOKEN.encode() not in answer
+
+
+def test_parser_details_name_the_header_and_quote_no_value():
+    quoted = "Invalid header value char:\n\n  b'X-Api-Key: sesame\\x01'\n           ^"
+    assert http_hooks.parser_detail(quoted) == {
+        "field": "X-Api-Key",
+        "message": "Invalid header value char",
+    }
+    assert http_hooks.parser_detail("Bad status line 'GET /?token=sesame'") == {
+        "field": "request",
+        "message": "Bad status line",
+    }
+    assert http_hooks.parser_detail(None) == {"field": "request", "message": "malformed"}
