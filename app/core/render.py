@@ -905,6 +905,8 @@ def _f_tojson(eval_ctx: Any, value: Any, indent: int | str | None = None) -> Mar
     """``json.dumps`` with ``indent`` is pure Python: bounded like the other slow filters."""
     budget = _current()
     step = len(indent) if isinstance(indent, str) else max(indent, 0) if indent else 0
+    if step > min(budget.cap, MAX_SLOW_TEXT):  # json writes ' ' * indent first, even for 7
+        raise budget.too_large()
     size = _size(value, budget.cap, budget, quoted=True, indent=step)
     if size > (budget.cap if indent is None else min(budget.cap, MAX_SLOW_TEXT)):
         raise budget.too_large()

@@ -125,6 +125,9 @@ LOOPS = "more than 100000 loop iterations"
         ("{{ range(1)|slice(1000000000)|list }}", "more than 100000 items"),
         ("{{ [1]|batch(1000000000, 'x')|list }}", "more than 100000 items"),
         ("{{ [1]|tojson(indent=1000000000) }}", SIZE),
+        # json builds the indent (a gigabyte of spaces) before it writes even a number
+        ("{{ 7|tojson(indent=1000000000) }}", SIZE),
+        ("{{ none|tojson(indent=1000000000) }}", SIZE),
         ("{{ range(1000)|list|tojson(indent=10000) }}", SIZE),
         ("{{ ('word ' * 200000)|wordwrap(1) }}", "at most 65536 characters"),
         ("{{ ('x' * 60000)|wordwrap(1) }}", "too slow"),
