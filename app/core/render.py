@@ -830,10 +830,12 @@ def _f_center(value: Any, width: int = 80) -> str:
 
 
 def _f_indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    step = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+    budget = _current()
+    budget.want(max(step, 0))  # Jinja builds ' ' * width first, whatever ``s`` turns out to be
     if isinstance(s, str):
-        step = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
         lines = sum(map(s.count, _LINE_BREAKS)) + 2
-        _current().want(len(s) + lines * max(step, 0))
+        budget.want(len(s) + lines * max(step, 0))
     return jinja_filters.do_indent(s, width, first, blank)
 
 

@@ -128,6 +128,7 @@ LOOPS = "more than 100000 loop iterations"
         # json builds the indent (a gigabyte of spaces) before it writes even a number
         ("{{ 7|tojson(indent=1000000000) }}", SIZE),
         ("{{ none|tojson(indent=1000000000) }}", SIZE),
+        ("{{ [1, 2]|indent(1000000000) }}", SIZE),  # so does indent, for a list too
         ("{{ range(1000)|list|tojson(indent=10000) }}", SIZE),
         ("{{ ('word ' * 200000)|wordwrap(1) }}", "at most 65536 characters"),
         ("{{ ('x' * 60000)|wordwrap(1) }}", "too slow"),
