@@ -402,6 +402,19 @@ def test_api_token_is_optional_once_the_api_auth_is_off():
     assert refs["OTP_HMAC_SECRET"]["optional"] is False
 
 
+def test_api_token_is_optional_with_a_tokens_file():
+    """The worker takes named tokens from a file alone (README, Access): a chart that still
+    required the single token would leave such pods in CreateContainerConfigError."""
+    objects = render(*sets("env.NOTIFY_API_TOKENS_FILE=/etc/faust-otp/tokens/tokens.json"))
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in worker(objects)["env"]
+        if "valueFrom" in e
+    }
+    assert refs["NOTIFY_API_TOKEN"]["optional"] is True
+    assert refs["OTP_HMAC_SECRET"]["optional"] is False
+
+
 @pytest.mark.parametrize("variable", sorted(SECRET_VARIABLES))
 def test_a_secret_in_plain_env_is_refused(variable: str):
     assert f"env.{variable} is a secret" in render_error(*sets(f"env.{variable}=leaked"))
