@@ -431,7 +431,8 @@ class Settings:
         "API_WRITE_TIMEOUT_SECONDS",
         "10",
         _float(0.5, 120),
-        "how long a template write waits for its agent",
+        "how long an API call that goes through Kafka (a template write, an OTP status or "
+        "cancel, a send log query, a Twilio callback) waits for its answer",
     )
     template_default_language: str = setting(
         "TEMPLATE_DEFAULT_LANGUAGE",
@@ -748,8 +749,8 @@ class Settings:
         "KAFKA_TOPIC_NOTIFICATION_EXTERNAL_OUT",
         "ai.flowx.plugin.notification.external.out.v1",
         _topic,
-        "topic SMS are forwarded to with `SMS_PROVIDER=kafka` (FlowX documents the variable, "
-        "not a default)",
+        "topic SMS are forwarded to with `SMS_PROVIDER=kafka`, and notifications whose "
+        "template has `forwardOnKafka` (FlowX documents the variable, not a default)",
         option=("kafka", "topic"),
     )
     push_provider: str | None = setting(
