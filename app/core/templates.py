@@ -18,7 +18,9 @@ from app.core import render
 
 TYPES = ("MAIL", "SMS", "PUSH")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*")
+# At most four subtags (``zh-Hant-TW`` has two, 39 characters in all): a language is part of a
+# template's URL (``?language=``), and an unbounded one made a template no URL could reach.
+LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,4}")
 PARAM_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 SERVER_FIELDS = ("version", "createdAt", "updatedAt")
 MAX_SUBJECT_CHARS = 998  # RFC 5322 line length

@@ -179,8 +179,14 @@ def test_other_scalar_fields() -> None:
     assert check(sms(language=...))[0]["language"] == "en"
     assert check(sms(language="pt-BR"))[0]["language"] == "pt-BR"
     assert check_language("ro") == "ro"
+    assert check_language("zh-Hant-TW") == "zh-Hant-TW"
     with pytest.raises(TemplateInvalid):
         check_language("r")
+    # A language is part of the template's URL: one longer than a request line could hold was
+    # stored, and never again reached by GET, PUT or DELETE.
+    assert fields(sms(language="en" + "-abcdefgh" * 1000)) == ["language"]
+    with pytest.raises(TemplateInvalid):
+        check_language("en-aa-bb-cc-dd-ee")
 
 
 def nested(depth: int) -> Any:
