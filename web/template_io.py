@@ -70,6 +70,13 @@ def document_templates(document: Any) -> list[Any]:
 IMPORT_CHECK_SECONDS = 20.0
 
 
+def _echoed(raw: Any, field: str) -> str | None:
+    """A template's own name or language for its result line, when it is text: anything else
+    (a list nested 300 deep) could not even be written back in the answer."""
+    value = raw.get(field) if isinstance(raw, dict) else None
+    return value[:200] if isinstance(value, str) else None
+
+
 class TransferApi:
     def __init__(self, ctx: Context, templates: TemplateApi) -> None:
         self.templates = templates
@@ -106,10 +113,7 @@ class TransferApi:
                 raise ApiError(
                     400, "document too slow to check", [{"field": "templates", "message": message}]
                 )
-            line: dict[str, Any] = {
-                "name": raw.get("name") if isinstance(raw, dict) else None,
-                "language": raw.get("language") if isinstance(raw, dict) else None,
-            }
+            line = {"name": _echoed(raw, "name"), "language": _echoed(raw, "language")}
             try:
                 template = await self.templates.validated(raw, f"templates[{i}].")
             except ApiError as exc:
