@@ -62,6 +62,17 @@ def _routed_methods(request: web.Request) -> list[str]:
     return [route.method for route in resource] if resource is not None else []
 
 
+def _api_error(request: web.Request, exc: ApiError) -> web.Response:
+    answer = error_response(exc.status, exc.error, exc.details)
+    if request.content.exception() is not None:
+        # A body that failed to decode cannot be read on, nor skipped: aiohttp's read of the
+        # rest (before the next request) would fail again, logged as unhandled. Its end is the
+        # end of this connection.
+        request.content.feed_eof()
+        answer.force_close()
+    return answer
+
+
 def error_middleware(
     max_body_bytes: int,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -73,7 +84,7 @@ def error_middleware(
         try:
             response = await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.error, exc.details)
+            return _api_error(request, exc)
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, f"request body is over the {max_body_bytes}-byte limit")
         except web.HTTPMethodNotAllowed as exc:  # aiohttp's: no route for this method

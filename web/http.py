@@ -135,11 +135,17 @@ BODY_READ_SECONDS = 10.0
 
 
 async def within_read_deadline(read: Awaitable[T]) -> T:
-    """``read`` (of a request body), or 408 once ``BODY_READ_SECONDS`` have passed."""
+    """``read`` (of a request body), or 408 once ``BODY_READ_SECONDS`` have passed; 400 for
+    a body that does not decode as its ``Content-Encoding`` says, or that stops mid-way."""
     try:
         return await asyncio.wait_for(read, timeout=BODY_READ_SECONDS)
     except TimeoutError:
         raise ApiError(408, f"request body did not arrive within {BODY_READ_SECONDS:g} s") from None
+    except web.RequestPayloadError:
+        detail = {"field": "Content-Encoding", "message": "the body does not decode as declared"}
+        raise ApiError(400, "request body is malformed", [detail]) from None
+    except ConnectionResetError:  # the client left: nobody reads the answer, nothing to log
+        raise ApiError(400, "request body was cut off") from None
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:

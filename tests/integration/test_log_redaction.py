@@ -1,9 +1,10 @@
 """No credential in a worker's log, whoever logs it: a real worker, raw bad requests.
 
-aiohttp's server logger writes the bytes of a header line its parser refuses into the
-traceback of an ERROR record ("Invalid header value char: b'Authorization: Bearer <token>\\x00'").
-The test sends such requests over a raw socket (an HTTP client would refuse to), then reads
-the whole log: the record must be there, the token must not.
+aiohttp's server logger wrote the bytes of a header line its parser refuses into the traceback
+of an ERROR record ("Invalid header value char: b'Authorization: Bearer <token>\\x00'"); the
+worker now answers and logs such a request itself (``app.runtime.http``), naming the header
+and never quoting it. The test sends such requests over a raw socket (an HTTP client would
+refuse to), then reads the whole log: a record of each must be there, the token must not.
 """
 
 from __future__ import annotations
@@ -75,15 +76,15 @@ async def test_bad_requests_leave_no_token_in_the_log(
         worker.stop()
 
     log = worker.log_path.read_text(errors="replace")
-    # Evidence that aiohttp did log each refused request, so this proves redaction, not silence.
-    assert log.count("Error handling request from 127.0.0.1") >= len(BAD_REQUESTS), log[-3000:]
-    for evidence in ("aiohttp.server", "Invalid header value char", "Invalid header token"):
+    # Evidence that each refused request was logged, so this proves it is told, not silence.
+    refused = "refused a malformed HTTP request from 127.0.0.1"
+    assert log.count(refused) >= len(BAD_REQUESTS), log[-3000:]
+    for evidence in ("Invalid header value char", "Got more than 8190 bytes", "(Authorization)"):
         assert evidence in log, evidence
-    assert "LineTooLong" in log and "Authorization: ***" in log
     if log_format == "json":
         records = [codec.loads(line) for line in log.splitlines() if line.startswith("{")]
-        errors = [r for r in records if r["logger"] == "aiohttp.server"]
-        assert len(errors) >= len(BAD_REQUESTS) and all("exception" in r for r in errors)
+        errors = [r for r in records if r["logger"] == "app.runtime.http"]
+        assert len(errors) >= len(BAD_REQUESTS) and all(r["level"] == "WARNING" for r in errors)
         # The same check on the decoded fields: JSON escapes would hide a \x00 from the above.
         log += "\n".join(str(value) for r in records for value in r.values())
     assert not leaks(log), leaks(log)

@@ -22,6 +22,8 @@ from web import http, template_io
 TWILIO_TOKEN = "x" * 20
 BASE_URL = "https://otp.example.com"
 API_TOKEN = "t" * 20
+# Not configured anywhere: a token of a tokens file, which the worker knows only by its digest.
+SCOPED_TOKEN = "r" * 24
 PARAMS = [
     ("MessageSid", "SM" + "a" * 32),
     ("MessageStatus", "delivered"),
@@ -157,6 +159,24 @@ async def test_an_import_too_slow_to_check_is_refused_naming_where_it_stopped(
     assert detail["field"] == "templates" and "templates[0] of 3" in detail["message"]
 
 
+async def test_an_import_of_names_no_json_writer_could_echo_is_answered(served: Any):
+    """Each template's result line names it; a name nested 300 deep used to fail the answer."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    response = await served.post(
+        "/api/templates/import?dryRun=true",
+        json={"templates": [{"name": deep, "language": "en"}, {"name": "ok", "language": deep}]},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert response.status == 200
+    lines = (await response.json())["results"]
+    assert [(line["name"], line["language"], line["action"]) for line in lines] == [
+        (None, "en", "refused"),
+        ("ok", None, "refused"),
+    ]
+
+
 @pytest.fixture
 async def open_api(tmp_path: Any) -> AsyncIterator[TestClient]:
     """The API with ``NOTIFY_API_AUTH=disabled``, where nothing but the origin check stops a
@@ -212,12 +232,14 @@ async def test_the_services_own_pages_and_other_clients_pass_the_origin_check(
     ("line", "field", "message"),
     [
         (b"Authorization: Bearer " + API_TOKEN.encode() + b"\x01", "Authorization", "Invalid"),
-        (b"Authorization Bearer " + API_TOKEN.encode(), "Authorization", "Invalid header token"),
+        (b"Authorization Bearer " + API_TOKEN.encode(), "request", "Invalid header token"),
         (b"Content-Length: zz", "Content-Length", "Invalid character in Content-Length"),
+        # aiohttp quotes an over-long value without its header's name
+        (b"Authorization: " + SCOPED_TOKEN.encode() + b" " + b"A" * 9000, "request", "Got more"),
     ],
 )
 async def test_a_request_aiohttp_cannot_parse_is_answered_in_json_without_its_values(
-    served: Any, line: bytes, field: str, message: str
+    served: Any, line: bytes, field: str, message: str, caplog: pytest.LogCaptureFixture
 ):
     reader, writer = await asyncio.open_connection(served.server.host, served.server.port)
     writer.write(b"GET /api/template HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
@@ -231,7 +253,36 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_in_json_without_its_va
     assert error["error"] == "malformed HTTP request"
     [detail] = error["details"]
     assert detail["field"] == field and detail["message"].startswith(message)
-    assert API_TOKEN.encode() not in answer
+    assert API_TOKEN.encode() not in answer and SCOPED_TOKEN.encode() not in answer
+    # A token from a tokens file is known to the worker only by its digest, so no redaction
+    # could find it in a quoted line: the log says what the answer says, and quotes nothing.
+    logged = "\n".join(caplog.text.splitlines())
+    assert "refused a malformed HTTP request" in logged
+    assert API_TOKEN not in logged and SCOPED_TOKEN not in logged and "AAAAAAAA" not in logged
+
+
+async def test_a_body_that_does_not_decode_as_declared_is_a_400(
+    served: Any, caplog: pytest.LogCaptureFixture
+):
+    headers = {"Content-Encoding": "gzip", **_signed()[1]}
+    response = await served.post("/api/callbacks/twilio", data=b"xxxxx", headers=headers)
+    assert response.status == 400
+    assert (await response.json())["details"][0]["field"] == "Content-Encoding"
+    headers = {"Content-Encoding": "deflate", "Content-Type": "application/json"}
+    headers["Authorization"] = f"Bearer {API_TOKEN}"
+    response = await served.post("/api/preview", data=b"xxxxx", headers=headers)
+    assert response.status == 400
+    assert (await response.json())["details"][0]["field"] == "Content-Encoding"
+    assert "Unhandled exception" not in caplog.text  # aiohttp read the rest of it, and failed
+
+
+async def test_an_expectation_other_than_100_continue_is_a_json_417(served: Any):
+    headers = {"Expect": "200-ok", "Authorization": f"Bearer {API_TOKEN}"}
+    response = await served.post("/api/template", json={}, headers=headers)
+    assert response.status == 417 and response.content_type == "application/json"
+    assert (await response.json())["details"] == [
+        {"field": "Expect", "message": "only 100-continue is understood"}
+    ]
 
 
 def test_parser_details_name_the_header_and_quote_no_value():
@@ -245,3 +296,11 @@ def test_parser_details_name_the_header_and_quote_no_value():
         "message": "Bad status line",
     }
     assert http_hooks.parser_detail(None) == {"field": "request", "message": "malformed"}
+    assert http_hooks.parser_detail("Got more than 8190 bytes when reading: b'tok AAA'.") == {
+        "field": "request",
+        "message": "Got more than 8190 bytes when reading",
+    }
+    assert http_hooks.parser_detail("Transfer-Encoding can't be present with Content-Length") == {
+        "field": "request",
+        "message": "Transfer-Encoding can't be present with Content-Length",
+    }
