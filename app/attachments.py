@@ -52,7 +52,13 @@ CHUNK_BYTES = LINE_BYTES * 1024
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
 # A type/subtype with optional parameters, printable ASCII only: the stored type goes into a
 # MIME header, and whoever uploaded the object chose it.
-_MIME_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;[ -~]*)?")
+# (``[ -~]``, never ``\s``, which takes CR, LF and U+2028 too.) A container type (``multipart``,
+# ``message``) would make the part's body parsed as structure of the mail, so it is not taken.
+_MIME_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?: *;[ -~]*)?")
+_CONTAINER_TYPES = ("multipart/", "message/")
+# Bucket names botocore sends to another host, named after the bucket, even path-style:
+# S3 Express directory buckets (a CreateSession first) and Object Lambda access points.
+_ROUTED_SUFFIXES = ("--x-s3", "--ol-s3")
 _GENERIC_TYPES = frozenset({"binary/octet-stream", "application/octet-stream"})
 _FALLBACK_TYPE = "application/octet-stream"
 # mimetypes reports ``x.tar.gz`` as (application/x-tar, gzip): the file *is* gzip data.
@@ -114,6 +120,8 @@ def split_path(path: str, bucket_prefix: str = "") -> tuple[str, str]:
     full = bucket_prefix + bucket
     if not _BUCKET.fullmatch(full) or not full.strip("."):
         raise ValueError("bucket must be letters, digits, '.', '-' or '_' (at most 255)")
+    if full.lower().endswith(_ROUTED_SUFFIXES):
+        raise ValueError("bucket must be a general purpose bucket (no --x-s3 or --ol-s3)")
     if any(part in (".", "..") for part in key.split("/")):
         raise ValueError("key must not contain '.' or '..' segments")
     if len(key.encode("utf-8", "surrogatepass")) > 1024:
@@ -130,7 +138,8 @@ def content_type(filename: str, stored: str | None) -> str:
     if stored:
         stored = stored.strip()
         base = stored.partition(";")[0].strip().lower()
-        if base not in _GENERIC_TYPES and len(stored) <= 200 and _MIME_TYPE.fullmatch(stored):
+        taken = base not in _GENERIC_TYPES and not base.startswith(_CONTAINER_TYPES)
+        if taken and len(stored) <= 200 and _MIME_TYPE.fullmatch(stored):
             return stored
     guessed, encoding = _TYPES.guess_type(filename, strict=False)
     if encoding:

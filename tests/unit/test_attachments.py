@@ -63,6 +63,10 @@ def test_split_path_checks_the_prefixed_bucket():
         split_path("docs/key", "bad prefix/")
     with pytest.raises(ValueError):
         split_path("../key", ".")
+    # botocore would send these to a host named after the bucket, even with path-style URLs
+    for routed in ("tenantx--use1-az1--x-s3/contract.pdf", "ap--ol-s3/k", "a--X-S3/k"):
+        with pytest.raises(ValueError, match="general purpose"):
+            split_path(routed)
 
 
 @given(st.text(), st.sampled_from(["", "qdev-", "x."]))
@@ -110,13 +114,23 @@ def test_split_path_accepts_ordinary_paths(bucket: str, segments: list[str]):
         ("contract.pdf", "text/html\r\nBcc: x@example.com", "application/pdf"),
         ("contract.pdf", "not a type", "application/pdf"),
         ("contract.pdf", 'text/plain; name="é"', "application/pdf"),
+        # Python's \s takes these too: a blank line ended the part's header, the rest its body.
+        ("contract.pdf", "text/html\r\n\r\n;<script>x</script>", "application/pdf"),
+        ("contract.pdf", "text/html\u2028;x", "application/pdf"),
+        ("contract.pdf", "text/csv\t; a=b", "application/pdf"),
+        # A container type would make the attachment's bytes part of the mail's structure.
+        ("contract.pdf", "multipart/mixed; boundary=x", "application/pdf"),
+        ("contract.pdf", "Message/RFC822", "application/pdf"),
     ],
 )
 def test_content_type(filename: str, stored: str | None, expected: str):
     assert content_type(filename, stored) == expected
 
 
-@given(st.text(max_size=60), st.one_of(st.none(), st.text(max_size=60)))
+@given(
+    st.text(max_size=60),
+    st.one_of(st.none(), st.text(max_size=60), st.from_regex(r"[a-z]+/[a-z]+\s*;.*")),
+)
 def test_content_type_is_always_one_header_safe_value(filename: str, stored: str | None):
     value = content_type(filename, stored)
     assert "/" in value and value.isascii() and value.isprintable()
