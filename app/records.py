@@ -448,25 +448,27 @@ def _attachments(data: dict[str, Any], pid: Any) -> list[dict[str, str]] | None:
         raise RequestError("attachments", "must be a list of {filename, path} objects", pid)
     if len(value) > MAX_ATTACHMENTS:
         raise RequestError("attachments", f"has more than {MAX_ATTACHMENTS} entries", pid)
-    out = []
-    for i, item in enumerate(value):
-        field = f"attachments[{i}]"
-        if not isinstance(item, dict):
-            raise RequestError(field, "must be an object {filename, path}", pid)
-        filename, path = item.get("filename"), item.get("path")
-        if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
-            raise RequestError(f"{field}.filename", "is required (at most 255 characters)", pid)
-        if _FILENAME_FORBIDDEN & set(filename) or not filename.isprintable():
-            raise RequestError(
-                f"{field}.filename", 'must not contain / \\ " or control characters', pid
-            )
-        if len(encode_rfc2231(filename.strip(), "utf-8")) > MAX_ENCODED_FILENAME:
-            # A mail header line may not exceed 998 characters (RFC 5322), encoded.
-            raise RequestError(f"{field}.filename", "is too long once encoded for a mail", pid)
-        if not isinstance(path, str) or not path.strip() or len(path) > 1024:
-            raise RequestError(f"{field}.path", "is required: <bucket>/<key>", pid)
-        out.append({"filename": filename.strip(), "path": path.strip()})
-    return out
+    return [_attachment(item, f"attachments[{i}]", pid) for i, item in enumerate(value)]
+
+
+def _attachment(item: Any, field: str, pid: Any) -> dict[str, str]:
+    if not isinstance(item, dict):
+        raise RequestError(field, "must be an object {filename, path}", pid)
+    filename, path = item.get("filename"), item.get("path")
+    if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
+        raise RequestError(f"{field}.filename", "is required (at most 255 characters)", pid)
+    if _FILENAME_FORBIDDEN & set(filename) or not filename.isprintable():
+        raise RequestError(
+            f"{field}.filename", 'must not contain / \\ " or control characters', pid
+        )
+    if len(encode_rfc2231(filename.strip(), "utf-8")) > MAX_ENCODED_FILENAME:
+        # A mail header line may not exceed 998 characters (RFC 5322), encoded.
+        raise RequestError(f"{field}.filename", "is too long once encoded for a mail", pid)
+    if not isinstance(path, str) or not path.strip() or len(path) > 1024:
+        raise RequestError(f"{field}.path", "is required: <bucket>/<key>", pid)
+    if not path.isprintable():  # no key needs them; log lines and the reply would carry them
+        raise RequestError(f"{field}.path", "must not contain control characters", pid)
+    return {"filename": filename.strip(), "path": path.strip()}
 
 
 def _optional_string(data: dict[str, Any], field: str, pid: Any, max_len: int) -> str | None:

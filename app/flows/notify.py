@@ -604,7 +604,8 @@ class NotifySender:
             try:
                 attachment = await self.store.fetch(item["filename"], item["path"], budget)
             except AttachmentError as exc:
-                return f"attachments: {exc.filename} ({exc.path}): {exc.reason}"
+                path = exc.path if exc.path.isprintable() else repr(exc.path)  # internal topic
+                return f"attachments: {exc.filename} ({path}): {exc.reason}"
             budget -= attachment.size
             fetched.append(attachment)
         return tuple(fetched)

@@ -432,6 +432,11 @@ def test_sms_receivers_are_normalized_and_countries_checked():
             {**WELCOME, "attachments": [{"filename": "a/b", "path": "x/y"}]},
             "attachments[0].filename",
         ),
+        (
+            # a forged log line (text logs) and a forged reply line otherwise
+            {**WELCOME, "attachments": [{"filename": "a", "path": "x/y\r\n[INFO] login ok"}]},
+            "attachments[0].path: must not contain control characters",
+        ),
         ({**WELCOME, "attachments": {"filename": "a"}}, "attachments: must be a list"),
         ({**WELCOME, "identifier": {"a": 1}}, "identifier: must be a string or a number"),
     ],
