@@ -122,10 +122,14 @@ class State:
 
 
 def sender_refusal(email: str, allowlist: tuple[str, ...]) -> str | None:
-    """Why ``email`` may not be a notification's sender: it would impersonate someone."""
-    address = email.strip().lower()
-    if check_address(address) is not None:
+    """Why ``email`` may not be a notification's sender: it would impersonate someone.
+
+    The address checked is the one the mail will carry, as it is: a check of a normalised copy
+    passed ``ok@bank.example\r\n\r\n`` (which ended the mail's header) and ``o\u212a@...``
+    (the Kelvin sign, which lowers to ``k``). Only the allowlist lookup ignores case."""
+    if check_address(email) is not None:
         return "senderEmail: must be one e-mail address (user@domain)"
+    address = email.lower()
     domain = "@" + address.rpartition("@")[2]
     if address in allowlist or domain in allowlist:
         return None
@@ -472,6 +476,8 @@ class NotifySender:
         if req.attachments and self.store is None:
             names = ", ".join(a["filename"] for a in req.attachments)
             return f"attachments: no file store is configured, cannot attach {names}"
+        if channel == "MAIL" and req.sender_name and not req.sender_name.isprintable():
+            return "senderName: must be a one-line string"  # the ingest's rule, for commands
         if channel == "MAIL" and req.sender_email:
             return sender_refusal(req.sender_email, self.limits.sender_allowlist)
         return None

@@ -340,6 +340,25 @@ def test_a_forwarded_template_is_published_not_sent(svc: Service):
 # -- refusals --------------------------------------------------------------------------------
 
 
+def test_the_sender_checked_is_the_sender_sent(svc: Service):
+    """Only the allowlist lookup ignores case: a check of a stripped, lowered copy let through
+    a sender whose line breaks ended the mail's header, and one the mail could not encode."""
+    kelvin = run(svc.send({**WELCOME, "senderEmail": "o\u212a@bank.example"}))
+    assert kelvin["error"] == "senderEmail: must be one e-mail address (user@domain)"
+    run(svc.send(WELCOME))
+    for field, value, error in [
+        ("sender_email", "ok@bank.example\r\n\r\n", "senderEmail: must be one e-mail"),
+        ("sender_name", "Desk\x00", "senderName: must be a one-line string"),
+    ]:
+        command = codec.loads(svc.commands[-1].value or b"")
+        command["r"] = {**command["r"], "sender_email": "desk@bank.example", field: value}
+        svc.offset += 1
+        forged = Inbound("notify-commands", 0, svc.offset, b"forged", codec.dumps(command), [])
+        reply = run(svc.play(forged))
+        assert reply["error"].startswith(error), reply["error"]
+    assert len(svc.mail.sent) == 1  # the genuine one
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
