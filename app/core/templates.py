@@ -23,7 +23,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,4}")
 PARAM_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 SERVER_FIELDS = ("version", "createdAt", "updatedAt")
-MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
+MAX_SUBJECT_CHARS = render.MAX_SUBJECT_CHARS  # RFC 5322 line length
 MAX_PARAMS = 100
 # ``context`` is free-form JSON stored as sent; bound its nesting so that every encoder on the
 # way (Faust's and ours, orjson: at most 254 levels) can serialize it: deeper was a 500.
