@@ -17,13 +17,28 @@ from email.header import Header
 from email.utils import encode_rfc2231, formataddr, formatdate, make_msgid
 from typing import Protocol
 
+# "From: " and CRLF leave this much of the 998 a header line may take.
+MAX_FROM_CHARS = 990
+
 
 def _header(value: str) -> str:
     """RFC 2047-encode non-ASCII text and fold long lines; never lets CR/LF through."""
     value = " ".join(value.split())
     if value.isascii() and len(value) < 900:
         return value
-    return Header(value, "utf-8", maxlinelen=76).encode()
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+def _mailbox(name: str, address: str) -> str:
+    """``Name <address>``, the name quoted or encoded as RFC 5322 and 2047 need, and cut (with
+    "…") until the line fits in 998 bytes: 200 emoji made a From line of 1,104. (One encoded
+    word, not folded ones: parsers disagree on the space between words of a display name.)"""
+    name = " ".join(name.split())
+    line = formataddr((name, address), charset="utf-8")
+    while len(line) > MAX_FROM_CHARS and name:
+        name = name[: len(name) * 3 // 4 - 1].rstrip() + "\u2026"
+        line = formataddr((name, address), charset="utf-8")
+    return line
 
 
 def _part(content_type: str, text: str) -> bytes:
@@ -88,7 +103,7 @@ def build_mail(
         else make_msgid(domain=message_id_domain)
     )
     headers = (
-        f"From: {formataddr((' '.join(from_name.split()), from_email), charset='utf-8')}\r\n"
+        f"From: {_mailbox(from_name, from_email)}\r\n"
         f"To: {to}\r\n"
         f"Subject: {_header(subject or '')}\r\n"
         f"Date: {formatdate(localtime=False)}\r\n"

@@ -85,3 +85,22 @@ def test_round_trip_any_text(subject, body, name):
     plain = msg.get_body(preferencelist=("plain",)).get_payload(decode=True).decode("utf-8")
     assert html == body and plain == body
     assert len(msg["To"].addresses) == 1
+
+
+def test_every_header_line_fits_in_998_bytes_whatever_the_names():
+    """200 emoji as a sender's name made one From line of 1,104 bytes, which servers refuse."""
+    raw = build_mail(
+        from_name="\U0001f600" * 200,
+        from_email="desk@example.com",
+        to="u@example.com",
+        subject="\U0001f600" * 998,
+        html=None,
+        text="x",
+        message_id_domain="example.com",
+    )
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert max(map(len, head.split(b"\r\n"))) <= 998
+    assert b"\n" not in head.replace(b"\r\n", b"")  # folded with CRLF, never a bare LF
+    sender = parse(raw)["From"].addresses[0]
+    assert sender.addr_spec == "desk@example.com"
+    assert sender.display_name.startswith("\U0001f600") and sender.display_name.endswith("\u2026")
