@@ -85,6 +85,15 @@ def worker(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return container
 
 
+def secret_refs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The workers' variables read from a Secret, each with its ``secretKeyRef``."""
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in worker(objects)["env"]
+        if "valueFrom" in e
+    }
+
+
 def plain_env(objects: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in worker(objects)["env"] if "value" in e}
 
@@ -361,11 +370,7 @@ def test_every_secret_setting_comes_from_the_secret(rendered: list[dict[str, Any
     assert not worker(rendered).get("envFrom"), "everything is named: no envFrom"
     for config_map in (o for o in rendered if o["kind"] == "ConfigMap"):
         assert not set(config_map.get("data", {})) & SECRET_VARIABLES
-    required = {
-        e["name"]
-        for e in worker(rendered)["env"]
-        if "valueFrom" in e and not e["valueFrom"]["secretKeyRef"]["optional"]
-    }
+    required = {name for name, ref in secret_refs(rendered).items() if not ref["optional"]}
     assert required == {"OTP_HMAC_SECRET", "NOTIFY_API_TOKEN"}
 
 
@@ -391,26 +396,17 @@ def test_the_chart_secret_holds_the_values_given(default_render: list[dict[str, 
     assert checksum(objects) != checksum(default_render), "a new secret restarts the workers"
 
 
-def test_api_token_is_optional_once_the_api_auth_is_off():
-    objects = render(*sets("env.NOTIFY_API_AUTH=disabled"))
-    refs = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in worker(objects)["env"]
-        if "valueFrom" in e
-    }
-    assert refs["NOTIFY_API_TOKEN"]["optional"] is True
-    assert refs["OTP_HMAC_SECRET"]["optional"] is False
-
-
-def test_api_token_is_optional_with_a_tokens_file():
-    """The worker takes named tokens from a file alone (README, Access): a chart that still
-    required the single token would leave such pods in CreateContainerConfigError."""
-    objects = render(*sets("env.NOTIFY_API_TOKENS_FILE=/etc/faust-otp/tokens/tokens.json"))
-    refs = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in worker(objects)["env"]
-        if "valueFrom" in e
-    }
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "env.NOTIFY_API_AUTH=disabled",
+        # The worker takes named tokens from a file alone (README, Access): a chart that still
+        # required the single token would leave such pods in CreateContainerConfigError.
+        "env.NOTIFY_API_TOKENS_FILE=/etc/faust-otp/tokens/tokens.json",
+    ],
+)
+def test_api_token_is_optional_where_the_worker_needs_none(setting: str):
+    refs = secret_refs(render(*sets(setting)))
     assert refs["NOTIFY_API_TOKEN"]["optional"] is True
     assert refs["OTP_HMAC_SECRET"]["optional"] is False
 
