@@ -100,6 +100,10 @@ class Message:
         return cls(**data)
 
 
+class Malformed(ValueError):
+    """A message command that is not one of ours; the reason names what is wrong."""
+
+
 def _message(data: object) -> Message:
     """A registration's message, checked field by field: a row that ``Message`` could not read
     back would fail every report on it."""
@@ -148,10 +152,6 @@ def _context(fields: dict[str, Any]) -> dict[str, Any]:
 def update_command(request_id: str, status: str, error_code: str | None) -> bytes:
     """What a verified callback sends to ``message-commands``, keyed by the message id."""
     return codec.dumps({"k": UPDATE, "id": request_id, "status": status, "errorCode": error_code})
-
-
-class Malformed(ValueError):
-    """A message command that is not one of ours; the reason names what is wrong."""
 
 
 class ReceiptProcessor:
@@ -222,7 +222,7 @@ class ReceiptProcessor:
         status = 404
         if message is not None:
             status = 204
-            reported = str(command.get("status"))
+            reported = command["status"]  # one of TWILIO_STATUSES (``_handle``)
             if reported not in message.statuses:  # Twilio may repeat a status
                 message.statuses.append(reported)
                 self.rows[key] = codec.dumps(asdict(message))
