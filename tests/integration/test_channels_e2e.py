@@ -325,6 +325,26 @@ async def test_twilio_status_callbacks_become_delivery_events(
         assert len(events.records) == before
         assert await delivered_entry(api, delivered) == entry
 
+        # Records on message-commands that are not commands are dead-lettered, and the
+        # stream goes on: the registration below is still applied.
+        hostile = {
+            "not-json": b"\xff{",
+            "unknown-kind": codec.dumps({"k": "z"}),
+            "bad-registration": codec.dumps({"k": REGISTER, "m": {"provider": 7}}),
+        }
+        async with Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_DLQ"]) as dlq:
+            for name, value in hostile.items():
+                await kafka.send(
+                    f"{topics['APP_ID']}-message-commands", value, key=f"SM-{name}".encode()
+                )
+            deadline = time.monotonic() + 30
+            while len(letters := [r for r in dlq.records if r.key.startswith(b"SM-")]) < 3:
+                assert time.monotonic() < deadline, f"{len(letters)} of 3 dead-lettered"
+                await asyncio.sleep(0.1)
+        assert sorted(r.value for r in letters) == sorted(hostile.values())  # byte for byte
+        for letter in letters:
+            assert dict(letter.headers)["x-dlq-reason"].startswith(b"not a message command: ")
+
         # A report that overtakes its message's registration is applied once it is registered.
         early = "SM" + "e" * 32
         report = {"MessageSid": early, "MessageStatus": "queued"}
