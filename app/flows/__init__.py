@@ -203,6 +203,18 @@ def command_source(command: dict[str, Any]) -> str:
     return "/".join(map(str, command.get("src", ())))
 
 
+def command_received_at(command: dict[str, Any]) -> float | None:
+    """When the engine's record arrived (``ts``), if the command says so with a number.
+
+    The ingest writes it, but anyone who can produce to an internal topic can write anything;
+    a ``ts`` of another type used to fail the reply after the message was sent, and the
+    engine got a second, contradicting reply.
+    """
+    ts = command.get("ts")
+    # As it was written, not float(ts): the message key hashes its text.
+    return ts if type(ts) in (int, float) and 0 < ts < 1e12 else None
+
+
 class Pacer:
     """Paces a scan over a whole table: after each chunk of :data:`SWEEP_ROWS_PER_TURN` rows it
     pauses three times as long as it worked, so it holds the event loop a quarter of the time at

@@ -42,6 +42,7 @@ from app.flows import (
     Route,
     Rows,
     Scan,
+    command_received_at,
     expired_keys,
 )
 from app.flows import events as ev
@@ -146,11 +147,16 @@ class NotifyReplies:
         self.clock = clock
 
     async def send(
-        self, body: dict[str, Any], key: str, headers: Headers, received_at: Any, outcome: str
+        self,
+        body: dict[str, Any],
+        key: str,
+        headers: Headers,
+        received_at: float | None,
+        outcome: str,
     ) -> None:
         await self.outbox.send(Route.NOTIFY_OUT, key.encode(), codec.dumps(body), headers)
         self.metrics.requests.labels(self.limits.notify_in, outcome).inc()
-        if isinstance(received_at, int | float) and received_at > 0:
+        if received_at is not None:
             self.metrics.latency.labels("notify").observe(max(0.0, self.clock() - received_at))
         results = body["results"]
         if outcome in ("partial", "failed"):  # the summary names receivers: counts only
@@ -325,7 +331,7 @@ class NotifySender:
             state = State(created=self.clock(), digest=digest)
         if not state.done:
             await self.run(key, req, state, record.headers)
-        await self.reply(req, state, record.headers, command.get("ts"))
+        await self.reply(req, state, record.headers, command_received_at(command))
 
     # -- the steps ---------------------------------------------------------------------------
     async def run(self, key: bytes, req: NotifyRequest, state: State, headers: Headers) -> None:
@@ -647,7 +653,9 @@ class NotifySender:
             return
         body = records.notify_reply(req, channel=req.channel, results=[], error=INTERNAL_ERROR)
         try:
-            await self.replies.send(body, req.reply_key, record.headers, command.get("ts"), "error")
+            await self.replies.send(
+                body, req.reply_key, record.headers, command_received_at(command), "error"
+            )
         except Exception:
             log.exception("could not answer %s", record.source)
             await self.dead_letters.send(record, INTERNAL_ERROR)

@@ -36,6 +36,7 @@ from app.flows import (
     Route,
     Rows,
     Scan,
+    command_received_at,
     command_source,
     expired_keys,
 )
@@ -383,7 +384,7 @@ class ReceiverCounter:
             )
         fields = (request.process_instance_id, request.client_id, request.channel)
         await self.replies.error(
-            GENERATE, fields, refusal, record.headers, command.get("ts"), "not_sent"
+            GENERATE, fields, refusal, record.headers, command_received_at(command), "not_sent"
         )
 
     def expired(self, sends: Iterable[float]) -> bool:
@@ -452,7 +453,7 @@ class OtpProcessor:
         if kind in (STATUS, CANCEL):
             await self.operator(key, kind, str(command.get("id", "")))
             return
-        call = Call(key, command_source(command), record.headers, command.get("ts"))
+        call = Call(key, command_source(command), record.headers, command_received_at(command))
         if kind == GENERATE:
             await self.generate(call, GenerateRequest(**_command_request(command)))
         elif kind == VALIDATE:
@@ -730,7 +731,12 @@ async def internal_error(
     if fields is not None:
         try:
             await replies.error(
-                command["k"], fields, INTERNAL_ERROR, record.headers, command.get("ts"), "error"
+                command["k"],
+                fields,
+                INTERNAL_ERROR,
+                record.headers,
+                command_received_at(command),
+                "error",
             )
             return
         except Exception:  # e.g. headers too large for any reply: keep the record instead

@@ -642,3 +642,26 @@ def test_a_validate_command_of_an_earlier_version_with_the_code_in_clear_still_v
     run(svc.flows.processor.handle(svc.record(codec.dumps(command), "otp-commands", key=b"c1")))
     (reply,) = svc.outbox.on(Route.VALIDATE_OUT)[-1:]
     assert reply["otpValid"] is True
+
+
+@pytest.mark.parametrize("ts", ["x", [1], True, -5, 1e30])
+def test_a_command_whose_receive_time_is_not_a_time_is_answered_once(svc: Service, ts: Any):
+    """``ts`` on otp-commands is the ingest's, but anyone who can produce there can write it:
+    a value of another type used to fail the reply after the mail was sent, and the engine got
+    ``otpSent: true`` and then ``otpSent: false``."""
+    request = {
+        "process_instance_id": 7,
+        "template_name": "otpMail",
+        "channel": "MAIL",
+        "recipient": "ann@example.com",
+        "language": None,
+        "client_id": "c1",
+        "params": {"clientId": "c1"},
+        "transaction": None,
+    }
+    command = codec.dumps({"k": "g", "r": request, "src": ["in", 0, 1], "ts": ts})
+    run(svc.flows.processor.handle(svc.record(command, "otp-commands", key=b"c1")))
+    replies = [codec.loads(v) for r, _, v, _ in svc.outbox.sent if r is Route.GENERATE_OUT]
+    assert len(svc.mail.sent) == 1
+    assert [r["otpSent"] for r in replies] == [True]
+    assert not dead_letters(svc)
