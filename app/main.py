@@ -273,6 +273,8 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             outbox,
             metrics,
             table_scan(tables.send_log),
+            settings.send_log_retention_days * 86400,
+            time.time,
         ),
     )
     template_agents.register(ctx)

@@ -16,14 +16,16 @@ import binascii
 import heapq
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
-from app.flows import BoundedRows, Inbound, Outbox, Route, Scan
+from app.flows import BoundedRows, Clock, Inbound, Outbox, Route, Scan
 from app.metrics import Metrics
+from app.records import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +140,37 @@ class Query:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Query:
-        cursor = data.get("cursor")
+    def from_dict(cls, data: Any) -> Query:
+        """A query off ``log-queries``, held to the rules :func:`parse_query` holds a URL to:
+        anyone who can produce to the topic can write one, and ten thousand filters over a
+        receiver's row held the partition's stream for half a second."""
+        if not isinstance(data, dict):
+            raise QueryError("q", "is not a query")
+        filters = data.get("filters") or []
+        if not isinstance(filters, list) or len(filters) > len(FILTERS):
+            raise QueryError("filters", f"must be at most {len(FILTERS)} filters")
+        checked: dict[str, str] = {}
+        for item in filters:
+            name, value = item if isinstance(item, list) and len(item) == 2 else (None, None)
+            if name not in FILTERS or name in checked:
+                raise QueryError("filters", f"must name each of {', '.join(FILTERS)} once")
+            if not isinstance(value, str) or not 1 <= len(value) <= 320:
+                raise QueryError(name, "must be 1-320 characters")
+            checked[name] = value
+        limit = data.get("limit", DEFAULT_LIMIT)
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise QueryError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+        since, until, cursor = data.get("since"), data.get("until"), data.get("cursor")
+        if cursor is not None and not (
+            isinstance(cursor, list) and len(cursor) == 2 and all(type(x) is str for x in cursor)
+        ):
+            raise QueryError("cursor", "is not a cursor this service gave out")
         return cls(
-            filters=tuple((str(k), str(v)) for k, v in data.get("filters", ())),
-            since=data.get("since"),
-            until=data.get("until"),
-            limit=int(data.get("limit", DEFAULT_LIMIT)),
-            cursor=(str(cursor[0]), str(cursor[1])) if cursor else None,
+            filters=tuple(checked.items()),
+            since=None if since is None else _instant("since", _text("since", since)),
+            until=None if until is None else _instant("until", _text("until", until)),
+            limit=limit,
+            cursor=(cursor[0], cursor[1]) if cursor else None,
         )
 
     def matches(self, entry: dict[str, Any]) -> bool:
@@ -162,6 +187,12 @@ class Query:
 def order(entry: dict[str, Any]) -> tuple[str, str]:
     """Newest first: by the latest event, then by id, so a page boundary is exact."""
     return entry["last"], entry["id"]
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 64:
+        raise QueryError(field, "must be an ISO-8601 time such as 2026-12-01T10:00:00Z")
+    return value
 
 
 def _instant(field: str, raw: str) -> str:
@@ -275,11 +306,15 @@ class SendLog:
         outbox: Outbox,
         metrics: Metrics,
         scan: Scan,
+        retention_seconds: float | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.rows = BoundedRows(rows)
         self.outbox = outbox
         self.metrics = metrics
         self.scan = scan
+        self.retention_seconds = retention_seconds
+        self.clock = clock
 
     def row(self, key: bytes) -> dict[str, Any]:
         raw = self.rows.get(key)
@@ -318,9 +353,23 @@ class SendLog:
             if command.get("k") == "q":
                 await self.answer(command, record.partition)
             elif command.get("k") == "x":
-                await self.sweep(_instant("cutoff", str(command["cutoff"])), record.partition)
+                await self.sweep(self.cutoff(command.get("cutoff")), record.partition)
+        except QueryError as exc:
+            log.warning("send log: refused the command at %s: %s", record.source, exc)
         except Exception:  # the stream must go on
             log.exception("send log: could not handle %s", record.source)
+
+    def cutoff(self, asked: Any) -> str:
+        """The sweep's cutoff: the one asked for, but never later than the retention allows.
+
+        The timer asks for now minus the retention; a command from anyone else that asked for
+        9999-12-31 would have deleted every entry of the partition.
+        """
+        cutoff = _instant("cutoff", _text("cutoff", asked))
+        if self.retention_seconds is not None:
+            allowed = _instant("cutoff", iso_utc(self.clock() - self.retention_seconds) or "")
+            cutoff = min(cutoff, allowed)
+        return cutoff
 
     async def answer(self, command: dict[str, Any], partition: int) -> None:
         query = Query.from_dict(command["q"])

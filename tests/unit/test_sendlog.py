@@ -296,3 +296,56 @@ def test_an_event_over_its_bound_is_skipped():
     value = codec.dumps({**event(1, "s1"), "pad": "x" * MAX_EVENT_BYTES})
     log.record(Inbound("events", 0, 1, b"a@x.example", value, [], None))
     assert rows == {}
+
+
+def test_a_sweep_never_deletes_what_the_retention_keeps():
+    """A sweep command from anyone with produce rights on log-queries asked for a cutoff of
+    9999-12-31 and deleted every entry of the partition; the cutoff is now clamped to now
+    minus the retention."""
+    rows: dict[bytes, bytes] = {}
+    now = 1796121000.0  # 2026-12-01T10:30:00Z
+    log = SendLog(rows, Outbox(), Metrics(), scan_of(rows), 3600, lambda: now)
+    log.record(Inbound("events", 0, 1, b"a@x.example", codec.dumps(event(50, "s0")), [], None))
+    sweep = {"k": "x", "cutoff": "9999-12-31T23:59:59Z"}
+    asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(sweep), [], None)))
+    assert list(codec.loads(rows[b"a@x.example"])["entries"]) == ["s0"]
+    now += 3600
+    asyncio.run(log.command(Inbound("q", 0, 2, None, codec.dumps(sweep), [], None)))
+    assert b"a@x.example" not in rows  # past the retention: swept as before
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        {"filters": [["channel", "MAIL"]] * 10_000},
+        {"filters": [["channel", "MAIL"], ["channel", "SMS"]]},
+        {"filters": [["status", "sent"]]},
+        {"filters": [["channel", 7]]},
+        {"filters": [["channel", "x" * 321]]},
+        {"filters": "channel=MAIL"},
+        {"limit": 10**9},
+        {"limit": "5"},
+        {"limit": True},
+        {"since": 5},
+        {"until": "x" * 100_000},
+        {"cursor": [1, 2]},
+        {"cursor": "abc"},
+        [],
+    ],
+)
+def test_a_query_off_the_topic_is_held_to_the_rules_of_a_url(q: Any):
+    """log-queries is a plain topic: a query written there by hand is checked as a URL's
+    parameters are, and refused whole (ten thousand filters held the stream 0.5 s)."""
+    rows: dict[bytes, bytes] = {}
+    outbox = Outbox()
+    log = SendLog(rows, outbox, Metrics(), scan_of(rows))
+    for n in range(3):
+        value = codec.dumps(event(n, f"s{n}"))
+        log.record(Inbound("events", 0, n, b"a@x.example", value, [], None))
+    forged = {"k": "q", "id": "r1", "q": q}
+    asyncio.run(log.command(Inbound("q", 0, 1, None, codec.dumps(forged), [], None)))
+    assert not outbox.on(Route.TEMPLATE_RESULTS)
+    good = {"k": "q", "id": "r2", "q": parse_query({"channel": "MAIL", "limit": "2"}).to_dict()}
+    asyncio.run(log.command(Inbound("q", 0, 2, None, codec.dumps(good), [], None)))
+    [answer] = outbox.on(Route.TEMPLATE_RESULTS)
+    assert [e["id"] for e in answer["body"]["items"]] == ["s2", "s1"]
