@@ -128,8 +128,15 @@ def test_oversized_request_keeps_its_process_instance_id():
 
 def test_record_size_counts_key_value_and_every_header():
     headers = [("a", b"12"), ("a", b"345"), ("b", None)]
-    assert records.record_size(b"kk", b"vvv", headers) == 2 + 3 + 3 + 4 + 1
+    framing = 3 * records.HEADER_FRAMING_BYTES
+    assert records.record_size(b"kk", b"vvv", headers) == 2 + 3 + 3 + 4 + 1 + framing
     assert records.header_list({"x": b"1"}) == [("x", b"1")]
+
+
+def test_many_empty_headers_count_as_what_they_weigh_on_the_wire():
+    """400,000 empty headers are 800 KB on the wire: they used to count as nothing and pass
+    the request size limit, to be copied into both hops and the reply."""
+    assert records.record_size(None, b"{}", [("", b"")] * 400_000) > 65536
 
 
 @given(st.binary(max_size=300))
