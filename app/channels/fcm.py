@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,15 +117,15 @@ def make_assertion(
 def _oauth_detail(body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
-    error, description = body.get("error"), body.get("error_description")
+    error = body.get("error")
     if isinstance(error, dict):  # some Google endpoints answer in the API error shape
         return _fcm_detail(body)
-    parts = [str(p) for p in (error, description) if p]
-    return ": ".join(parts) or None
+    return _code(error)
 
 
 def _fcm_detail(body: Any) -> str | None:
-    """``UNREGISTERED: Requested entity was not found.`` from Google's API error shape."""
+    """``UNREGISTERED`` from Google's API error shape: the code, not the message, which a
+    provider may write from what it was sent (a notification's title holds the code)."""
     if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
         return None
     error = body["error"]
@@ -133,9 +134,14 @@ def _fcm_detail(body: Any) -> str | None:
         if isinstance(detail, dict) and detail.get("errorCode"):
             code = detail["errorCode"]
             break
-    code = code or error.get("status")
-    parts = [str(p) for p in (code, error.get("message")) if p]
-    return ": ".join(parts) or None
+    return _code(code or error.get("status"))
+
+
+def _code(value: Any) -> str | None:
+    """An error code as Google writes them (``UNREGISTERED``, ``invalid_grant``), or None."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        return value
+    return None
 
 
 class AccessTokens:

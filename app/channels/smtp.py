@@ -184,7 +184,7 @@ class SmtpChannel:
             transient = 400 <= exc.code < 500
             return DeliveryError(PROVIDER, f"{exc.code} authentication failed", transient=transient)
         if isinstance(exc, aiosmtplib.SMTPResponseException):
-            status = f"{exc.code} {_first_line(exc.message)}".strip()
+            status = f"{exc.code} {_enhanced_status(exc.message)}".strip()
             return DeliveryError(PROVIDER, status, transient=400 <= exc.code < 500)
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
             return DeliveryError(PROVIDER, "timeout", transient=True)
@@ -220,6 +220,15 @@ class SmtpChannel:
         self._all.clear()
 
 
-def _first_line(text: str) -> str:
-    """Server text, one line, bounded: enough to diagnose, never a dump into the reply."""
-    return (text or "").splitlines()[0][:120] if text else ""
+_ENHANCED_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}(?![0-9.])")
+
+
+def _enhanced_status(text: str) -> str:
+    """The RFC 3463 status a reply's text starts with (``5.7.1``), and nothing of the text.
+
+    The text is the server's own, and servers and content filters quote the message back in
+    it (``message with Subject '709960 is your code' deferred``): kept, it carried a live code
+    into replies, events, tables and logs. The reply code and this status say what happened.
+    """
+    match = _ENHANCED_STATUS.match((text or "").lstrip())
+    return match.group(0) if match else ""

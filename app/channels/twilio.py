@@ -23,11 +23,12 @@ TWILIO_CALLBACK_PATH = "/api/callbacks/twilio"
 
 
 def _twilio_detail(body: Any) -> str | None:
+    """Twilio's error code (``21211``), which its error dictionary explains; not its message,
+    which can quote the SMS back (``Message filtered: 'Your code is 482913'``)."""
     if not isinstance(body, dict):
         return None
-    code, message = body.get("code"), body.get("message")
-    parts = [str(p) for p in (code, message) if p not in (None, "")]
-    return " ".join(parts) or None
+    code = body.get("code")
+    return str(code) if type(code) is int or (isinstance(code, str) and code.isdigit()) else None
 
 
 class TwilioChannel:

@@ -556,9 +556,9 @@ class OtpProcessor:
             message_id = await self.channels[req.channel].send(notification)
         except DeliveryError as exc:
             self.metrics.sends.labels(req.channel, "failed").inc()
-            return str(exc), None
+            return _without_code(str(exc), code), None
         self.metrics.sends.labels(req.channel, "delivered").inc()
-        return None, message_id
+        return None, _without_code(message_id, code) if message_id else message_id
 
     async def _refuse(
         self, call: Call, req: GenerateRequest, previous: OtpRecord | None, error: str, now: float
@@ -721,6 +721,14 @@ class Call:
     source: str
     headers: Headers
     received_at: float | None
+
+
+def _without_code(provider_text: str, code: str) -> str:
+    """A provider's text with the code masked. The channels keep only a provider's error codes,
+    but what a provider answers is its own: a server that quoted the subject back in its reply
+    (``'709960 is your code'``) put a live code into the reply, the event and the row's
+    history, which outlive the code. The text is shown, so it is masked, never dropped."""
+    return provider_text.replace(code, "***") if code else provider_text
 
 
 async def internal_error(

@@ -198,11 +198,11 @@ async def test_provider_refusals_become_error_replies(
         ),
         512: (
             generate(512, "refused-number", "SMS", "+15550001111"),
-            "twilio delivery failed: HTTP 400 (21211 Invalid 'To' Phone Number: +15550001111)",
+            "twilio delivery failed: HTTP 400 (21211)",
         ),
         513: (
             generate(513, "gone-device", "PUSH", "unregistered-device"),
-            "fcm delivery failed: HTTP 404 (UNREGISTERED: Requested entity was not found.)",
+            "fcm delivery failed: HTTP 404 (UNREGISTERED)",
         ),
         514: (
             generate(514, "spaced-device", "PUSH", "has space"),

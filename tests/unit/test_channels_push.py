@@ -118,7 +118,7 @@ async def test_fcm_persistent_401_is_final(google: GoogleFake, tmp_path: Path):
             await channel.send(push())
     finally:
         await channel.close()
-    assert str(err.value) == "fcm delivery failed: HTTP 401 (UNAUTHENTICATED: bad)"
+    assert str(err.value) == "fcm delivery failed: HTTP 401 (UNAUTHENTICATED)"
     assert len(google.seen("/messages:send")) == 2 and google.token_requests == 2
 
 
@@ -180,9 +180,7 @@ async def test_fcm_400_is_final(google: GoogleFake, tmp_path: Path):
             await channel.send(push())
     finally:
         await channel.close()
-    assert str(err.value) == (
-        "fcm delivery failed: HTTP 400 (INVALID_ARGUMENT: The registration token is not valid)"
-    )
+    assert str(err.value) == ("fcm delivery failed: HTTP 400 (INVALID_ARGUMENT)")
     assert len(google.seen("/messages:send")) == 1
 
 
@@ -193,9 +191,7 @@ async def test_fcm_unregistered_device_is_final(google: GoogleFake, tmp_path: Pa
             await channel.send(push("unregistered-device-1"))
     finally:
         await channel.close()
-    assert str(err.value) == (
-        "fcm delivery failed: HTTP 404 (UNREGISTERED: Requested entity was not found.)"
-    )
+    assert str(err.value) == ("fcm delivery failed: HTTP 404 (UNREGISTERED)")
     assert len(google.seen("/messages:send")) == 1
 
 
@@ -248,9 +244,7 @@ async def test_fcm_wrong_key_is_refused_by_the_token_endpoint(google: GoogleFake
             await channel.send(push())
     finally:
         await channel.close()
-    assert str(err.value) == (
-        "fcm delivery failed: token endpoint HTTP 400 (invalid_grant: Invalid JWT Signature.)"
-    )
+    assert str(err.value) == ("fcm delivery failed: token endpoint HTTP 400 (invalid_grant)")
     assert google.token_requests == 1 and not google.seen("/messages:send")
     assert "PRIVATE KEY" not in str(err.value)
 

@@ -107,7 +107,7 @@ async def test_5xx_is_not_retried(server: TlsSmtpServer, certs: Certs):
             await channel.send(mail())
     finally:
         await channel.close()
-    assert str(err.value) == "smtp delivery failed: 554 5.7.1 message rejected"
+    assert str(err.value) == "smtp delivery failed: 554 5.7.1"
     assert server.data_commands == 1 and server.messages == []
 
 
@@ -119,7 +119,7 @@ async def test_4xx_forever_gives_up_within_the_budget(server: TlsSmtpServer, cer
             await channel.send(mail())
     finally:
         await channel.close()
-    assert str(err.value) == "smtp delivery failed: 450 4.2.0 mailbox busy after 3 attempts"
+    assert str(err.value) == "smtp delivery failed: 450 4.2.0 after 3 attempts"
     assert server.data_commands == 3
 
 
