@@ -154,23 +154,17 @@ class Query:
             name, value = item if isinstance(item, list) and len(item) == 2 else (None, None)
             if name not in FILTERS or name in checked:
                 raise QueryError("filters", f"must name each of {', '.join(FILTERS)} once")
-            if not isinstance(value, str) or not 1 <= len(value) <= 320:
-                raise QueryError(name, "must be 1-320 characters")
-            checked[name] = value
+            checked[name] = _filter_value(name, value)
         limit = data.get("limit", DEFAULT_LIMIT)
-        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
-            raise QueryError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+        if type(limit) is not int:
+            raise QueryError("limit", LIMIT_RULE)
         since, until, cursor = data.get("since"), data.get("until"), data.get("cursor")
-        if cursor is not None and not (
-            isinstance(cursor, list) and len(cursor) == 2 and all(type(x) is str for x in cursor)
-        ):
-            raise QueryError("cursor", "is not a cursor this service gave out")
         return cls(
             filters=tuple(checked.items()),
             since=None if since is None else _instant("since", _text("since", since)),
             until=None if until is None else _instant("until", _text("until", until)),
-            limit=limit,
-            cursor=(cursor[0], cursor[1]) if cursor else None,
+            limit=_limit(limit),
+            cursor=None if cursor is None else _cursor_pair(cursor),
         )
 
     def matches(self, entry: dict[str, Any]) -> bool:
@@ -216,9 +210,28 @@ def _cursor(raw: str) -> tuple[str, str]:
         data = codec.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError):
         raise QueryError("cursor", "is not a cursor this service gave out") from None
+    return _cursor_pair(data)
+
+
+def _cursor_pair(data: Any) -> tuple[str, str]:
     if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
         raise QueryError("cursor", "is not a cursor this service gave out")
     return data[0], data[1]
+
+
+LIMIT_RULE = f"must be a whole number from 1 to {MAX_LIMIT}"
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError("limit", LIMIT_RULE)
+    return limit
+
+
+def _filter_value(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 320:
+        raise QueryError(name, "must be 1-320 characters")
+    return value
 
 
 def parse_query(params: Mapping[str, str]) -> Query:
@@ -230,18 +243,16 @@ def parse_query(params: Mapping[str, str]) -> Query:
     for name in FILTERS:
         value = params.get(name)
         if value is not None:
-            if not value or len(value) > 320:
-                raise QueryError(name, "must be 1-320 characters")
-            filters.append((name, value))
+            filters.append((name, _filter_value(name, value)))
     raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise QueryError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+    if not re.fullmatch(r"[0-9]{1,6}", raw_limit):
+        raise QueryError("limit", LIMIT_RULE)
     since = _instant("since", params["since"]) if "since" in params else None
     until = _instant("until", params["until"]) if "until" in params else None
     if since and until and since > until:
         raise QueryError("until", "is before since")
     cursor = _cursor(params["cursor"]) if "cursor" in params else None
-    return Query(tuple(filters), since, until, int(raw_limit), cursor)
+    return Query(tuple(filters), since, until, _limit(int(raw_limit)), cursor)
 
 
 class Newest:
@@ -366,9 +377,8 @@ class SendLog:
         9999-12-31 would have deleted every entry of the partition.
         """
         cutoff = _instant("cutoff", _text("cutoff", asked))
-        if self.retention_seconds is not None:
-            allowed = _instant("cutoff", iso_utc(self.clock() - self.retention_seconds) or "")
-            cutoff = min(cutoff, allowed)
+        if self.retention_seconds is not None:  # iso_utc writes what _instant does
+            cutoff = min(cutoff, iso_utc(self.clock() - self.retention_seconds) or cutoff)
         return cutoff
 
     async def answer(self, command: dict[str, Any], partition: int) -> None:
