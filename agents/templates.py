@@ -16,7 +16,13 @@ __all__ = ["apply_command", "public", "register"]
 def register(ctx: Context) -> None:
     app = ctx.app
     limits = HistoryLimits(versions=ctx.settings.template_history_versions)
-    writer = TemplateWriter(ctx.tables.templates, ctx.outbox, limits)
+    writer = TemplateWriter(
+        ctx.tables.templates,
+        ctx.outbox,
+        limits,
+        default_language=ctx.settings.template_default_language,
+        max_body_chars=ctx.settings.template_max_body_chars,
+    )
 
     @app.agent(ctx.topics.template_commands, name="write_template")
     async def write_template(commands: Any) -> None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import codec
-from app.core.templates import MAX_CONTEXT_DEPTH
+from app.core.templates import MAX_CONTEXT_DEPTH, check_fields, template_key
 from app.flows import BoundedRows, Inbound, Outbox, Route
 
 #: The one request id rows written before ``_requests`` existed remember (read, never written).
@@ -59,6 +59,8 @@ WRITE_STATUS = {
     "restore": 200,
 }
 READ_OPS = ("versions", "version")
+#: The commands that carry a template to store (checked again by the writer).
+TEMPLATE_OPS = ("create", "replace", "save_draft")
 
 
 @dataclass(frozen=True)
@@ -292,17 +294,41 @@ def answer(status: int, record: dict[str, Any] | None, command: dict[str, Any]) 
 
 
 class TemplateWriter:
-    """Applies one command to the ``templates`` rows and publishes its result."""
+    """Applies one command to the ``templates`` rows and publishes its result.
+
+    A template in a command has passed the API's checks, unless the record was not written by
+    this service: the writer checks its fields again (cheap, linear in its size), so a forged
+    record cannot store a body over the size limit, or under another template's key, that
+    every worker's read model would then compile.
+    """
 
     def __init__(
         self,
         rows: MutableMapping[bytes, bytes],
         outbox: Outbox,
         limits: HistoryLimits = DEFAULT_LIMITS,
+        *,
+        default_language: str,
+        max_body_chars: int,
     ) -> None:
         self.rows = BoundedRows(rows)
         self.outbox = outbox
         self.limits = limits
+        self.default_language = default_language
+        self.max_body_chars = max_body_chars
+
+    def checked(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The command with its template checked as the API checks one; raises ValueError."""
+        if command["op"] not in TEMPLATE_OPS:
+            return command
+        template = check_fields(
+            command["template"],
+            default_language=self.default_language,
+            max_body_chars=self.max_body_chars,
+        )
+        if template_key(template["name"], template["language"]) != command["key"]:
+            raise ValueError("the template's name and language do not make the command's key")
+        return {**command, "template": template}
 
     async def handle(self, record: Inbound) -> None:
         command: dict[str, Any] = {}
@@ -310,6 +336,7 @@ class TemplateWriter:
             command = codec.loads_object(record.value or b"")
             if codec.depth(command) > MAX_COMMAND_DEPTH:
                 raise ValueError(f"command is nested deeper than {MAX_COMMAND_DEPTH} levels")
+            command = self.checked(command)
             key = command["key"].encode()
             stored = self.rows.get(key)
             current = codec.loads(stored) if stored is not None else None

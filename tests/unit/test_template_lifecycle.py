@@ -285,6 +285,25 @@ def _deep(levels: int) -> Any:
     return value
 
 
+def write(value: bytes) -> tuple[dict[bytes, bytes], dict[str, Any]]:
+    """One command through the writer: (the rows after it, its answer)."""
+    import asyncio
+
+    from app.flows import Inbound, Route
+    from app.flows.templates import TemplateWriter
+    from tests.fakes.flows import Outbox
+
+    rows: dict[bytes, bytes] = {}
+    outbox = Outbox()
+    writer = TemplateWriter(rows, outbox, default_language="en", max_body_chars=1000)
+    asyncio.run(writer.handle(Inbound("c", 0, 1, b"k", value, [], None)))
+    (answer,) = outbox.on(Route.TEMPLATE_RESULTS)
+    return rows, answer
+
+
+SMS_TEMPLATE = {"name": "t", "language": "en", "type": "SMS", "body": "[(${otpValue})]"}
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -296,17 +315,24 @@ def _deep(levels: int) -> Any:
         codec.dumps(
             {"op": "create", "key": "t:en", "id": "r1", "template": {"context": _deep(250)}}
         ),
+        # what the API refuses: a body over the limit (which every worker would compile)...
+        codec.dumps(
+            {"op": "create", "key": "t:en", "template": {**SMS_TEMPLATE, "body": "x" * 1001}}
+        ),
+        codec.dumps({"op": "save_draft", "key": "t:en", "template": {**SMS_TEMPLATE, "type": 1}}),
+        # ... and a template stored under another one's key
+        codec.dumps({"op": "replace", "key": "u:en", "template": SMS_TEMPLATE}),
+        codec.dumps({"op": "create", "key": "t:fr", "template": SMS_TEMPLATE}),
     ],
 )
 def test_a_template_command_not_of_ours_is_answered_400_and_stores_nothing(value: bytes):
-    import asyncio
+    rows, answer = write(value)
+    assert answer["status"] == 400 and rows == {}, answer
 
-    from app.flows import Inbound, Route
-    from app.flows.templates import TemplateWriter
-    from tests.fakes.flows import Outbox
 
-    rows: dict[bytes, bytes] = {}
-    outbox = Outbox()
-    asyncio.run(TemplateWriter(rows, outbox).handle(Inbound("c", 0, 1, b"k", value, [], None)))
-    (answer,) = outbox.on(Route.TEMPLATE_RESULTS)
-    assert answer["status"] == 400 and rows == {}
+def test_a_template_command_is_stored_as_the_api_would_store_it() -> None:
+    rows, answer = write(codec.dumps({"op": "create", "key": "t:en", "template": SMS_TEMPLATE}))
+    assert answer["status"] == 201, answer
+    stored = codec.loads(rows[b"t:en"])
+    assert stored["body"] == SMS_TEMPLATE["body"] and stored["params"] == []
+    assert stored["active"] is True and stored["context"] == []
