@@ -193,19 +193,21 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     )
     app.recovery_stall_seconds = settings.recovery_stall_seconds
     topics, tables = define_topics(app, settings), define_tables(app, settings)
+    render_limits = RenderLimits(settings.render_timeout_ms, settings.render_max_output_bytes)
+    render_pool = RenderPool(render_limits)
     cache = TemplateCache(
         settings.kafka_bootstrap_servers,
         changelog_topic(settings, "templates"),
         settings.topic_partitions,
         settings.template_default_language,
         template_results_topic(settings),
+        render_pool.compile,
     )
     forwarder = build_forwarder(settings)
     channels = channels if channels is not None else build_channels(settings, forwarder)
     store = attachment_store(settings)
     metrics = Metrics()
     outbox = TopicOutbox(app, topics)
-    render_limits = RenderLimits(settings.render_timeout_ms, settings.render_max_output_bytes)
     ctx = Context(
         settings=settings,
         access=settings.token_registry(),
@@ -240,7 +242,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
             clock=time.time,
             undecodable=fetch.undecodable,
         ),
-        render_pool=RenderPool(render_limits),
+        render_pool=render_pool,
         forwarder=forwarder,
         store=store,
         notify_dispatcher=KeyedDispatcher(MAX_IN_FLIGHT),

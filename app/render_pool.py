@@ -18,6 +18,7 @@ hostile saves costs a bounded amount of memory.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -41,6 +42,10 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 IPC_ALLOWANCE_SECONDS = 0.25
 #: A child has this long to import the renderer and say it is ready.
 START_TIMEOUT_SECONDS = 30.0
+#: A stored template compiled, with its trial render, within one job's limit when it was saved;
+#: compiling it again gets this many times that, room for a busy machine that still stops a
+#: body no save would have accepted.
+STORED_COMPILE_FACTOR = 4
 
 
 class RenderPoolError(Exception):
@@ -134,6 +139,11 @@ class RenderPool:
         """Hard limit of one job: a compile and a render, each with the render budget."""
         return 2 * self.limits.timeout_ms / 1000 + self.ipc_allowance
 
+    @property
+    def compile_timeout(self) -> float:
+        """Hard limit of compiling a stored template (:meth:`compile`)."""
+        return STORED_COMPILE_FACTOR * self.job_timeout
+
     def timeout_message(self) -> str:
         return (
             "the template ran over its time budget "
@@ -196,9 +206,47 @@ class RenderPool:
             raise render.TemplateError(field, line, message)
         raise render.RenderError(field, line, message)
 
+    async def compile(self, template: Mapping[str, Any]) -> render.CompiledTemplate:
+        """A stored template compiled in a child and loaded here, where rendering happens.
+
+        What every worker's read model calls for each template version it reads: compiling
+        costs up to seconds of steps Python cannot interrupt (the size of a body bounds it,
+        not the render budget), which here would hold the event loop. It waits for a child
+        whatever the queue: its callers are few (the read model's loop, one job at a time, and
+        a view applying the write it made). Raises
+        :class:`~app.core.render.TemplateError` or :class:`RenderPoolError`.
+        """
+        reply = await self._run(
+            {
+                "op": "compile",
+                "subject": template.get("subject"),
+                "body": template.get("body"),
+                "html": model.is_html(str(template.get("type"))),
+                "limits": asdict(self.limits),
+            },
+            timeout=self.compile_timeout,
+            queue=True,
+        )
+        if not reply.get("ok"):
+            field, line, message = reply.get("field", "body"), reply.get("line"), reply["message"]
+            raise render.TemplateError(field, line, message)
+        try:
+            subject = reply["subject"]
+            code = render.CompiledCode(
+                subject=base64.b64decode(subject) if subject is not None else None,
+                body=base64.b64decode(reply["body"]),
+                html=bool(reply["html"]),
+                variables=frozenset(reply["variables"]),
+            )
+            return render.load_compiled(code)
+        except (KeyError, TypeError, ValueError, EOFError):
+            raise RenderCrashed("the template renderer sent a malformed answer") from None
+
     # ------------------------------------------------------------------ machinery
 
-    async def _run(self, job: Mapping[str, Any]) -> dict[str, Any]:
+    async def _run(
+        self, job: Mapping[str, Any], *, timeout: float | None = None, queue: bool = False
+    ) -> dict[str, Any]:
         if self._closed:
             raise RenderPoolUnavailable("the template renderer is shutting down")
         try:
@@ -209,7 +257,7 @@ class RenderPool:
             ) from None
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
-        if self._slots.locked() and self._waiting >= self.max_waiting:
+        if self._slots.locked() and self._waiting >= self.max_waiting and not queue:
             raise RenderPoolBusy("too many templates are being checked at once; retry")
         self._waiting += 1
         try:
@@ -220,7 +268,7 @@ class RenderPool:
             child = await self._child()
             self._busy.add(child)
             try:
-                reply = await asyncio.wait_for(child.ask(frame), self.job_timeout)
+                reply = await asyncio.wait_for(child.ask(frame), timeout or self.job_timeout)
             except TimeoutError:
                 log.warning("template renderer %s over its time limit: killed", child.proc.pid)
                 child.kill()
@@ -346,7 +394,25 @@ def handle(job: Mapping[str, Any]) -> dict[str, Any]:
         except render.RenderError as exc:
             return _located("render", exc)
         return {"ok": True, **asdict(rendered)}
+    if job.get("op") == "compile":
+        try:
+            code = render.compile_code(
+                job["subject"], job["body"], html=bool(job["html"]), limits=limits
+            )
+        except render.TemplateError as exc:
+            return _located("template", exc)
+        return {
+            "ok": True,
+            "subject": _b64(code.subject) if code.subject is not None else None,
+            "body": _b64(code.body),
+            "html": code.html,
+            "variables": sorted(code.variables),
+        }
     return _failure("unknown job")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _failure(message: str) -> dict[str, Any]:

@@ -18,8 +18,10 @@ unacknowledged forever, which blocks shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ from app.core import render
 from app.core.templates import is_html, template_key
 from app.flows.templates import DRAFT_FIELD, REVISION_FIELD, revision
 from app.kafka_admin import partition_of
+from app.render_pool import RenderPoolError, RenderPoolUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +52,31 @@ class CachedTemplate:
         return int(self.data.get("version", 0))
 
 
-def compile_stored(data: dict[str, Any]) -> render.CompiledTemplate | None:
-    """Compile a stored template, or None if it no longer compiles (it did when it was saved)."""
+#: Compiles a stored template version where the event loop does not wait on it (the render
+#: pool's :meth:`~app.render_pool.RenderPool.compile`).
+Compiler = Callable[[Mapping[str, Any]], Awaitable[render.CompiledTemplate]]
+
+
+async def compile_stored(
+    compile: Compiler, key: str, data: Mapping[str, Any]
+) -> render.CompiledTemplate | None:
+    """A stored template compiled, or None if it no longer compiles (it did when it was saved;
+    a record no save made may not). Sends of a template that does not compile get an error
+    reply naming it."""
     try:
-        return render.compile_cached(
-            (data["name"], data["language"], data.get("version")),
-            data.get("subject"),
-            data["body"],
-            html=is_html(data["type"]),
-        )
-    except (render.TemplateError, KeyError):
-        return None
+        return await compile(data)
+    except render.TemplateError:
+        log.warning("template %s does not compile; sends using it are refused", key)
+    except RenderPoolUnavailable:
+        # Without renderer processes, compiling here keeps the templates sends need working.
+        log.warning("template %s compiled in the worker: no renderer process", key)
+        with contextlib.suppress(render.TemplateError, KeyError, TypeError):
+            return render.compile_template(
+                data.get("subject"), data["body"], html=is_html(str(data.get("type")))
+            )
+    except RenderPoolError as exc:
+        log.error("template %s could not be compiled: %s", key, exc)
+    return None
 
 
 class TemplateCache:
@@ -72,12 +89,14 @@ class TemplateCache:
         partitions: int,
         default_language: str,
         results_topic: str,
+        compile: Compiler,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.partitions = partitions
         self.default_language = default_language
         self.results_topic = results_topic
+        self.compile = compile
         self._entries: dict[str, CachedTemplate] = {}
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # Keys deleted by this worker's view whose tombstone has not been read yet, with the
@@ -123,7 +142,7 @@ class TemplateCache:
         return len(self._entries)
 
     # -- writes ------------------------------------------------------------------------------
-    def apply(self, key: str, value: bytes | None) -> None:
+    async def apply(self, key: str, value: bytes | None) -> None:
         """Apply one changelog record (None is a tombstone).
 
         A record older than what the map holds is skipped, so a write this worker's view
@@ -136,13 +155,9 @@ class TemplateCache:
             self._entries.pop(key, None)
             self._deleted.pop(key, None)
             return
-        data = codec.loads(value)
-        deleted = self._deleted.get(key)
-        if deleted is not None and int(data.get("version", 0)) <= deleted:
-            return
-        self._set(key, data)
+        await self._set(key, codec.loads(value), own=False)
 
-    def apply_own(
+    async def apply_own(
         self,
         key: str,
         template: dict[str, Any] | None,
@@ -156,23 +171,37 @@ class TemplateCache:
             # the tombstone: all of them are older than the delete.
             self._deleted[key] = gone.version if gone is not None else sys.maxsize
             return
-        self._set(key, {**template, DRAFT_FIELD: draft, REVISION_FIELD: rev})
+        await self._set(key, {**template, DRAFT_FIELD: draft, REVISION_FIELD: rev}, own=True)
 
-    def _set(self, key: str, record: dict[str, Any]) -> None:
+    async def _set(self, key: str, record: dict[str, Any], *, own: bool) -> None:
         data = {k: v for k, v in record.items() if not k.startswith("_")}  # private fields
         draft, rev = record.get(DRAFT_FIELD), revision(record)
-        current = self._entries.get(key)
         version = int(data.get("version", 0))
-        # The version decides; the revision orders the writes of one version (drafts).
-        if current is not None and (
+        if self._stale(key, version, rev, own):
+            return
+        current = self._entries.get(key)
+        if current is None or current.version != version:
+            compiled = await compile_stored(self.compile, key, data)
+            # The map may have moved on while this version compiled.
+            if self._stale(key, version, rev, own):
+                return
+            current = self._entries.get(key)
+            if current is None or current.version != version:
+                self._entries[key] = CachedTemplate(data, compiled, draft, rev)
+                return
+        # A draft saved or discarded: the published version, and its compiled form, stay.
+        self._entries[key] = CachedTemplate(current.data, current.compiled, draft, rev)
+
+    def _stale(self, key: str, version: int, rev: int, own: bool) -> bool:
+        """Whether the map holds something newer than (version, rev), or deleted it. The
+        version decides; the revision orders the writes of one version (drafts)."""
+        deleted = self._deleted.get(key)
+        if not own and deleted is not None and version <= deleted:
+            return True
+        current = self._entries.get(key)
+        return current is not None and (
             version < current.version or (version == current.version and rev < current.revision)
-        ):
-            return
-        if current is not None and current.version == version:
-            # A draft saved or discarded: the published version, and its compiled form, stay.
-            self._entries[key] = CachedTemplate(current.data, current.compiled, draft, rev)
-            return
-        self._entries[key] = CachedTemplate(data, compile_stored(data), draft, rev)
+        )
 
     # -- the consumer ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -207,7 +236,7 @@ class TemplateCache:
                             if tp == results:
                                 self._deliver_result(record.value)
                             elif record.key is not None and self._at_home(record.key, tp):
-                                self.apply(record.key.decode(), record.value)
+                                await self.apply(record.key.decode(), record.value)
                         except (ValueError, TypeError, AttributeError):
                             # Only this service writes these topics, but a record it cannot
                             # read must not end the read model of every template.

@@ -115,9 +115,9 @@ class TemplateApi:
         if op in READ_OPS:
             return result
         if status in (200, 201) or (status == 204 and op != "delete"):
-            self.cache.apply_own(key, result["template"], result["draft"], result["rev"])
+            await self.cache.apply_own(key, result["template"], result["draft"], result["rev"])
         elif status == 204:
-            self.cache.apply_own(key, None)
+            await self.cache.apply_own(key, None)
         return result
 
     def entry(self, name: str, language: str) -> CachedTemplate:

@@ -54,6 +54,7 @@ the stream agents, the HTTP API (save-time validation) and tests alike.
 from __future__ import annotations
 
 import functools
+import marshal
 import re
 import string
 import time
@@ -85,6 +86,7 @@ __all__ = [
     "MAX_INT_BITS",
     "MAX_ITEMS",
     "MAX_LOOP_ITERATIONS",
+    "CompiledCode",
     "CompiledTemplate",
     "RenderBudgetError",
     "RenderError",
@@ -92,8 +94,10 @@ __all__ = [
     "Rendered",
     "TemplateError",
     "compile_cached",
+    "compile_code",
     "compile_template",
     "html_to_text",
+    "load_compiled",
     "missing_mandatory",
     "render",
     "unused_mandatory",
@@ -1394,9 +1398,10 @@ def _guard_loops(tree: nodes.Template, env: _Sandbox) -> None:
 _LONG_NUMBER_RE = re.compile(r"\d[\d_]{4000,}")
 
 
-def _compile_field(
+def _field_code(
     field: str, text: str, *, html: bool, limits: RenderLimits
-) -> tuple[Template, frozenset[str]]:
+) -> tuple[types.CodeType, frozenset[str]]:
+    """One field compiled to Python bytecode, with the top-level data names it reads."""
     if not isinstance(text, str):
         raise TemplateError(field, None, "template must be a string")
     env = _HTML_ENV if html else _TEXT_ENV
@@ -1410,7 +1415,6 @@ def _compile_field(
         generator = _GuardedCodeGenerator(env, None, "<template>")
         generator.visit(tree)
         code = env._compile(generator.stream.getvalue(), "<template>")
-        template = env.template_class.from_code(env, code, env.make_globals(None), None)
         names = generator.undeclared
     except TemplateError:
         raise
@@ -1430,7 +1434,47 @@ def _compile_field(
         raise TemplateError(field, None, "the template could not be compiled") from None
     finally:
         _BUDGET.reset(token)
-    return template, frozenset(names - _GLOBAL_NAMES)
+    return code, frozenset(names - _GLOBAL_NAMES)
+
+
+def _template_of(code: types.CodeType, *, html: bool) -> Template:
+    env = _HTML_ENV if html else _TEXT_ENV
+    return env.template_class.from_code(env, code, env.make_globals(None), None)
+
+
+@dataclass(frozen=True)
+class CompiledCode:
+    """A template version compiled to bytecode, in :mod:`marshal`'s format, so a child
+    process can do the compiling (whose cost grows with the body, in steps Python cannot
+    interrupt) and the process that renders only loads it (:func:`load_compiled`)."""
+
+    subject: bytes | None
+    body: bytes
+    html: bool
+    variables: frozenset[str]
+
+
+def compile_code(
+    subject: str | None, body: str, *, html: bool, limits: RenderLimits = DEFAULT_LIMITS
+) -> CompiledCode:
+    """:func:`compile_template`'s work, stopping at the bytecode."""
+    subject_code: bytes | None = None
+    variables: frozenset[str] = frozenset()
+    if subject is not None:
+        code, variables = _field_code("subject", subject, html=False, limits=limits)
+        subject_code = marshal.dumps(code)
+    code, body_vars = _field_code("body", body, html=html, limits=limits)
+    return CompiledCode(subject_code, marshal.dumps(code), html, variables | body_vars)
+
+
+def load_compiled(compiled: CompiledCode) -> CompiledTemplate:
+    """The template :func:`compile_code` compiled, ready to render. Trusts its bytes: they
+    must come from :func:`compile_code` run by this interpreter, never from a client."""
+    subject = None
+    if compiled.subject is not None:
+        subject = _template_of(marshal.loads(compiled.subject), html=False)
+    body = _template_of(marshal.loads(compiled.body), html=compiled.html)
+    return CompiledTemplate(subject, body, compiled.html, compiled.variables)
 
 
 def compile_template(
@@ -1442,14 +1486,7 @@ def compile_template(
     header, not markup, even when the body is HTML.  ``limits`` bounds whatever
     Jinja evaluates while compiling (constant folding).
     """
-    subject_tpl: Template | None = None
-    variables: frozenset[str] = frozenset()
-    if subject is not None:
-        subject_tpl, variables = _compile_field("subject", subject, html=False, limits=limits)
-    body_tpl, body_vars = _compile_field("body", body, html=html, limits=limits)
-    return CompiledTemplate(
-        subject=subject_tpl, body=body_tpl, html=html, variables=variables | body_vars
-    )
+    return load_compiled(compile_code(subject, body, html=html, limits=limits))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -16,7 +16,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from app import codec
 from devtools.support import SEED_SMS, Api, Worker, free_port, unique, worker_env
 
 pytestmark = pytest.mark.integration
@@ -269,3 +271,33 @@ async def test_many_hostile_saves_at_once_never_5xx_and_health_answers(
             # The loop limit, or on a loaded machine the time budget, whichever comes first.
             message = body["details"][0]["message"]
             assert LOOPS in message or "over its time budget" in message, body
+
+
+# --------------------------------------------------------------------------- forged commands
+
+
+async def test_a_forged_template_command_never_holds_the_event_loop(
+    worker: Worker, api: Api, kafka_bootstrap: str
+) -> None:
+    """A create written straight to the writer's topic skips the API's renderer. Its body
+    (98,700 characters of valid expressions, seconds of compiling that nothing can interrupt)
+    is compiled by every worker's read model in a renderer process, so ``/health`` answers
+    throughout, and the template is listed."""
+    template = sms("{{ a.b.c.d.e.f.g.h }}" * 4700)
+    key = f"{template['name']}:en"
+    command = {"id": unique("forged"), "op": "create", "key": key, "template": template}
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        async with health_watched(worker):
+            topic = f"{worker.env['APP_ID']}-template-commands"
+            await producer.send_and_wait(topic, codec.dumps(command), key=key.encode())
+            deadline = time.monotonic() + 30
+            status, body = await api.call("GET", f"/api/template/{template['name']}")
+            while status != 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                status, body = await api.call("GET", f"/api/template/{template['name']}")
+            assert status == 200, body  # listed once its compile has ended
+    finally:
+        await producer.stop()
+    assert body["body"] == template["body"]

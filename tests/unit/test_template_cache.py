@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
 from app import codec
-from app.core.templates import template_key
-from tables.template_cache import TemplateCache
+from app.core import render
+from app.core.templates import is_html, template_key
+from app.render_pool import RenderPool
+from tables.template_cache import Compiler, TemplateCache
 
 KEY = template_key("otpMail", "en")
 
 
-def cache() -> TemplateCache:
-    return TemplateCache("127.0.0.1:1", "templates-changelog", 4, "en", "template-results")
+async def compile_here(data: Mapping[str, Any]) -> render.CompiledTemplate:
+    """The compile the render pool's children run, run in this process (the rules tested
+    here are about order, not where the compiling happens)."""
+    return render.compile_template(data["subject"], data["body"], html=is_html(data["type"]))
+
+
+def cache(compile: Compiler = compile_here) -> TemplateCache:
+    return TemplateCache("127.0.0.1:1", "templates-changelog", 4, "en", "template-results", compile)
 
 
 def template(version: int, subject: str = "s") -> dict:
@@ -33,94 +46,192 @@ def versions(c: TemplateCache) -> list[int]:
     return [t["version"] for t in c.all()]
 
 
-def test_changelog_in_order_and_private_fields_dropped() -> None:
+async def test_changelog_in_order_and_private_fields_dropped() -> None:
     c = cache()
-    c.apply(KEY, record(1))
-    c.apply(KEY, record(2, "new"))
+    await c.apply(KEY, record(1))
+    await c.apply(KEY, record(2, "new"))
     [stored] = c.all()
     assert stored["version"] == 2 and stored["subject"] == "new"
     assert "_requestId" not in stored
-    c.apply(KEY, None)
+    await c.apply(KEY, None)
     assert c.all() == []
 
 
-def test_own_write_is_not_undone_by_the_changelog_catching_up() -> None:
+async def test_own_write_is_not_undone_by_the_changelog_catching_up() -> None:
     c = cache()
-    c.apply(KEY, record(1))
-    c.apply_own(KEY, template(2, "mine"))
-    c.apply(KEY, record(1))  # still in flight when the view applied v2
+    await c.apply(KEY, record(1))
+    await c.apply_own(KEY, template(2, "mine"))
+    await c.apply(KEY, record(1))  # still in flight when the view applied v2
     assert versions(c) == [2]
-    c.apply(KEY, record(2, "mine"))
+    await c.apply(KEY, record(2, "mine"))
     assert c.get("otpMail", "en").data["subject"] == "mine"
 
 
-def test_own_delete_is_not_undone_by_an_older_record_in_flight() -> None:
+async def test_own_delete_is_not_undone_by_an_older_record_in_flight() -> None:
     c = cache()
-    c.apply(KEY, record(1))
-    c.apply_own(KEY, template(2))
-    c.apply_own(KEY, None)  # the view deleted v2 before the changelog delivered it
-    c.apply(KEY, record(2))  # the changelog catches up: v2, then the tombstone
+    await c.apply(KEY, record(1))
+    await c.apply_own(KEY, template(2))
+    await c.apply_own(KEY, None)  # the view deleted v2 before the changelog delivered it
+    await c.apply(KEY, record(2))  # the changelog catches up: v2, then the tombstone
     assert c.all() == []
-    c.apply(KEY, None)
+    await c.apply(KEY, None)
     assert c.all() == []
 
 
-def test_recreate_after_delete() -> None:
+async def test_recreate_after_delete() -> None:
     c = cache()
-    c.apply(KEY, record(1))
-    c.apply(KEY, record(2))
-    c.apply_own(KEY, None)
-    c.apply_own(KEY, template(1, "again"))  # a new template starts at version 1
+    await c.apply(KEY, record(1))
+    await c.apply(KEY, record(2))
+    await c.apply_own(KEY, None)
+    await c.apply_own(KEY, template(1, "again"))  # a new template starts at version 1
     assert c.get("otpMail", "en").data["subject"] == "again"
-    c.apply(KEY, None)  # the delete's tombstone
-    c.apply(KEY, record(1, "again"))  # the re-create's record, after the tombstone
+    await c.apply(KEY, None)  # the delete's tombstone
+    await c.apply(KEY, record(1, "again"))  # the re-create's record, after the tombstone
     assert c.get("otpMail", "en").data["subject"] == "again"
 
 
-def test_delete_before_the_map_caught_up_skips_everything_until_the_tombstone() -> None:
+async def test_delete_before_the_map_caught_up_skips_everything_until_the_tombstone() -> None:
     c = cache()
-    c.apply_own(KEY, None)
-    c.apply(KEY, record(7))
+    await c.apply_own(KEY, None)
+    await c.apply(KEY, record(7))
     assert c.all() == []
-    c.apply(KEY, None)
-    c.apply(KEY, record(1, "new"))
+    await c.apply(KEY, None)
+    await c.apply(KEY, record(1, "new"))
     assert versions(c) == [1]
 
 
-def test_sends_use_the_published_version_while_a_draft_waits() -> None:
+async def test_sends_use_the_published_version_while_a_draft_waits() -> None:
     c = cache()
-    c.apply(KEY, record(1))
+    await c.apply(KEY, record(1))
     published = c.resolve("otpMail", "en")
     draft = {**template(1, "draft subject"), "savedBy": "editor", "baseVersion": 1}
-    c.apply(KEY, codec.dumps({**template(1), "_draft": draft}))
+    await c.apply(KEY, codec.dumps({**template(1), "_draft": draft}))
     entry = c.resolve("otpMail", "en")
     assert entry is not None and published is not None
     assert entry.data["subject"] == "s" and entry.compiled is published.compiled
     assert entry.draft is not None and entry.draft["subject"] == "draft subject"
     assert "_draft" not in entry.data
-    c.apply_own(KEY, {**template(2, "draft subject")}, None)  # published
+    await c.apply_own(KEY, {**template(2, "draft subject")}, None)  # published
     entry = c.resolve("otpMail", "en")
     assert entry is not None and entry.data["subject"] == "draft subject" and entry.draft is None
 
 
-def test_an_older_draft_record_does_not_replace_a_newer_one() -> None:
+async def test_an_older_draft_record_does_not_replace_a_newer_one() -> None:
     """Two workers save drafts one after the other: whichever order this worker learns of them
     in (its own answer, the changelog), it keeps the newer."""
     c = cache()
     newer = {**template(1, "second"), "savedBy": "b"}
-    c.apply(KEY, codec.dumps({**template(1), "_draft": newer, "_rev": 3}))
-    c.apply_own(KEY, template(1), {**template(1, "first"), "savedBy": "a"}, 2)
+    await c.apply(KEY, codec.dumps({**template(1), "_draft": newer, "_rev": 3}))
+    await c.apply_own(KEY, template(1), {**template(1, "first"), "savedBy": "a"}, 2)
     entry = c.resolve("otpMail", "en")
     assert entry is not None and entry.draft is not None and entry.draft["subject"] == "second"
-    c.apply(KEY, codec.dumps({**template(1), "_rev": 4}))  # then discarded
+    await c.apply(KEY, codec.dumps({**template(1), "_rev": 4}))  # then discarded
     entry = c.resolve("otpMail", "en")
     assert entry is not None and entry.draft is None
 
 
-def test_a_newer_version_wins_whatever_its_revision() -> None:
+async def test_a_newer_version_wins_whatever_its_revision() -> None:
     """Rows written before revisions were counted (a rolling upgrade) have none."""
     c = cache()
-    c.apply(KEY, codec.dumps({**template(5), "_rev": 5}))
-    c.apply(KEY, codec.dumps(template(6)))
-    c.apply(KEY, codec.dumps({**template(7), "_rev": 1}))
+    await c.apply(KEY, codec.dumps({**template(5), "_rev": 5}))
+    await c.apply(KEY, codec.dumps(template(6)))
+    await c.apply(KEY, codec.dumps({**template(7), "_rev": 1}))
     assert versions(c) == [7]
+
+
+#: About a second of compiling (Jinja's code generator and Python's ``compile``, which no
+#: budget can interrupt), all of it valid.
+SLOW_BODY = "{{ a.b.c.d.e.f.g.h }}" * 2000
+
+
+async def test_a_version_compiles_in_a_renderer_while_the_event_loop_goes_on() -> None:
+    pool = RenderPool(render.RenderLimits(timeout_ms=2000), size=1)
+    try:
+        c = cache(pool.compile)
+        await c.apply(KEY, record(1))  # the renderer has started
+        lags: list[float] = []
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                await asyncio.sleep(0.005)
+                lags.append(time.monotonic() - started)
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        await c.apply(KEY, codec.dumps({**template(2), "type": "SMS", "body": SLOW_BODY}))
+        took = time.monotonic() - started
+        done.set()
+        await ticker
+        entry = c.get("otpMail", "en")
+        assert entry is not None and entry.version == 2 and entry.compiled is not None
+        assert entry.compiled.variables == {"a"}
+        data: dict[str, Any] = {"h": "x"}
+        for name in "gfedcb":
+            data = {name: data}
+        assert render.render(entry.compiled, {"a": data}).body == "x" * 2000
+        assert took > 0.3, took  # the compile was slow enough to show a stall
+        assert max(lags) < took / 2, (max(lags), took)
+    finally:
+        await pool.close()
+
+
+async def test_a_version_over_the_compile_limit_is_kept_without_its_compiled_form() -> None:
+    """A body no save accepted (a forged changelog or command record) is stopped at the
+    renderer's limit: the template is listed, and sends using it are refused."""
+    pool = RenderPool(render.RenderLimits(timeout_ms=10), size=1, ipc_allowance=0.0)
+    try:
+        c = cache(pool.compile)
+        await c.apply(KEY, codec.dumps({**template(1), "body": SLOW_BODY * 5}))
+        entry = c.get("otpMail", "en")
+        assert entry is not None and entry.version == 1 and entry.compiled is None
+        await c.apply(KEY, record(2))  # a fresh renderer for the next version
+        entry = c.get("otpMail", "en")
+        assert entry is not None and entry.compiled is not None
+        await c.apply(KEY, codec.dumps({**template(3), "body": "{{ }"}))
+        entry = c.get("otpMail", "en")
+        assert entry is not None and entry.version == 3 and entry.compiled is None
+    finally:
+        await pool.close()
+
+
+async def test_a_version_that_does_not_compile_is_kept_without_its_compiled_form() -> None:
+    c = cache()
+    await c.apply(KEY, codec.dumps({**template(1), "body": "{{ }"}))
+    entry = c.get("otpMail", "en")
+    assert entry is not None and entry.compiled is None
+
+
+async def test_a_newer_version_applied_while_an_older_one_compiles_is_kept() -> None:
+    gate = asyncio.Event()
+
+    async def gated(data: Mapping[str, Any]) -> render.CompiledTemplate:
+        if data["version"] == 1:
+            await gate.wait()
+        return await compile_here(data)
+
+    c = cache(gated)
+    older = asyncio.create_task(c.apply(KEY, record(1)))
+    await asyncio.sleep(0)
+    await c.apply_own(KEY, template(2, "mine"))
+    gate.set()
+    await older
+    assert versions(c) == [2]
+    assert c.get("otpMail", "en").compiled is not None
+
+
+async def test_a_delete_applied_while_an_older_version_compiles_holds() -> None:
+    gate = asyncio.Event()
+
+    async def gated(data: Mapping[str, Any]) -> render.CompiledTemplate:
+        await gate.wait()
+        return await compile_here(data)
+
+    c = cache(gated)
+    older = asyncio.create_task(c.apply(KEY, record(1)))
+    await asyncio.sleep(0)
+    await c.apply_own(KEY, None)
+    gate.set()
+    await older
+    assert versions(c) == []
