@@ -104,25 +104,54 @@ class Malformed(ValueError):
     """A message command that is not one of ours; the reason names what is wrong."""
 
 
-def _message(data: object) -> Message:
+#: Longest text a registration's fields may hold: a context value is an identifier (at most
+#: 200 characters where requests are read), a receiver an address, a number or a push token.
+MAX_CONTEXT_CHARS = 200
+MAX_RECEIVER_CHARS = 4096
+MAX_PROVIDER_CHARS = 100
+
+
+def _message(data: object, now: float, window_seconds: float) -> Message:
     """A registration's message, checked field by field: a row that ``Message`` could not read
-    back would fail every report on it."""
+    back would fail every report on it, and one with unbounded fields or a send time far ahead
+    would be stored for good (a row expires ``window_seconds`` after ``sent_at``)."""
     if not isinstance(data, dict):
         raise Malformed("a registration needs its message as an object")
     try:
         message = Message.from_dict(data)
     except TypeError:
         raise Malformed("a registration's message has unknown or missing fields") from None
-    text = isinstance(message.provider, str) and isinstance(message.receiver, str)
-    if (
-        not text
-        or not isinstance(message.sent_at, int | float)
-        or isinstance(message.sent_at, bool)
+    if not (
+        _text(message.provider, MAX_PROVIDER_CHARS) and _text(message.receiver, MAX_RECEIVER_CHARS)
     ):
-        raise Malformed("a registration's provider, receiver or sent_at has the wrong type")
-    if not isinstance(message.context, dict) or not isinstance(message.statuses, list):
-        raise Malformed("a registration's context or statuses has the wrong type")
+        raise Malformed("a registration's provider or receiver is not a short enough string")
+    sent_at = message.sent_at
+    if (
+        not isinstance(sent_at, int | float)
+        or isinstance(sent_at, bool)
+        or not 0 <= sent_at <= now + window_seconds  # false for NaN too
+    ):
+        raise Malformed("a registration's sent_at is not a time up to now")
+    if not isinstance(message.context, dict) or not all(
+        value is None or _text(value, MAX_CONTEXT_CHARS) or _integer(value)
+        for value in _context(message.context).values()
+    ):
+        raise Malformed("a registration's context is not an object of short identifiers")
+    statuses = message.statuses
+    if not isinstance(statuses, list) or not (
+        all(isinstance(s, str) and s in TWILIO_STATUSES for s in statuses)
+        and len(set(statuses)) == len(statuses)
+    ):
+        raise Malformed("a registration's statuses are not distinct provider statuses")
     return replace(message, context=_context(message.context))
+
+
+def _text(value: object, limit: int) -> bool:
+    return isinstance(value, str) and len(value) <= limit
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Receipts:
@@ -200,7 +229,7 @@ class ReceiptProcessor:
     async def _handle(self, record: Inbound, command: dict[str, Any]) -> None:
         key, kind = record.key or b"", command.get("k")
         if kind == REGISTER:
-            message = _message(command.get("m"))
+            message = _message(command.get("m"), self.clock(), self.window_seconds)
             if key not in self.rows:  # a redelivered registration keeps what arrived since
                 self.rows[key] = codec.dumps(asdict(message))
         elif kind == UPDATE:

@@ -179,7 +179,30 @@ HOSTILE_COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("value", HOSTILE_COMMANDS)
+def registration(**fields: Any) -> bytes:
+    message = {"provider": "twilio", "receiver": "+1", "sent_at": 1_000_000.0, **fields}
+    return codec.dumps({"k": "m", "m": message})
+
+
+#: Registrations that would be stored unbounded, or for good.
+UNBOUNDED_REGISTRATIONS = [
+    registration(context={"clientId": "A" * 880_000}),  # 880 KB row, every report copies it
+    registration(context={"clientId": "A" * 201}),
+    registration(context={"clientId": {"nested": [1]}}),
+    registration(context={"clientId": 1.5}),
+    registration(context={"clientId": True}),
+    registration(receiver="+" + "1" * 5000),
+    registration(provider="t" * 101),
+    registration(sent_at=1e300),  # never expires
+    registration(sent_at=1_000_000.0 + 3601),  # more than a window ahead
+    registration(sent_at=-1),
+    registration(statuses=["delivered"] * 100_000),
+    registration(statuses=["made up"]),
+    registration(statuses=[1]),
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_COMMANDS + UNBOUNDED_REGISTRATIONS)
 def test_commands_not_of_ours_are_dead_lettered_and_store_nothing(value):
     """Anyone who can write to the broker can write to ``message-commands``: such a record is
     copied to the DLQ with its reason, and no row is left that a later report could not read."""
@@ -189,6 +212,18 @@ def test_commands_not_of_ours_are_dead_lettered_and_store_nothing(value):
     [reason] = dead_letters(svc)
     assert reason.startswith(b"not a message command: ")
     assert svc.update("delivered")["status"] == 404  # the key still works
+
+
+def test_a_registration_within_the_bounds_is_stored():
+    svc = Service()
+    context = {"clientId": "A" * 200, "processInstanceId": 2**62, "identifier": None}
+    command = registration(
+        context=context, receiver="x" * 4096, sent_at=1_000_000.0 + 3600, statuses=["sent"]
+    )
+    asyncio.run(svc.processor.handle(Inbound("m", 0, 1, SID.encode(), command, [], None)))
+    assert svc.update("delivered")["status"] == 204
+    [event] = svc.outbox.on(Route.EVENTS)
+    assert event["clientId"] == "A" * 200 and event["processInstanceId"] == 2**62
 
 
 def test_a_registered_context_keeps_only_the_event_fields():
