@@ -58,6 +58,8 @@ from tables import (
 from tables.template_cache import TemplateCache
 from web import register_views
 from web.errors import error_middleware
+from web.openapi import limits_of, operations
+from web.query import url_middleware
 
 log = logging.getLogger(__name__)
 # Requests handled at once by one worker (across identifiers); bounds memory and open sends.
@@ -149,7 +151,10 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_application_options={
-            "middlewares": [error_middleware(settings.api_max_body_bytes)],
+            "middlewares": [
+                error_middleware(settings.api_max_body_bytes),
+                url_middleware(operations(limits_of(settings))),
+            ],
             "client_max_size": settings.api_max_body_bytes,
         },
         web_transport="tcp://",

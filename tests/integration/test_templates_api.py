@@ -474,6 +474,30 @@ async def test_invalid_path_and_query(api: Api):
     assert_error(status, body, 400, field="name")
 
 
+async def test_a_misspelt_or_repeated_query_parameter_changes_nothing(api: Api):
+    """``?Draft=true`` would have published, ``?lang=fr`` deleted the default language's
+    template, ``?draft=false&draft=true`` saved what its first value said: each is a 400
+    naming the parameter, and the template is as it was."""
+    name = unique("query")
+    status, created = await api.call("POST", "/api/template", {**SEED_SMS, "name": name})
+    assert status == 201, created
+    changed = {**SEED_SMS, "name": name, "body": "changed [(${otpValue})]"}
+    for method, query, field in [
+        ("PUT", "?Draft=true", "Draft"),
+        ("PUT", "?draft=true&draft=false", "draft"),
+        ("DELETE", "?lang=fr", "lang"),
+        ("DELETE", "?language=en&language=fr", "language"),
+    ]:
+        status, body = await api.call(method, f"/api/template/{name}{query}", changed)
+        assert_error(status, body, 400, field=field)
+    status, body = await api.call("GET", f"/api/template/{name}")
+    assert (status, body) == (200, created)
+    status, body = await api.call("GET", f"/api/template/{name}?language=%FF")
+    assert_error(status, body, 400, field="query")
+    status, body = await api.call("GET", "/api/template/a%FFb")
+    assert_error(status, body, 400, field="path")
+
+
 async def test_invalid_json_is_400(raw: Raw):
     for data in (b"{", b"{'name': 1}", b"", b"\xff\xfe", b'{"a": NaN}', b"[1,]"):
         status, body, _ = await raw("POST", "/api/template", data=data, headers={**AUTH, **JSON})

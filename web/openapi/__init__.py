@@ -52,7 +52,9 @@ def document(lim: Limits) -> dict[str, Any]:
             "token, or one of NOTIFY_API_TOKENS_FILE) with the scope the operation names "
             "(`admin` has all), unless NOTIFY_API_AUTH=disabled. "
             f"A request body over {lim.max_body_bytes} bytes (API_MAX_BODY_BYTES) is refused "
-            "with 413 on any route; a method a path does not have, with 405 and `Allow`. "
+            "with 413 on any route; a method a path does not have, with 405 and `Allow`; "
+            "a query parameter the operation does not list, or one given twice, with 400 "
+            "naming it. "
             "Every error is JSON: `Error`.",
         },
         "security": [{"bearer": []}],

@@ -26,6 +26,11 @@ def ref(name: str) -> dict[str, str]:
 ERROR = ref("Error")
 #: What every route behind the bearer token may answer besides its own statuses.
 UNAUTHENTICATED = "missing or wrong bearer token"
+#: What every route may answer (``web.query``), before anything else.
+URL_REFUSED = (
+    "a query parameter the operation does not list, or one given twice, or a path or query "
+    "that is not UTF-8 once percent-decoded"
+)
 FORBIDDEN = "the token lacks the scope this operation needs (the error names it)"
 FORBIDDEN_OR_CROSS_ORIGIN = f"{FORBIDDEN}, or a browser sent it from a page of another origin"
 LOADING = "the service is still loading, or its store did not answer in time; retry"
@@ -184,7 +189,8 @@ class Operation:
     def to_dict(self) -> dict[str, Any]:
         auth_errors, security, needs = self._security()
         responses = {str(s): r for s, r in sorted(self.answers.items())}
-        for status, why in sorted({**auth_errors, **self.errors}.items()):
+        errors = {400: URL_REFUSED, **auth_errors, **self.errors}
+        for status, why in sorted(errors.items()):
             responses.setdefault(str(status), _error(status, why, self.beyond_schema))
         op: dict[str, Any] = {"operationId": self.operation_id, "summary": self.summary}
         description = " ".join(text for text in (self.description, needs) if text)
