@@ -22,7 +22,7 @@ from aiohttp import web
 from app.core import templates as model
 from app.core.access import IMPORT, READ, Principal
 from app.flows.templates import content
-from web.errors import ApiError, json_response
+from web.errors import ApiError, json_response, json_stream
 from web.http import Gate, query_bool, read_json
 from web.templates import TemplateApi
 
@@ -35,12 +35,12 @@ MAX_TEMPLATES = 1000
 ACTIONS = ("create", "update", "unchanged", "refused")
 
 
-def export_document(templates: list[dict[str, Any]]) -> dict[str, Any]:
+def export_header() -> dict[str, Any]:
+    """An export document's fields but its ``templates``."""
     return {
         "format": FORMAT,
         "formatVersion": FORMAT_VERSION,
         "exportedAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "templates": [content(t) for t in templates],
     }
 
 
@@ -83,7 +83,8 @@ class TransferApi:
         self.cache = ctx.cache
         self.settings = ctx.settings
 
-    def export(self, request: web.Request) -> dict[str, Any]:
+    def exported(self, request: web.Request) -> list[dict[str, Any]]:
+        """The templates an export request names (every one without ``name``)."""
         name, language = request.query.get("name"), request.query.get("language")
         chosen = [
             t
@@ -95,7 +96,7 @@ class TransferApi:
             raise ApiError(
                 404, f"no template '{name}'" + (f" for language '{language}'" if language else "")
             )
-        return export_document(chosen)
+        return chosen
 
     async def plan(
         self, templates: list[Any]
@@ -177,7 +178,9 @@ def register(ctx: Context, templates: TemplateApi) -> None:
     class TemplatesExport(faust.web.View):
         async def get(self, request: web.Request) -> web.Response:
             await gate.admit(request, READ)
-            return json_response(api.export(request))
+            chosen = api.exported(request)
+            items = (content(t) for t in chosen)
+            return await json_stream(request, export_header(), "templates", items)
 
     @app.page("/api/templates/import", name="templates_import")
     class TemplatesImport(faust.web.View):

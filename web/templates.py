@@ -33,7 +33,7 @@ from app.render_pool import (
     RenderPoolUnavailable,
 )
 from tables.template_cache import CachedTemplate
-from web.errors import ApiError, json_response
+from web.errors import ApiError, json_response, json_stream
 from web.http import Gate, ask, query_bool, read_json
 
 if TYPE_CHECKING:
@@ -127,7 +127,8 @@ class TemplateApi:
         return entry
 
     # -- the operations -------------------------------------------------------------------
-    def list(self, request: web.Request) -> dict[str, Any]:
+    def matching(self, request: web.Request) -> list[CachedTemplate]:
+        """The templates a list request's filters select, in key order."""
         wanted_type = one_of(request, "type", model.TYPES)
         status = one_of(request, "status", STATUSES)
         wanted = {
@@ -136,14 +137,13 @@ class TemplateApi:
             "active": query_bool(request, "active"),
         }
         name = (request.query.get("name") or "").lower()
-        items = [
-            {**e.data, "hasDraft": e.draft is not None}
+        return [
+            e
             for e in self.cache.entries()
             if all(value is None or e.data[field] == value for field, value in wanted.items())
             and name in e.data["name"].lower()
             and matches_status(e, status)
         ]
-        return {"items": items, "count": len(items)}
 
     def get(self, request: web.Request, name: str) -> dict[str, Any]:
         name, language = self.key_of(request, name)
@@ -418,7 +418,9 @@ def register(ctx: Context) -> TemplateApi:
     class TemplateCollection(faust.web.View):
         async def get(self, request: web.Request) -> web.Response:
             await api.admit(request, READ)
-            return json_response(api.list(request))
+            entries = api.matching(request)
+            items = ({**e.data, "hasDraft": e.draft is not None} for e in entries)
+            return await json_stream(request, {"count": len(entries)}, "items", items)
 
         async def post(self, request: web.Request) -> web.Response:
             by = await api.admit(request, EDIT)

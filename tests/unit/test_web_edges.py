@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import app.main as main
@@ -18,6 +19,7 @@ from app.flows.receipts import twilio_signature
 from app.runtime import http as http_hooks
 from app.settings import Settings
 from web import http, template_io
+from web.errors import STREAM_CHUNK_BYTES, json_stream
 
 TWILIO_TOKEN = "x" * 20
 BASE_URL = "https://otp.example.com"
@@ -304,3 +306,47 @@ def test_parser_details_name_the_header_and_quote_no_value():
         "field": "request",
         "message": "Transfer-Encoding can't be present with Content-Length",
     }
+
+
+async def test_a_streamed_list_is_one_json_document_and_the_loop_runs_while_it_is_sent():
+    """A list of every template is tens of megabytes: sent in chunks, it is the same JSON as
+    one ``dumps``, and other tasks run between the chunks."""
+    items = [{"name": f"t{n}", "body": "x" * 10_000} for n in range(200)]
+    turns = 0
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        def counted() -> Any:
+            nonlocal turns
+            for item in items:
+                turns += 1
+                yield item
+
+        return await json_stream(request, {"count": len(items)}, "items", counted())
+
+    async def empty(request: web.Request) -> web.StreamResponse:
+        return await json_stream(request, {}, "items", [])
+
+    app = web.Application()
+    app.router.add_get("/list", listing)
+    app.router.add_get("/empty", empty)
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with TestClient(TestServer(app)) as client:
+        ticker = asyncio.create_task(tick())
+        resp = await client.get("/list")
+        body = await resp.read()
+        stop.set()
+        await ticker
+        assert resp.status == 200 and resp.content_type == "application/json"
+        assert codec.loads(body) == {"count": 200, "items": items}
+        assert ticks >= len(body) // STREAM_CHUNK_BYTES  # a turn per chunk at least
+        resp = await client.get("/empty")
+        assert codec.loads(await resp.read()) == {"items": []}
+    assert turns == 200
