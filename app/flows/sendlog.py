@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import codec
@@ -189,9 +189,15 @@ def _text(field: str, value: Any) -> str:
     return value
 
 
+#: RFC 3339's leap second (``23:59:60``), which ``datetime`` cannot hold: read as the next one.
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d):60")
+
+
 def _instant(field: str, raw: str) -> str:
+    # RFC 3339 allows a lowercase "t" and "z" (section 5.6).
+    text, leap = _LEAP_SECOND.subn(r"\1:59", raw.upper().replace("Z", "+00:00"), count=1)
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text) + timedelta(seconds=leap)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         # 0001-01-01T00:00+01:00 is a valid time that falls before year 1 in UTC.

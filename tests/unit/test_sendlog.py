@@ -108,6 +108,19 @@ def test_bad_queries_name_the_parameter(params: dict[str, str], field: str):
     assert err.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("raw", "utc"),
+    [
+        ("2026-12-01t10:00:00z", "2026-12-01T10:00:00.000Z"),  # RFC 3339 5.6: any case
+        ("2026-12-01T23:59:60Z", "2026-12-02T00:00:00.000Z"),  # a leap second
+        ("2016-12-31T23:59:60.5+01:00", "2016-12-31T23:00:00.500Z"),
+        ("2026-12-01T10:00:00-00:00", "2026-12-01T10:00:00.000Z"),
+    ],
+)
+def test_every_rfc3339_time_is_a_bound(raw: str, utc: str):
+    assert parse_query({"since": raw}).since == utc
+
+
 @given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=5))
 def test_any_query_string_parses_or_names_a_parameter(params: dict[str, str]):
     try:
