@@ -107,8 +107,12 @@ def respond(request: web.Request, asset: Asset) -> web.Response:
     ask each time (a cheap conditional request) to pick up a new release at once.
     """
     headers = {**SECURITY_HEADERS, "ETag": asset.etag, "Cache-Control": "no-cache"}
-    wanted = request.headers.get("If-None-Match", "")
-    if asset.etag in (tag.strip() for tag in wanted.split(",")):
+    # RFC 9110 13.1.2: "*" matches any version, and the comparison is weak (W/"x" is "x").
+    wanted = {
+        tag.strip().removeprefix("W/")
+        for tag in request.headers.get("If-None-Match", "").split(",")
+    }
+    if "*" in wanted or asset.etag in wanted:
         return web.Response(status=304, headers=headers)
     return web.Response(
         body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers

@@ -350,3 +350,25 @@ async def test_a_streamed_list_is_one_json_document_and_the_loop_runs_while_it_i
         resp = await client.get("/empty")
         assert codec.loads(await resp.read()) == {"items": []}
     assert turns == 200
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status"),
+    [
+        (None, 200),
+        ('"other"', 200),
+        ("{etag}", 304),
+        ('"other", {etag}', 304),
+        ("W/{etag}", 304),  # RFC 9110: If-None-Match compares weakly
+        ("*", 304),
+    ],
+)
+def test_a_console_file_the_browser_holds_is_a_304(if_none_match: str | None, status: int):
+    from aiohttp.test_utils import make_mocked_request
+
+    from web.console import load_assets, respond
+
+    asset = load_assets()["index.html"]
+    headers = {"If-None-Match": if_none_match.format(etag=asset.etag)} if if_none_match else {}
+    response = respond(make_mocked_request("GET", "/console", headers=headers), asset)
+    assert response.status == status and response.headers["ETag"] == asset.etag
