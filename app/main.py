@@ -292,6 +292,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
 
     @app.task
     async def run_template_cache() -> None:
+        await ctx.render_pool.start()  # the read model compiles every version it reads there
         await ctx.cache.run()
 
     @app.task

@@ -242,6 +242,23 @@ class RenderPool:
         except (KeyError, TypeError, ValueError, EOFError):
             raise RenderCrashed("the template renderer sent a malformed answer") from None
 
+    async def start(self) -> None:
+        """Start every child now rather than on first use: every worker's read model compiles
+        each template version it reads here, and a template saved on one worker must be
+        usable on the others within moments, not after a child's start (a second or more on
+        a busy machine). A child that cannot start is logged; jobs start one later."""
+        if self._closed:
+            return
+        started = await asyncio.gather(
+            *(self._spawn() for _ in range(self.size - len(self._idle) - len(self._busy))),
+            return_exceptions=True,
+        )
+        for child in started:
+            if isinstance(child, _Child):
+                self._idle.append(child)
+            elif isinstance(child, asyncio.CancelledError):
+                raise child
+
     # ------------------------------------------------------------------ machinery
 
     async def _run(

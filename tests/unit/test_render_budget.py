@@ -642,3 +642,17 @@ async def test_pool_close_stops_children_and_refuses_new_jobs() -> None:
     assert all(proc.returncode == 0 for proc in procs)
     with pytest.raises(RenderPoolUnavailable):
         await pool.validate(sms("x"), **VALIDATE)
+
+
+async def test_pool_start_has_every_child_ready_for_the_first_job() -> None:
+    pool = RenderPool(LIMITS, size=2)
+    try:
+        await pool.start()
+        procs = {child.proc.pid for child in pool._idle}
+        assert len(procs) == 2
+        await pool.start()  # started already: nothing more
+        compiled = await pool.compile(sms("OTP [(${otpValue})]"))
+        assert compiled.variables == {"otpValue"}
+        assert {child.proc.pid for child in pool._idle} == procs
+    finally:
+        await pool.close()
