@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -169,6 +170,27 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         raise ApiError(
             400, "request body is not valid JSON", [{"field": "$", "message": str(exc)}]
         ) from None
+
+
+_VERSION_TAG = re.compile(r'"v([0-9]{1,10})"')
+
+
+def version_etag(version: int) -> str:
+    """The strong ETag of a template's published version: it changes with every publish."""
+    return f'"v{version}"'
+
+
+def if_match(request: web.Request) -> list[int] | str | None:
+    """``If-Match`` as the template writer takes it: None (absent), ``"*"``, or the versions
+    its tags name (a tag this service never gave out, or a weak one, names none: RFC 9110's
+    strong comparison)."""
+    values = request.headers.getall("If-Match", [])
+    if not values:
+        return None
+    tags = [tag.strip() for value in values for tag in value.split(",")]
+    if "*" in tags:
+        return "*"
+    return [int(m.group(1)) for tag in tags if (m := _VERSION_TAG.fullmatch(tag))]
 
 
 def query_bool(request: web.Request, name: str) -> bool | None:

@@ -34,7 +34,7 @@ from app.render_pool import (
 )
 from tables.template_cache import CachedTemplate
 from web.errors import ApiError, json_response, json_stream
-from web.http import Gate, ask, query_bool, read_json
+from web.http import Gate, ask, if_match, query_bool, read_json, version_etag
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -93,14 +93,25 @@ class TemplateApi:
         return await self.validated(await read_json(request, self.settings.api_max_body_bytes))
 
     async def write(
-        self, op: str, key: str, by: Principal | None = None, **fields: Any
+        self,
+        op: str,
+        key: str,
+        by: Principal | None = None,
+        request: web.Request | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """Send one command to the writer, wait for its answer, apply it here at once."""
+        """Send one command to the writer, wait for its answer, apply it here at once.
+
+        ``request``: the HTTP request whose ``If-Match`` the writer checks (a ``412`` here).
+        """
+        precondition = if_match(request) if request is not None else None
 
         async def send(request_id: str) -> None:
             command = {"id": request_id, "op": op, "key": key, **fields}
             if by is not None:
                 command["by"] = by.name
+            if precondition is not None:
+                command["ifMatch"] = precondition
             await self.commands.send(key=key.encode(), value=codec.dumps(command))
 
         result = await ask(
@@ -112,6 +123,8 @@ class TemplateApi:
         status = result["status"]
         if by is not None:
             log.info("template %s: %s by %s answered %d", key, op, by.name, status)
+        if status == 412:
+            raise changed_since_read(result["template"])
         if op in READ_OPS:
             return result
         if status in (200, 201) or (status == 204 and op != "delete"):
@@ -179,7 +192,8 @@ class TemplateApi:
         # The URL names the template; a body naming another one is a mistake, not a rename.
         template = {**template, "name": name, "language": language}
         op = "save_draft" if draft else "replace"
-        result = await self.write(op, model.template_key(name, language), by, template=template)
+        key = model.template_key(name, language)
+        result = await self.write(op, key, by, request, template=template)
         if result["status"] == 404:
             raise not_found(name, language)
         return result["body"] if draft else result["template"]
@@ -188,7 +202,7 @@ class TemplateApi:
         name, language = self.key_of(request, name)
         draft = query_bool(request, "draft")
         op = "discard_draft" if draft else "delete"
-        result = await self.write(op, model.template_key(name, language), by)
+        result = await self.write(op, model.template_key(name, language), by, request)
         if result["status"] == 404:
             if draft and result["template"] is not None:
                 raise ApiError(404, f"template '{name}' has no draft for language '{language}'")
@@ -196,7 +210,7 @@ class TemplateApi:
 
     async def publish(self, request: web.Request, name: str, by: Principal) -> dict[str, Any]:
         name, language = self.key_of(request, name)
-        result = await self.write("publish", model.template_key(name, language), by)
+        result = await self.write("publish", model.template_key(name, language), by, request)
         if result["status"] == 404:
             raise not_found(name, language)
         if result["status"] == 409:
@@ -229,7 +243,7 @@ class TemplateApi:
         name, language = self.key_of(request, name)
         number = version_number(version)
         key = model.template_key(name, language)
-        result = await self.write("restore", key, by, version=number)
+        result = await self.write("restore", key, by, request, version=number)
         if result["status"] == 404:
             raise version_not_found(name, language, number, result)
         return result["template"]
@@ -383,6 +397,28 @@ def preview_payload_data(payload: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def changed_since_read(current: dict[str, Any] | None) -> ApiError:
+    """The ``412`` of a write whose ``If-Match`` no longer names the published version."""
+    if current is None:
+        return ApiError(
+            412,
+            "the template does not exist",
+            [{"field": "If-Match", "message": "names a template that is gone"}],
+        )
+    etag = version_etag(int(current["version"]))
+    return ApiError(
+        412,
+        "the template changed since it was read",
+        [{"field": "If-Match", "message": f"the published version is now {etag}: read it again"}],
+    )
+
+
+def template_response(template: dict[str, Any], status: int = 200) -> web.Response:
+    """A template answered with the ETag of its published version (a draft has none)."""
+    headers = {"ETag": version_etag(int(template["version"]))} if "version" in template else None
+    return json_response(template, status=status, headers=headers)
+
+
 def not_found(name: str, language: str) -> ApiError:
     return ApiError(404, f"template '{name}' not found for language '{language}'")
 
@@ -424,17 +460,17 @@ def register(ctx: Context) -> TemplateApi:
 
         async def post(self, request: web.Request) -> web.Response:
             by = await api.admit(request, EDIT)
-            return json_response(await api.create(request, by), status=201)
+            return template_response(await api.create(request, by), status=201)
 
     @app.page("/api/template/{name}", name="template_item")
     class TemplateItem(faust.web.View):
         async def get(self, request: web.Request, name: str) -> web.Response:
             await api.admit(request, READ)
-            return json_response(api.get(request, name))
+            return template_response(api.get(request, name))
 
         async def put(self, request: web.Request, name: str) -> web.Response:
             by = await api.admit(request, EDIT)
-            return json_response(await api.replace(request, name, by))
+            return template_response(await api.replace(request, name, by))
 
         async def delete(self, request: web.Request, name: str) -> web.Response:
             by = await api.admit(request, EDIT)
@@ -464,7 +500,7 @@ def register_lifecycle(app: faust.App, api: TemplateApi) -> None:
     class TemplatePublish(faust.web.View):
         async def post(self, request: web.Request, name: str) -> web.Response:
             by = await api.admit(request, EDIT)
-            return json_response(await api.publish(request, name, by))
+            return template_response(await api.publish(request, name, by))
 
     @app.page("/api/template/{name}/versions", name="template_versions")
     class TemplateVersions(faust.web.View):
@@ -482,10 +518,10 @@ def register_lifecycle(app: faust.App, api: TemplateApi) -> None:
     class TemplateRestore(faust.web.View):
         async def post(self, request: web.Request, name: str, version: str) -> web.Response:
             by = await api.admit(request, EDIT)
-            return json_response(await api.restore(request, name, version, by))
+            return template_response(await api.restore(request, name, version, by))
 
     @app.page("/api/template/{name}/clone", name="template_clone")
     class TemplateClone(faust.web.View):
         async def post(self, request: web.Request, name: str) -> web.Response:
             by = await api.admit(request, EDIT)
-            return json_response(await api.clone(request, name, by), status=201)
+            return template_response(await api.clone(request, name, by), status=201)

@@ -166,6 +166,8 @@ def apply_command(
         return (200 if current is not None else 404), current
     if current is not None and request_id and request_id in seen_requests(current):
         return WRITE_STATUS.get(op, 200), current
+    if not precondition_holds(current, command):
+        return 412, current
     if op == "create":
         if current is not None:
             return 409, current
@@ -184,6 +186,22 @@ def apply_command(
             row = {**row, REQUESTS_FIELD: recent}
         row = _bounded(row, limits)  # last: the size counts every field the row is written with
     return status, row
+
+
+def precondition_holds(current: dict[str, Any] | None, command: dict[str, Any]) -> bool:
+    """A write's ``If-Match`` (``ifMatch``: ``"*"`` or the published versions it was read at)
+    against the row: an editor's change never overwrites one made since it read the template
+    (RFC 9110 13.1.1; no row matches nothing). Without one, every write goes ahead."""
+    wanted = command.get("ifMatch")
+    if wanted is None or command["op"] == "create":
+        return True
+    if current is None:
+        return False
+    if wanted == "*":
+        return True
+    if not isinstance(wanted, list):
+        raise ValueError("ifMatch must be '*' or a list of versions")
+    return int(current.get("version", 0)) in wanted
 
 
 def seen_requests(row: dict[str, Any] | None) -> list[str]:

@@ -445,6 +445,31 @@ def test_clone_and_delete_with_confirmation(console: Console, api: Api):
     assert console.violations() == []
 
 
+def test_a_change_made_elsewhere_since_opening_is_never_overwritten(console: Console, api: Api):
+    """The console writes with If-Match: another editor's publish after this page opened the
+    template makes this page's draft save and delete a 412 it shows, and both changes that
+    would have been lost stay."""
+    name = unique("race")
+    create(api, {**SEED_SMS, "name": name})
+    page = console.page
+    console.sign_in(TOKEN)
+    console.open(name)
+    elsewhere = {**SEED_SMS, "name": name, "body": "Elsewhere [(${otpValue})]"}
+    status, stored = call(api, "PUT", f"/api/template/{name}?language=en", elsewhere)
+    assert status == 200 and stored["version"] == 2, stored
+    page.fill("#f-body", "Here [(${otpValue})]")
+    console.wait_preview()
+    page.click("#save-draft")
+    console.status("changed since it was read")
+    assert call(api, "GET", f"/api/template/{name}?language=en&draft=true")[0] == 404
+    page.click("#delete")
+    page.click("#confirm-ok")
+    console.status("changed since it was read")
+    status, current = call(api, "GET", f"/api/template/{name}?language=en")
+    assert (status, current["version"], current["body"]) == (200, 2, elsewhere["body"])
+    assert console.violations() == []
+
+
 def test_list_filters_by_name_type_language_and_status(console: Console, api: Api):
     tag = unique("flt")
     create(api, {**SEED_SMS, "name": f"{tag}-sms"})

@@ -498,6 +498,43 @@ async def test_a_misspelt_or_repeated_query_parameter_changes_nothing(api: Api):
     assert_error(status, body, 400, field="path")
 
 
+async def test_an_edit_made_since_a_read_is_never_overwritten(raw: Raw):
+    """Two editors read version 1; the first one's write (If-Match its ETag) goes through,
+    the second one's gets 412 naming the version now published, and the template keeps the
+    first one's change."""
+    name = unique("ifmatch")
+    body = json.dumps({**SEED_SMS, "name": name})
+    status, created, headers = await raw(
+        "POST", "/api/template", data=body, headers={**AUTH, **JSON}
+    )
+    assert (status, headers["ETag"]) == (201, '"v1"'), created
+    status, _, headers = await raw("GET", f"/api/template/{name}", headers=AUTH)
+    assert (status, headers["ETag"]) == (200, '"v1"')
+    first = json.dumps({**SEED_SMS, "name": name, "body": "first [(${otpValue})]"})
+    second = json.dumps({**SEED_SMS, "name": name, "body": "second [(${otpValue})]"})
+    read_at = {**AUTH, **JSON, "If-Match": '"v1"'}
+    status, stored, headers = await raw("PUT", f"/api/template/{name}", data=first, headers=read_at)
+    assert (status, stored["version"], headers["ETag"]) == (200, 2, '"v2"'), stored
+    status, refused, _ = await raw("PUT", f"/api/template/{name}", data=second, headers=read_at)
+    assert status == 412, refused
+    assert (
+        refused["details"][0]["field"] == "If-Match" and '"v2"' in refused["details"][0]["message"]
+    )
+    for weak in ('W/"v2"', '"2"'):  # If-Match compares strongly; a tag not of ours names none
+        status, _, _ = await raw(
+            "DELETE", f"/api/template/{name}", headers={**AUTH, "If-Match": weak}
+        )
+        assert status == 412
+    status, current, _ = await raw("GET", f"/api/template/{name}", headers=AUTH)
+    assert current["body"] == "first [(${otpValue})]" and current["version"] == 2
+    status, _, _ = await raw(
+        "DELETE", f"/api/template/{name}", headers={**AUTH, "If-Match": '"v1", "v2"'}
+    )
+    assert status == 204
+    status, _, _ = await raw("DELETE", f"/api/template/{name}", headers={**AUTH, "If-Match": "*"})
+    assert status == 412  # nothing left to match
+
+
 async def test_invalid_json_is_400(raw: Raw):
     for data in (b"{", b"{'name': 1}", b"", b"\xff\xfe", b'{"a": NaN}', b"[1,]"):
         status, body, _ = await raw("POST", "/api/template", data=data, headers={**AUTH, **JSON})

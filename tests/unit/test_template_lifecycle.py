@@ -50,6 +50,29 @@ def created() -> dict[str, Any]:
     return row
 
 
+def test_a_write_if_match_goes_ahead_only_on_the_version_it_read() -> None:
+    v1 = created()
+    changed = {**SMS, "body": "Changed [(${otpValue})]"}
+    status, v2 = run(v1, "replace", template=changed, ifMatch=[1])
+    assert status == 200 and v2 is not None and v2["version"] == 2
+    # another editor read version 1 too: each of their writes is refused, the row unchanged
+    for op, fields in [
+        ("replace", {"template": SMS}),
+        ("save_draft", {"template": SMS}),
+        ("delete", {}),
+        ("publish", {}),
+        ("restore", {"version": 1}),
+    ]:
+        assert run(v2, op, ifMatch=[1], **fields) == (412, v2), op
+    assert run(v2, "replace", template=SMS, ifMatch=[])[0] == 412  # a tag of no version
+    assert run(v2, "delete", ifMatch=[1, 2])[0] == 204  # any of the tags
+    assert run(v2, "delete", ifMatch="*")[0] == 204
+    assert run(None, "delete", ifMatch="*") == (412, None)  # nothing to match
+    assert run(v2, "versions", ifMatch=[1])[0] == 200  # reads are not preconditioned
+    with pytest.raises(ValueError):
+        run(v2, "delete", ifMatch=2)
+
+
 def test_a_change_keeps_the_previous_version_with_who_and_what() -> None:
     v1 = created()
     status, v2 = run(v1, "replace", template={**SMS, "body": "Your code [(${otpValue})]"})

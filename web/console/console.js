@@ -84,8 +84,14 @@
     }
   }
 
-  async function api(method, path, body) {
+  /**
+   * `readAt`: the published version the open template was read at. A write sent with it
+   * (If-Match) is refused with 412 if someone has changed the template since, rather than
+   * overwriting their change.
+   */
+  async function api(method, path, body, readAt) {
     const headers = { Accept: "application/json", Authorization: `Bearer ${state.token}` };
+    if (readAt !== undefined) headers["If-Match"] = `"v${readAt}"`;
     const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -743,7 +749,8 @@
 
   async function saveDraft() {
     const { name, language } = state.published;
-    state.draft = await api("PUT", `${templatePath(name, language)}&draft=true`, templateInput());
+    const path = `${templatePath(name, language)}&draft=true`;
+    state.draft = await api("PUT", path, templateInput(), state.published.version);
     state.loaded = JSON.stringify(templateInput());
     await loadList();
     setStatus(`Draft saved. Sends still use v${state.published.version}.`, "ok");
@@ -752,7 +759,8 @@
   async function publish() {
     const { name, language } = state.published;
     if (isDirty()) await saveDraft();
-    const stored = await api("POST", templatePath(name, language, "/publish"));
+    const readAt = state.published.version;
+    const stored = await api("POST", templatePath(name, language, "/publish"), undefined, readAt);
     await reopen(`Published v${stored.version}.`);
   }
 
@@ -764,7 +772,8 @@
       "Discard draft",
     );
     if (!ok) return;
-    await api("DELETE", `${templatePath(name, language)}&draft=true`);
+    const path = `${templatePath(name, language)}&draft=true`;
+    await api("DELETE", path, undefined, state.published.version);
     await reopen("Draft discarded.");
   }
 
@@ -776,7 +785,8 @@
       { danger: false },
     );
     if (!ok) return;
-    const stored = await api("POST", templatePath(name, language, `/versions/${version}/restore`));
+    const path = templatePath(name, language, `/versions/${version}/restore`);
+    const stored = await api("POST", path, undefined, state.published.version);
     await reopen(`Restored v${version} as v${stored.version}.`);
   }
 
@@ -787,7 +797,7 @@
       "Delete",
     );
     if (!ok) return;
-    await api("DELETE", templatePath(name, language));
+    await api("DELETE", templatePath(name, language), undefined, state.published.version);
     state.loaded = JSON.stringify(templateInput());
     closeEditor();
     await loadList();

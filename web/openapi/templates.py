@@ -40,6 +40,24 @@ VERSION = {"type": "integer", "minimum": 1}
 
 NAME = path("name", NAME_SCHEMA, description=model.NAME_RULE, example="otpMail")
 DRAFT = query("draft", FLAG, "true: the template's draft instead of its published version")
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": 'the ETag the template was read with ("v<version>"), or *: the write is '
+    "refused with 412 if the published version has changed since (an editor's change never "
+    "overwrites another's)",
+}
+#: The published version's ETag, on every answer that is one.
+ETAG = {
+    "ETag": {
+        "description": 'the published version, "v<version>" (absent on a draft): give it back '
+        "in If-Match to write only if no one has changed the template since",
+        "schema": {"type": "string", "pattern": '^"v[0-9]+"$'},
+    }
+}
+CHANGED = {412: "If-Match names no version the template is at: it changed since it was read"}
 VERSION_PARAM = path("version", {**VERSION, "maximum": 2**31 - 1}, example=1)
 
 # --------------------------------------------------------------------------- refusals
@@ -419,7 +437,7 @@ def collection_operations(lim: Limits) -> list[Operation]:
             "/api/template",
             "createTemplate",
             "Create a template: version 1, live at once",
-            answers={201: answer(TEMPLATE, "created", links=ITEM_LINKS)},
+            answers={201: answer(TEMPLATE, "created", links=ITEM_LINKS, headers=ETAG)},
             errors={
                 400: "an invalid template (details name each field and why)",
                 409: "a template with this name and language exists (use PUT)",
@@ -460,7 +478,7 @@ def item_operations(lim: Limits) -> list[Operation]:
             "/api/template/{name}",
             "getTemplate",
             "Read a template: its published version, or its draft",
-            answers={200: answer(either, "the template (a Draft with draft=true)")},
+            answers={200: answer(either, "the template (a Draft with draft=true)", headers=ETAG)},
             errors={400: "an invalid name, language or draft flag", 404: no_draft, 503: LOADING},
             parameters=(NAME, language, DRAFT),
             scope=READ,
@@ -472,14 +490,19 @@ def item_operations(lim: Limits) -> list[Operation]:
             "replaceTemplate",
             "Replace a template (version + 1, live at once), or save its draft (draft=true: "
             "sends keep the published one); the URL's name and language win over the body's",
-            answers={200: answer(either, "replaced (the Draft with draft=true)", links=ITEM_LINKS)},
+            answers={
+                200: answer(
+                    either, "replaced (the Draft with draft=true)", links=ITEM_LINKS, headers=ETAG
+                )
+            },
             errors={
                 400: "an invalid name, language, draft flag or template",
                 404: NOT_FOUND,
                 **body_errors(lim),
+                **CHANGED,
                 503: BUSY,
             },
-            parameters=(NAME, language, DRAFT),
+            parameters=(NAME, language, DRAFT, IF_MATCH),
             body=json_body(TEMPLATE_IN, lim.max_body_bytes),
             scope=EDIT,
             beyond_schema=(*TEMPLATE_REFUSALS, HUGE_NUMBER),
@@ -491,8 +514,13 @@ def item_operations(lim: Limits) -> list[Operation]:
             "deleteTemplate",
             "Delete a template with its draft and history, or (draft=true) discard its draft",
             answers={204: {"description": "deleted"}},
-            errors={400: "an invalid name, language or draft flag", 404: no_draft, 503: LOADING},
-            parameters=(NAME, language, DRAFT),
+            errors={
+                400: "an invalid name, language or draft flag",
+                404: no_draft,
+                **CHANGED,
+                503: LOADING,
+            },
+            parameters=(NAME, language, DRAFT, IF_MATCH),
             scope=EDIT,
             tags=("templates",),
         ),
@@ -532,14 +560,15 @@ def lifecycle_operations(lim: Limits) -> list[Operation]:
             "/api/template/{name}/publish",
             "publishDraft",
             "Publish the template's draft: version + 1, live at once",
-            answers={200: answer(TEMPLATE, "published")},
+            answers={200: answer(TEMPLATE, "published", headers=ETAG)},
             errors={
                 400: "an invalid name or language",
                 404: NOT_FOUND,
                 409: "the template has no draft",
+                **CHANGED,
                 503: LOADING,
             },
-            parameters=(NAME, language),
+            parameters=(NAME, language, IF_MATCH),
             scope=EDIT,
             tags=("templates",),
         ),
@@ -574,13 +603,14 @@ def lifecycle_operations(lim: Limits) -> list[Operation]:
             "/api/template/{name}/versions/{version}/restore",
             "restoreVersion",
             "Publish an earlier version's content again: version + 1, live at once",
-            answers={200: answer(TEMPLATE, "restored")},
+            answers={200: answer(TEMPLATE, "restored", headers=ETAG)},
             errors={
                 400: "an invalid name, language or version",
                 404: unknown_version,
+                **CHANGED,
                 503: LOADING,
             },
-            parameters=(NAME, VERSION_PARAM, language),
+            parameters=(NAME, VERSION_PARAM, language, IF_MATCH),
             scope=EDIT,
             tags=("templates",),
         ),
@@ -589,7 +619,7 @@ def lifecycle_operations(lim: Limits) -> list[Operation]:
             "/api/template/{name}/clone",
             "cloneTemplate",
             "Copy a template's content under another name and/or language: version 1",
-            answers={201: answer(TEMPLATE, "the copy", links=ITEM_LINKS)},
+            answers={201: answer(TEMPLATE, "the copy", links=ITEM_LINKS, headers=ETAG)},
             errors={
                 400: "an invalid name, language or clone request",
                 404: NOT_FOUND,
