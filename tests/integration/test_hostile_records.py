@@ -196,6 +196,37 @@ async def test_requests_between_the_size_limits_are_answered_or_stubbed(
     await committed_to_end(kafka_bootstrap, env["APP_ID"], [env["KAFKA_TOPIC_OTP_GENERATE_IN"]], 30)
 
 
+async def test_a_request_of_many_empty_headers_is_refused_for_its_size(
+    worker: Worker, env: dict[str, str], kafka_bootstrap: str, templates: None
+):
+    """40,000 one-letter headers: 40 KB of names, 120 KB with their framing, over the 64 KB
+    MAX_REQUEST_BYTES. Counted without the framing, the request was served, its headers copied
+    into every hop and its reply; now it is dead-lettered (headers that large cannot go on a
+    reply), with them, and the stream goes on."""
+    pid = unique("headers")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=1_048_000)
+    await producer.start()
+    async with (
+        Collector(kafka_bootstrap, env["KAFKA_TOPIC_OTP_DLQ"]) as dlq,
+        Collector(kafka_bootstrap, env["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as out,
+    ):
+        try:
+            topic = env["KAFKA_TOPIC_OTP_GENERATE_IN"]
+            headers: list[tuple[str, bytes | None]] = [("h", None)] * 40_000
+            await producer.send_and_wait(topic, codec.dumps(gen(pid, "hdr-1")), headers=headers)
+        finally:
+            await producer.stop()
+        [letter] = await dlq.wait_for(lambda v: v.get("processInstanceId") == pid, timeout=30)
+        async with Kafka(kafka_bootstrap) as kafka:  # the stream goes on
+            await kafka.send(env["KAFKA_TOPIC_OTP_GENERATE_IN"], gen(f"{pid}-ok", "hdr-2"))
+        await out.wait_for(lambda v: v["processInstanceId"] == f"{pid}-ok")
+    reason = dict(letter.headers)["x-dlq-reason"]
+    assert b"over the 65536-byte limit" in reason, reason
+    assert len(letter.headers) == 40_002  # the request's headers, and the two marks
+    assert not [r for r in out.records if codec.loads(r.value)["processInstanceId"] == pid]
+    alive(worker)
+
+
 async def test_bad_identifiers_and_deep_data_get_an_error_reply(
     worker: Worker, env: dict[str, str], kafka_bootstrap: str, templates: None
 ):
