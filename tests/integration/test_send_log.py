@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app import codec
 from app.records import iso_utc
 from devtools.support import (
     SEED_MAIL,
@@ -163,6 +164,19 @@ async def test_any_worker_answers_for_every_send(
                 break
             await asyncio.sleep(0.2)
         assert sum([await swept(w) for w in workers]) == 1
+        # A sweep written to the internal topic by anyone else, cutting at the end of time,
+        # never cuts later than the retention: every entry stays.
+        forged = codec.dumps({"k": "x", "cutoff": "9999-12-31T00:00:00Z"})
+        async with Kafka(kafka_bootstrap) as kafka:
+            assert kafka.producer is not None
+            for partition in range(4):
+                await kafka.producer.send_and_wait(
+                    f"{env['APP_ID']}-log-queries", forged, partition=partition
+                )
+        await asyncio.sleep(3)  # the timer's sweeps, every second, come after the forged ones
+        assert sum([await swept(w) for w in workers]) == 1
+        mine = f"receiver={people[0]}"
+        assert [x["status"] for x in (await query(Api(workers[1].url), mine))["items"]] == STATUSES
         assert (await query(Api(workers[0].url), "receiver=old.person@example.com"))["items"] == []
         status, body = await Api(workers[1].url).call("GET", "/api/notifications?limit=9999")
         assert status == 400 and body["details"][0]["field"] == "limit"
