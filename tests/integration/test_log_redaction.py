@@ -9,14 +9,30 @@ refuse to), then reads the whole log: a record of each must be there, the token 
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 
 from app import codec
-from devtools.support import SECRET, TOKEN, Api, Worker, unique, worker_env
+from devtools.support import (
+    SECRET,
+    SEED_MAIL,
+    TOKEN,
+    Api,
+    Collector,
+    Kafka,
+    Worker,
+    topic_env,
+    unique,
+    worker_env,
+)
 from tests.conftest import SmtpSink
+from tests.unit.test_provider_echo import EchoingServer
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +65,35 @@ def raw_request(port: int, header_line: str) -> int:
     assert status_line.startswith("HTTP/1."), answer[:200]
     assert b"\r\nContent-Type: application/json" in answer, answer[:300]
     return int(status_line.split()[1])
+
+
+async def every_record(bootstrap: str, part: str) -> tuple[list[str], list[ConsumerRecord]]:
+    """The topics whose name holds ``part``, and every record they hold now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = sorted(t for t in await admin.list_topics() if part in t)
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    tps = [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        for partition in topic["partitions"]
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[ConsumerRecord] = []
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            batches = await consumer.getmany(timeout_ms=500)
+            records += [r for batch in batches.values() for r in batch]
+        return names, records
+    finally:
+        await consumer.stop()
 
 
 def leaks(text: str) -> list[str]:
@@ -88,3 +133,56 @@ async def test_bad_requests_leave_no_token_in_the_log(
         # The same check on the decoded fields: JSON escapes would hide a \x00 from the above.
         log += "\n".join(str(value) for r in records for value in r.values())
     assert not leaks(log), leaks(log)
+
+
+async def test_a_provider_quoting_the_code_back_leaves_it_nowhere(
+    kafka_bootstrap: str, tmp_path: Path
+):
+    """A mail server that refuses the message quoting its Subject (a content filter), once
+    for a while and then for good, with the code in the Subject: the code is in no log line
+    (any logger's), reply, event or record of any of the worker's topics, changelogs included."""
+    server = EchoingServer(451, 554)
+    server.controller.start()
+    suffix = unique("echo")
+    topics = topic_env(suffix)
+    env = worker_env(kafka_bootstrap, suffix, server.port, LOG_FORMAT="json")
+    worker = Worker(env=env, data_dir=tmp_path / "data", log_path=tmp_path / "worker.log")
+    worker.start()
+    try:
+        await worker.wait_ready()
+        template = {
+            **SEED_MAIL,
+            "name": "codeInSubject",
+            "subject": "[(${otpValue})] is your code, [(${clientId})]",
+        }
+        status, body = await Api(worker.url).call("POST", "/api/template", template)
+        assert status == 201, body
+        request = {
+            "processInstanceId": 1,
+            "templateName": "codeInSubject",
+            "channel": "MAIL",
+            "recipient": "echo@example.com",
+            "clientId": "echo-1",
+        }
+        async with (
+            Kafka(kafka_bootstrap) as kafka,
+            Collector(kafka_bootstrap, topics["KAFKA_TOPIC_OTP_GENERATE_OUT"]) as out,
+        ):
+            await kafka.send(topics["KAFKA_TOPIC_OTP_GENERATE_IN"], request)
+            [reply] = await out.wait_for(lambda v: v["processInstanceId"] == 1, timeout=60)
+        answer = codec.loads(reply.value)
+        assert answer["otpSent"] is False and "554" in answer["error"], answer
+        names, stored = await every_record(kafka_bootstrap, suffix)
+        assert any(n.endswith("-changelog") for n in names) and len(names) > 8, names
+    finally:
+        worker.stop()
+        server.controller.stop()
+    [code] = set(re.findall(r"\b\d{6}\b", " ".join(server.subjects)))
+    assert len(server.subjects) == 2 and all(code in s for s in server.subjects)
+    log = worker.log_path.read_text(errors="replace")
+    assert "451" in log  # the retry was logged, without the provider's text
+    assert code not in log
+    for record in stored:
+        text = b" ".join([record.key or b"", record.value or b""])
+        text += b" ".join(v or b"" for _, v in record.headers)
+        assert code.encode() not in text, (record.topic, record.offset)
