@@ -52,21 +52,33 @@ async def json_stream(
     ``dumps`` held the event loop (and ``/health``) for a second per request. Encoded item by
     item, the loop gets a turn every :data:`STREAM_CHUNK_BYTES`, and no whole copy is held.
     """
+    if request.method == "HEAD":  # what a GET would answer, without its body (RFC 9110 9.3.2)
+        return web.Response(content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
-    head = codec.dumps(fields)
-    chunk = bytearray(head[:-1] + (b"," if fields else b"") + codec.dumps(name) + b":[")
-    for n, item in enumerate(items):
-        if n:
-            chunk += b","
-        chunk += codec.dumps(item)
-        if len(chunk) >= STREAM_CHUNK_BYTES:
-            await response.write(bytes(chunk))
-            chunk.clear()
-            await asyncio.sleep(0)  # a write under the transport's high-water mark yields not
-    chunk += b"]}"
-    await response.write(bytes(chunk))
-    await response.write_eof()
+    try:
+        head = codec.dumps(fields)
+        chunk = bytearray(head[:-1] + (b"," if fields else b"") + codec.dumps(name) + b":[")
+        for n, item in enumerate(items):
+            if n:
+                chunk += b","
+            chunk += codec.dumps(item)
+            if len(chunk) >= STREAM_CHUNK_BYTES:
+                await response.write(bytes(chunk))
+                chunk.clear()
+                await asyncio.sleep(0)  # a write under the high-water mark does not yield
+        chunk += b"]}"
+        await response.write(bytes(chunk))
+        await response.write_eof()
+    except (Exception, asyncio.CancelledError) as exc:
+        # The status line is sent: no error answer can follow it on this connection, which
+        # ends here, so the client sees a cut answer rather than a 500 inside a 200.
+        if not isinstance(exc, asyncio.CancelledError | ConnectionError):
+            log.exception("streamed answer to %s %s failed", request.method, request.path)
+        if request.transport is not None:
+            request.transport.close()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     return response
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -326,9 +327,17 @@ async def test_a_streamed_list_is_one_json_document_and_the_loop_runs_while_it_i
     async def empty(request: web.Request) -> web.StreamResponse:
         return await json_stream(request, {}, "items", [])
 
+    async def broken(request: web.Request) -> web.StreamResponse:
+        def failing() -> Any:
+            yield from items
+            raise RuntimeError("a bug")
+
+        return await json_stream(request, {}, "items", failing())
+
     app = web.Application()
     app.router.add_get("/list", listing)
     app.router.add_get("/empty", empty)
+    app.router.add_get("/broken", broken)
     ticks = 0
     stop = asyncio.Event()
 
@@ -347,6 +356,17 @@ async def test_a_streamed_list_is_one_json_document_and_the_loop_runs_while_it_i
         assert resp.status == 200 and resp.content_type == "application/json"
         assert codec.loads(body) == {"count": 200, "items": items}
         assert ticks >= len(body) // STREAM_CHUNK_BYTES  # a turn per chunk at least
+        resp = await client.get("/empty")
+        assert codec.loads(await resp.read()) == {"items": []}
+        # HEAD: the headers a GET gets, no body, and the connection stays in step.
+        resp = await client.head("/list")
+        assert resp.status == 200 and await resp.read() == b""
+        resp = await client.get("/empty")
+        assert codec.loads(await resp.read()) == {"items": []}
+        # A failure once the status line is out cuts the answer: no 500 inside a 200.
+        resp = await client.get("/broken")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
         resp = await client.get("/empty")
         assert codec.loads(await resp.read()) == {"items": []}
     assert turns == 200
