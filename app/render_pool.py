@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import logging
 import os
@@ -103,6 +104,41 @@ class _Child:
                 self.proc.kill()
 
 
+class _Slots:
+    """A semaphore whose urgent waiters go first: the read model's compiles (every send of a
+    template waits for one) before the API's checks and previews."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._normal: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        return self.free == 0
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if self.free > 0 and not (self._urgent or self._normal):
+            self.free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._normal).append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted, then cancelled before it could be used
+            raise
+
+    def release(self) -> None:
+        for waiters in (self._urgent, self._normal):
+            while waiters:
+                granted = waiters.popleft()
+                if not granted.done():
+                    granted.set_result(None)
+                    return
+        self.free += 1
+
+
 class RenderPool:
     """A few renderer processes shared by the template API (see the module docstring).
 
@@ -128,7 +164,7 @@ class RenderPool:
         self.ipc_allowance = ipc_allowance
         self.start_timeout = start_timeout
         self.memory_limit = _memory_limit(limits) if memory_limit is None else memory_limit
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = _Slots(size)
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
         self._waiting = 0
@@ -211,9 +247,9 @@ class RenderPool:
 
         What every worker's read model calls for each template version it reads: compiling
         costs up to seconds of steps Python cannot interrupt (the size of a body bounds it,
-        not the render budget), which here would hold the event loop. It waits for a child
-        whatever the queue: its callers are few (the read model's loop, one job at a time, and
-        a view applying the write it made). Raises
+        not the render budget), which here would hold the event loop. It goes before the API's
+        jobs, and is never refused for their number: its callers are few (the read model,
+        one job at a time, and a view applying the write it made). Raises
         :class:`~app.core.render.TemplateError` or :class:`RenderPoolError`.
         """
         reply = await self._run(
@@ -225,7 +261,7 @@ class RenderPool:
                 "limits": asdict(self.limits),
             },
             timeout=self.compile_timeout,
-            queue=True,
+            urgent=True,
         )
         if not reply.get("ok"):
             field, line, message = reply.get("field", "body"), reply.get("line"), reply["message"]
@@ -249,10 +285,18 @@ class RenderPool:
         a busy machine). A child that cannot start is logged; jobs start one later."""
         if self._closed:
             return
-        started = await asyncio.gather(
-            *(self._spawn() for _ in range(self.size - len(self._idle) - len(self._busy))),
-            return_exceptions=True,
-        )
+        held = 0
+        try:
+            for _ in range(self.size):  # every slot: no job spawns a child meanwhile
+                await self._slots.acquire(urgent=True)
+                held += 1
+            started = await asyncio.gather(
+                *(self._spawn() for _ in range(self.size - len(self._idle))),
+                return_exceptions=True,
+            )
+        finally:
+            for _ in range(held):
+                self._slots.release()
         for child in started:
             if isinstance(child, _Child):
                 self._idle.append(child)
@@ -262,7 +306,7 @@ class RenderPool:
     # ------------------------------------------------------------------ machinery
 
     async def _run(
-        self, job: Mapping[str, Any], *, timeout: float | None = None, queue: bool = False
+        self, job: Mapping[str, Any], *, timeout: float | None = None, urgent: bool = False
     ) -> dict[str, Any]:
         if self._closed:
             raise RenderPoolUnavailable("the template renderer is shutting down")
@@ -272,15 +316,16 @@ class RenderPool:
             raise RenderJobInvalid(
                 "the request is nested too deeply or holds a number out of range"
             ) from None
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.size)
-        if self._slots.locked() and self._waiting >= self.max_waiting and not queue:
+        if self._slots.locked() and self._waiting >= self.max_waiting and not urgent:
             raise RenderPoolBusy("too many templates are being checked at once; retry")
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
+        if urgent:
+            await self._slots.acquire(urgent=True)
+        else:
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
         try:
             child = await self._child()
             self._busy.add(child)

@@ -32,7 +32,7 @@ from app.core import render
 from app.core.templates import is_html, template_key
 from app.flows.templates import DRAFT_FIELD, REVISION_FIELD, revision
 from app.kafka_admin import partition_of
-from app.render_pool import RenderPoolError, RenderPoolUnavailable
+from app.render_pool import RenderCrashed, RenderPoolError, RenderPoolUnavailable, RenderTimeout
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,18 @@ async def compile_stored(
 ) -> render.CompiledTemplate | None:
     """A stored template compiled, or None if it no longer compiles (it did when it was saved;
     a record no save made may not). Sends of a template that does not compile get an error
-    reply naming it."""
+    reply naming it.
+
+    A renderer that ran over its limit or died is tried once more (a fresh one, on a machine
+    perhaps less busy); a version left without its compiled form is compiled again with its
+    next record (a draft saved, the row rewritten) or on the worker's next start.
+    """
     try:
-        return await compile(data)
+        try:
+            return await compile(data)
+        except (RenderTimeout, RenderCrashed) as exc:
+            log.warning("template %s: %s; compiling it again", key, exc)
+            return await compile(data)
     except render.TemplateError:
         log.warning("template %s does not compile; sends using it are refused", key)
     except RenderPoolUnavailable:
@@ -77,6 +86,10 @@ async def compile_stored(
     except RenderPoolError as exc:
         log.error("template %s could not be compiled: %s", key, exc)
     return None
+
+
+#: Changelog records read and not yet applied, at most (the consumer waits past it).
+CHANGES_QUEUED = 256
 
 
 class TemplateCache:
@@ -102,6 +115,13 @@ class TemplateCache:
         # Keys deleted by this worker's view whose tombstone has not been read yet, with the
         # version deleted (see ``apply``).
         self._deleted: dict[str, int] = {}
+        # One change of a key at a time: a version compiles across an await, during which a
+        # tombstone or this worker's own write of that key would otherwise land first and be
+        # undone by what the compile then installs.
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Changelog records, applied by their own task: a compile waiting on a busy renderer
+        # must not hold the write results every HTTP view waits for.
+        self._changes: asyncio.Queue[tuple[str, bytes | None, str]] = asyncio.Queue(CHANGES_QUEUED)
         self.ready = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -118,8 +138,13 @@ class TemplateCache:
     def _deliver_result(self, value: bytes | None) -> None:
         if not value:
             return
-        result = codec.loads(value)
-        future = self._waiting.pop(result.get("id", ""), None)
+        try:
+            result = codec.loads_object(value)
+        except ValueError:
+            log.error("template results: an unreadable record skipped")
+            return
+        request_id = result.get("id")
+        future = self._waiting.pop(request_id, None) if isinstance(request_id, str) else None
         if future is not None and not future.done():
             future.set_result(result)
 
@@ -151,11 +176,12 @@ class TemplateCache:
         skipped until the delete's own tombstone arrives: a tombstone carries no version, and
         without this the record before it would bring the template back for a moment.
         """
-        if value is None:
-            self._entries.pop(key, None)
-            self._deleted.pop(key, None)
-            return
-        await self._set(key, codec.loads(value), own=False)
+        async with self._lock(key):
+            if value is None:
+                self._entries.pop(key, None)
+                self._deleted.pop(key, None)
+                return
+            await self._set(key, codec.loads(value), own=False)
 
     async def apply_own(
         self,
@@ -165,30 +191,32 @@ class TemplateCache:
         rev: int = 0,
     ) -> None:
         """Apply a write this worker just made (``None``: a delete), ahead of the changelog."""
-        if template is None:
-            gone = self._entries.pop(key, None)
-            # Not knowing the version (the map had not caught up yet), skip every record until
-            # the tombstone: all of them are older than the delete.
-            self._deleted[key] = gone.version if gone is not None else sys.maxsize
-            return
-        await self._set(key, {**template, DRAFT_FIELD: draft, REVISION_FIELD: rev}, own=True)
+        async with self._lock(key):
+            if template is None:
+                gone = self._entries.pop(key, None)
+                # Not knowing the version (the map had not caught up yet), skip every record
+                # until the tombstone: all of them are older than the delete.
+                self._deleted[key] = gone.version if gone is not None else sys.maxsize
+                return
+            record = {**template, DRAFT_FIELD: draft, REVISION_FIELD: rev}
+            await self._set(key, record, own=True)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def _set(self, key: str, record: dict[str, Any], *, own: bool) -> None:
+        """Install a record (under the key's lock): compiled if its version is new here, or
+        if this version's compile did not succeed before."""
         data = {k: v for k, v in record.items() if not k.startswith("_")}  # private fields
         draft, rev = record.get(DRAFT_FIELD), revision(record)
         version = int(data.get("version", 0))
         if self._stale(key, version, rev, own):
             return
         current = self._entries.get(key)
-        if current is None or current.version != version:
+        if current is None or current.version != version or current.compiled is None:
             compiled = await compile_stored(self.compile, key, data)
-            # The map may have moved on while this version compiled.
-            if self._stale(key, version, rev, own):
-                return
-            current = self._entries.get(key)
-            if current is None or current.version != version:
-                self._entries[key] = CachedTemplate(data, compiled, draft, rev)
-                return
+            self._entries[key] = CachedTemplate(data, compiled, draft, rev)
+            return
         # A draft saved or discarded: the published version, and its compiled form, stay.
         self._entries[key] = CachedTemplate(current.data, current.compiled, draft, rev)
 
@@ -224,28 +252,60 @@ class TemplateCache:
             await consumer.seek_to_end(results)
             await consumer.position(results)  # resolve "end" now: no result is missed later
             end = await consumer.end_offsets(tps)
-            pending = {tp for tp in tps if end[tp] > 0}
+            applier = asyncio.create_task(self._apply_changes(), name="template-cache-apply")
+            try:
+                await self._tail(consumer, tps, results, end)
+            finally:
+                applier.cancel()
+        finally:
+            await consumer.stop()
+
+    async def _tail(
+        self,
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        results: TopicPartition,
+        end: dict[TopicPartition, int],
+    ) -> None:
+        pending = {tp for tp in tps if end[tp] > 0}
+        readiness: asyncio.Task[None] | None = None
+        try:
             while True:
-                if not pending and not self.ready.is_set():
-                    log.info("template cache ready: %d templates", len(self._entries))
-                    self.ready.set()
+                if not pending and readiness is None:
+                    readiness = asyncio.create_task(self._ready_once_applied())
                 batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, records in batches.items():
                     for record in records:
-                        try:
-                            if tp == results:
-                                self._deliver_result(record.value)
-                            elif record.key is not None and self._at_home(record.key, tp):
-                                await self.apply(record.key.decode(), record.value)
-                        except (ValueError, TypeError, AttributeError):
-                            # Only this service writes these topics, but a record it cannot
-                            # read must not end the read model of every template.
-                            log.error("%s/%d: unreadable record skipped", tp.topic, record.offset)
+                        if tp == results:
+                            self._deliver_result(record.value)
+                        elif record.key is not None and self._at_home(record.key, tp):
+                            source = f"{tp.topic}/{tp.partition}/{record.offset}"
+                            await self._changes.put((record.key, record.value, source))
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:
                         pending.discard(tp)
         finally:
-            await consumer.stop()
+            if readiness is not None:
+                readiness.cancel()
+
+    async def _apply_changes(self) -> None:
+        """Apply the changelog's records, in the order read, for as long as the cache runs."""
+        while True:
+            key, value, source = await self._changes.get()
+            try:
+                await self.apply(key.decode(), value)
+            except Exception as exc:
+                # Only this service writes the changelog, but a record it cannot read must not
+                # end the read model of every template.
+                log.error("%s: template record skipped (%s)", source, type(exc).__name__)
+            finally:
+                self._changes.task_done()
+
+    async def _ready_once_applied(self) -> None:
+        """``ready`` once every record up to the changelog's end at start is applied."""
+        await self._changes.join()
+        log.info("template cache ready: %d templates", len(self._entries))
+        self.ready.set()
 
     def _at_home(self, key: bytes, tp: TopicPartition) -> bool:
         """Whether ``tp`` is the partition ``key`` belongs to. After a repartition a template's

@@ -656,3 +656,28 @@ async def test_pool_start_has_every_child_ready_for_the_first_job() -> None:
         assert {child.proc.pid for child in pool._idle} == procs
     finally:
         await pool.close()
+
+
+async def test_the_read_models_compiles_go_before_the_apis_jobs() -> None:
+    from app.render_pool import _Slots
+
+    slots = _Slots(1)
+    await slots.acquire()
+    order: list[str] = []
+
+    async def job(name: str, urgent: bool) -> None:
+        await slots.acquire(urgent=urgent)
+        order.append(name)
+        slots.release()
+
+    waiting = [asyncio.create_task(job(f"api-{n}", False)) for n in range(3)]
+    await asyncio.sleep(0)
+    waiting.append(asyncio.create_task(job("compile", True)))
+    cancelled = asyncio.create_task(job("gone", True))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.gather(*waiting)
+    assert order == ["compile", "api-0", "api-1", "api-2"]
+    assert slots.free == 1

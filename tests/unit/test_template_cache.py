@@ -10,7 +10,7 @@ from typing import Any
 from app import codec
 from app.core import render
 from app.core.templates import is_html, template_key
-from app.render_pool import RenderPool
+from app.render_pool import RenderCrashed, RenderPool, RenderTimeout
 from tables.template_cache import Compiler, TemplateCache
 
 KEY = template_key("otpMail", "en")
@@ -203,35 +203,75 @@ async def test_a_version_that_does_not_compile_is_kept_without_its_compiled_form
     assert entry is not None and entry.compiled is None
 
 
-async def test_a_newer_version_applied_while_an_older_one_compiles_is_kept() -> None:
-    gate = asyncio.Event()
-
-    async def gated(data: Mapping[str, Any]) -> render.CompiledTemplate:
-        if data["version"] == 1:
-            await gate.wait()
-        return await compile_here(data)
-
-    c = cache(gated)
-    older = asyncio.create_task(c.apply(KEY, record(1)))
-    await asyncio.sleep(0)
-    await c.apply_own(KEY, template(2, "mine"))
-    gate.set()
-    await older
-    assert versions(c) == [2]
-    assert c.get("otpMail", "en").compiled is not None
-
-
-async def test_a_delete_applied_while_an_older_version_compiles_holds() -> None:
+def gated_compiler() -> tuple[asyncio.Event, Compiler]:
+    """A compiler that holds every compile until the event is set."""
     gate = asyncio.Event()
 
     async def gated(data: Mapping[str, Any]) -> render.CompiledTemplate:
         await gate.wait()
         return await compile_here(data)
 
+    return gate, gated
+
+
+async def test_a_newer_version_applied_while_an_older_one_compiles_is_kept() -> None:
+    gate, gated = gated_compiler()
     c = cache(gated)
     older = asyncio.create_task(c.apply(KEY, record(1)))
     await asyncio.sleep(0)
-    await c.apply_own(KEY, None)
+    mine = asyncio.create_task(c.apply_own(KEY, template(2, "mine")))
+    await asyncio.sleep(0)
     gate.set()
-    await older
+    await asyncio.gather(older, mine)
+    assert versions(c) == [2]
+    assert c.get("otpMail", "en").compiled is not None
+
+
+async def test_a_delete_applied_while_an_older_version_compiles_holds() -> None:
+    """This worker deletes while the changelog's record of the template compiles."""
+    gate, gated = gated_compiler()
+    c = cache(gated)
+    older = asyncio.create_task(c.apply(KEY, record(1)))
+    await asyncio.sleep(0)
+    delete = asyncio.create_task(c.apply_own(KEY, None))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(older, delete)
     assert versions(c) == []
+    await c.apply(KEY, None)  # the delete's tombstone
+    assert versions(c) == []
+
+
+async def test_a_tombstone_read_while_an_own_write_compiles_holds() -> None:
+    """Another worker deletes the template this worker's view just wrote: the tombstone is
+    read while the view's write compiles, and the template stays deleted."""
+    gate, gated = gated_compiler()
+    c = cache(gated)
+    mine = asyncio.create_task(c.apply_own(KEY, template(1, "mine")))
+    await asyncio.sleep(0)
+    tombstone = asyncio.create_task(c.apply(KEY, None))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(mine, tombstone)
+    assert versions(c) == []
+
+
+async def test_a_version_whose_compile_failed_compiles_with_its_next_record() -> None:
+    """A renderer that failed for a moment (killed, a busy machine) leaves the version
+    without its compiled form only until the row's next record, a draft saved for one."""
+    failures = [RenderCrashed("gone"), RenderCrashed("gone again")]
+
+    async def flaky(data: Mapping[str, Any]) -> render.CompiledTemplate:
+        if failures:
+            raise failures.pop(0)
+        return await compile_here(data)
+
+    c = cache(flaky)
+    await c.apply(KEY, record(1))  # failed twice: tried once more, then given up
+    assert c.get("otpMail", "en").compiled is None
+    await c.apply(KEY, codec.dumps({**template(1), "_draft": template(1, "d"), "_rev": 2}))
+    entry = c.get("otpMail", "en")
+    assert entry.compiled is not None and entry.draft is not None
+    failures.append(RenderTimeout("slow"))
+    await c.apply(KEY, record(2))  # one failure, then compiled on the second try
+    assert c.get("otpMail", "en").compiled is not None
