@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from typing import Any
 
 from app import codec
@@ -189,7 +190,8 @@ def _text(field: str, value: Any) -> str:
     return value
 
 
-#: RFC 3339's leap second (``23:59:60``), which ``datetime`` cannot hold: read as the next one.
+#: RFC 3339's leap second (``23:59:60`` UTC, so ``00:59:60+01:00`` too), which ``datetime``
+#: cannot hold: read as the next second.
 _LEAP_SECOND = re.compile(r"(T\d\d:\d\d):60")
 
 
@@ -197,9 +199,13 @@ def _instant(field: str, raw: str) -> str:
     # RFC 3339 allows a lowercase "t" and "z" (section 5.6).
     text, leap = _LEAP_SECOND.subn(r"\1:59", raw.upper().replace("Z", "+00:00"), count=1)
     try:
-        moment = datetime.fromisoformat(text) + timedelta(seconds=leap)
+        moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
+        if leap:  # only ever the last second of a UTC day
+            if moment.astimezone(UTC).time().replace(microsecond=0) != clock_time(23, 59, 59):
+                raise ValueError("not a leap second")
+            moment += timedelta(seconds=1)
         # 0001-01-01T00:00+01:00 is a valid time that falls before year 1 in UTC.
         text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
     except (ValueError, OverflowError):
