@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -172,25 +171,20 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         ) from None
 
 
-_VERSION_TAG = re.compile(r'"v([0-9]{1,10})"')
-
-
-def version_etag(version: int) -> str:
-    """The strong ETag of a template's published version: it changes with every publish."""
-    return f'"v{version}"'
-
-
-def if_match(request: web.Request) -> list[int] | str | None:
-    """``If-Match`` as the template writer takes it: None (absent), ``"*"``, or the versions
-    its tags name (a tag this service never gave out, or a weak one, names none: RFC 9110's
-    strong comparison)."""
+def if_match(request: web.Request) -> list[str] | str | None:
+    """``If-Match`` as the template writer takes it: None (absent), ``"*"``, or its strong
+    tags (a weak one never matches: RFC 9110 compares strongly here)."""
     values = request.headers.getall("If-Match", [])
     if not values:
         return None
     tags = [tag.strip() for value in values for tag in value.split(",")]
     if "*" in tags:
         return "*"
-    return [int(m.group(1)) for tag in tags if (m := _VERSION_TAG.fullmatch(tag))]
+    return [tag for tag in tags if len(tag) >= 2 and tag[0] == tag[-1] == '"'][:MAX_TAGS]
+
+
+#: Tags of one If-Match the writer compares (a header is 8 KB at most anyway).
+MAX_TAGS = 64
 
 
 def query_bool(request: web.Request, name: str) -> bool | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -25,7 +26,7 @@ from app import codec
 from app.core import render
 from app.core import templates as model
 from app.core.access import EDIT, READ, Principal
-from app.flows.templates import READ_OPS, content
+from app.flows.templates import READ_OPS, content, etag
 from app.render_pool import (
     RenderJobInvalid,
     RenderPoolBusy,
@@ -34,7 +35,7 @@ from app.render_pool import (
 )
 from tables.template_cache import CachedTemplate
 from web.errors import ApiError, json_response, json_stream
-from web.http import Gate, ask, if_match, query_bool, read_json, version_etag
+from web.http import Gate, ask, if_match, query_bool, read_json
 
 if TYPE_CHECKING:
     from app.main import Context
@@ -124,7 +125,7 @@ class TemplateApi:
         if by is not None:
             log.info("template %s: %s by %s answered %d", key, op, by.name, status)
         if status == 412:
-            raise changed_since_read(result["template"])
+            raise changed_since_read(result)
         if op in READ_OPS:
             return result
         if status in (200, 201) or (status == 204 and op != "delete"):
@@ -158,22 +159,23 @@ class TemplateApi:
             and matches_status(e, status)
         ]
 
-    def get(self, request: web.Request, name: str) -> dict[str, Any]:
+    def get(self, request: web.Request, name: str) -> Tagged:
         name, language = self.key_of(request, name)
         entry = self.entry(name, language)
+        tag = etag(entry.data.get("createdAt"), entry.revision)
         if not query_bool(request, "draft"):
-            return entry.data
+            return Tagged(entry.data, tag)
         if entry.draft is None:
             raise ApiError(404, f"template '{name}' has no draft for language '{language}'")
-        return entry.draft
+        return Tagged(entry.draft, tag)
 
-    async def create(self, request: web.Request, by: Principal) -> dict[str, Any]:
+    async def create(self, request: web.Request, by: Principal) -> Tagged:
         template = await self.body_of(request)
         return await self.create_template(template, by)
 
     async def create_template(
         self, template: dict[str, Any], by: Principal, summary: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Tagged:
         key = model.template_key(template["name"], template["language"])
         result = await self.write("create", key, by, template=template, summary=summary)
         if result["status"] == 409:
@@ -183,9 +185,9 @@ class TemplateApi:
                 f"'{template['language']}'",
                 [{"field": "name", "message": "use PUT to replace it"}],
             )
-        return result["template"]
+        return Tagged(result["template"], result_etag(result))
 
-    async def replace(self, request: web.Request, name: str, by: Principal) -> dict[str, Any]:
+    async def replace(self, request: web.Request, name: str, by: Principal) -> Tagged:
         name, language = self.key_of(request, name)
         draft = query_bool(request, "draft")
         template = await self.body_of(request)
@@ -196,9 +198,11 @@ class TemplateApi:
         result = await self.write(op, key, by, request, template=template)
         if result["status"] == 404:
             raise not_found(name, language)
-        return result["body"] if draft else result["template"]
+        return Tagged(result["body"] if draft else result["template"], result_etag(result))
 
-    async def delete(self, request: web.Request, name: str, by: Principal) -> None:
+    async def delete(self, request: web.Request, name: str, by: Principal) -> str | None:
+        """Delete the template, or its draft; the ETag of what is left (a template without
+        its draft), if anything."""
         name, language = self.key_of(request, name)
         draft = query_bool(request, "draft")
         op = "discard_draft" if draft else "delete"
@@ -207,8 +211,9 @@ class TemplateApi:
             if draft and result["template"] is not None:
                 raise ApiError(404, f"template '{name}' has no draft for language '{language}'")
             raise not_found(name, language)
+        return result_etag(result)
 
-    async def publish(self, request: web.Request, name: str, by: Principal) -> dict[str, Any]:
+    async def publish(self, request: web.Request, name: str, by: Principal) -> Tagged:
         name, language = self.key_of(request, name)
         result = await self.write("publish", model.template_key(name, language), by, request)
         if result["status"] == 404:
@@ -219,7 +224,7 @@ class TemplateApi:
                 f"template '{name}' has no draft to publish for language '{language}'",
                 [{"field": "draft", "message": "save one with PUT ...?draft=true first"}],
             )
-        return result["template"]
+        return Tagged(result["template"], result_etag(result))
 
     async def versions(self, request: web.Request, name: str) -> dict[str, Any]:
         name, language = self.key_of(request, name)
@@ -237,18 +242,16 @@ class TemplateApi:
             raise version_not_found(name, language, number, result)
         return result["body"]
 
-    async def restore(
-        self, request: web.Request, name: str, version: str, by: Principal
-    ) -> dict[str, Any]:
+    async def restore(self, request: web.Request, name: str, version: str, by: Principal) -> Tagged:
         name, language = self.key_of(request, name)
         number = version_number(version)
         key = model.template_key(name, language)
         result = await self.write("restore", key, by, request, version=number)
         if result["status"] == 404:
             raise version_not_found(name, language, number, result)
-        return result["template"]
+        return Tagged(result["template"], result_etag(result))
 
-    async def clone(self, request: web.Request, name: str, by: Principal) -> dict[str, Any]:
+    async def clone(self, request: web.Request, name: str, by: Principal) -> Tagged:
         name, language = self.key_of(request, name)
         payload = await read_json(request, self.settings.api_max_body_bytes)
         new_name, new_language = clone_target(payload, name, language)
@@ -397,26 +400,33 @@ def preview_payload_data(payload: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def changed_since_read(current: dict[str, Any] | None) -> ApiError:
-    """The ``412`` of a write whose ``If-Match`` no longer names the published version."""
-    if current is None:
-        return ApiError(
-            412,
-            "the template does not exist",
-            [{"field": "If-Match", "message": "names a template that is gone"}],
-        )
-    etag = version_etag(int(current["version"]))
+@dataclass(frozen=True)
+class Tagged:
+    """An answer about one template, with the ETag of its row (None once it is gone)."""
+
+    body: Any
+    etag: str | None
+
+
+def result_etag(result: dict[str, Any]) -> str | None:
+    """The ETag of the row a writer's result describes."""
+    template = result.get("template")
+    return etag(template.get("createdAt"), int(result.get("rev", 0))) if template else None
+
+
+def changed_since_read(result: dict[str, Any]) -> ApiError:
+    """The ``412`` of a write whose ``If-Match`` no longer names the template's row."""
+    current = result_etag(result)
     return ApiError(
         412,
         "the template changed since it was read",
-        [{"field": "If-Match", "message": f"the published version is now {etag}: read it again"}],
+        [{"field": "If-Match", "message": f"the template is now {current}: read it again"}],
     )
 
 
-def template_response(template: dict[str, Any], status: int = 200) -> web.Response:
-    """A template answered with the ETag of its published version (a draft has none)."""
-    headers = {"ETag": version_etag(int(template["version"]))} if "version" in template else None
-    return json_response(template, status=status, headers=headers)
+def template_response(answer: Tagged, status: int = 200) -> web.Response:
+    headers = {"ETag": answer.etag} if answer.etag is not None else None
+    return json_response(answer.body, status=status, headers=headers)
 
 
 def not_found(name: str, language: str) -> ApiError:
@@ -474,8 +484,8 @@ def register(ctx: Context) -> TemplateApi:
 
         async def delete(self, request: web.Request, name: str) -> web.Response:
             by = await api.admit(request, EDIT)
-            await api.delete(request, name, by)
-            return web.Response(status=204)
+            tag = await api.delete(request, name, by)
+            return web.Response(status=204, headers={"ETag": tag} if tag else None)
 
     @app.page("/api/template/{name}/preview", name="template_preview")
     class TemplatePreview(faust.web.View):

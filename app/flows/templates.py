@@ -188,20 +188,29 @@ def apply_command(
     return status, row
 
 
+def etag(created_at: Any, rev: int) -> str:
+    """The strong ETag of a template's row: its revision counts every write, drafts included,
+    and its creation time tells a template re-created after a delete (whose revisions count
+    from 1 again) from the one before it."""
+    stamp = "".join(ch for ch in str(created_at or "") if ch.isdigit())
+    return f'"{rev}-{stamp}"'
+
+
+def row_etag(row: dict[str, Any]) -> str:
+    return etag(row.get("createdAt"), revision(row))
+
+
 def precondition_holds(current: dict[str, Any] | None, command: dict[str, Any]) -> bool:
-    """A write's ``If-Match`` (``ifMatch``: ``"*"`` or the published versions it was read at)
-    against the row: an editor's change never overwrites one made since it read the template
-    (RFC 9110 13.1.1; no row matches nothing). Without one, every write goes ahead."""
+    """A write's ``If-Match`` (``ifMatch``: ``"*"`` or the ETags it was read with) against the
+    row: an editor's change, a draft saved included, never overwrites one made since it read
+    the template (RFC 9110 13.1.1). Without one every write goes ahead; without a row the
+    write's own answer (404) stands, as RFC 9110 13.2.1 orders."""
     wanted = command.get("ifMatch")
-    if wanted is None or command["op"] == "create":
-        return True
-    if current is None:
-        return False
-    if wanted == "*":
+    if wanted is None or wanted == "*" or current is None or command["op"] == "create":
         return True
     if not isinstance(wanted, list):
-        raise ValueError("ifMatch must be '*' or a list of versions")
-    return int(current.get("version", 0)) in wanted
+        raise ValueError("ifMatch must be '*' or a list of ETags")
+    return row_etag(current) in wanted
 
 
 def seen_requests(row: dict[str, Any] | None) -> list[str]:

@@ -499,40 +499,44 @@ async def test_a_misspelt_or_repeated_query_parameter_changes_nothing(api: Api):
 
 
 async def test_an_edit_made_since_a_read_is_never_overwritten(raw: Raw):
-    """Two editors read version 1; the first one's write (If-Match its ETag) goes through,
-    the second one's gets 412 naming the version now published, and the template keeps the
-    first one's change."""
+    """Two editors read the template; the first one's draft (If-Match its ETag) is saved, the
+    second one's gets 412 naming the template's new tag, and the first one's draft stays; so
+    does a template re-created after a delete, against a tag read before it."""
     name = unique("ifmatch")
+    path = f"/api/template/{name}"
     body = json.dumps({**SEED_SMS, "name": name})
     status, created, headers = await raw(
         "POST", "/api/template", data=body, headers={**AUTH, **JSON}
     )
-    assert (status, headers["ETag"]) == (201, '"v1"'), created
-    status, _, headers = await raw("GET", f"/api/template/{name}", headers=AUTH)
-    assert (status, headers["ETag"]) == (200, '"v1"')
+    assert status == 201, created
+    status, _, headers = await raw("GET", path, headers=AUTH)
+    read = headers["ETag"]
     first = json.dumps({**SEED_SMS, "name": name, "body": "first [(${otpValue})]"})
     second = json.dumps({**SEED_SMS, "name": name, "body": "second [(${otpValue})]"})
-    read_at = {**AUTH, **JSON, "If-Match": '"v1"'}
-    status, stored, headers = await raw("PUT", f"/api/template/{name}", data=first, headers=read_at)
-    assert (status, stored["version"], headers["ETag"]) == (200, 2, '"v2"'), stored
-    status, refused, _ = await raw("PUT", f"/api/template/{name}", data=second, headers=read_at)
+    read_at = {**AUTH, **JSON, "If-Match": read}
+    status, draft, headers = await raw("PUT", f"{path}?draft=true", data=first, headers=read_at)
+    assert status == 200 and headers["ETag"] != read, draft
+    drafted = headers["ETag"]
+    status, refused, _ = await raw("PUT", f"{path}?draft=true", data=second, headers=read_at)
     assert status == 412, refused
     assert (
-        refused["details"][0]["field"] == "If-Match" and '"v2"' in refused["details"][0]["message"]
+        refused["details"][0]["field"] == "If-Match" and drafted in refused["details"][0]["message"]
     )
-    for weak in ('W/"v2"', '"2"'):  # If-Match compares strongly; a tag not of ours names none
-        status, _, _ = await raw(
-            "DELETE", f"/api/template/{name}", headers={**AUTH, "If-Match": weak}
-        )
-        assert status == 412
-    status, current, _ = await raw("GET", f"/api/template/{name}", headers=AUTH)
-    assert current["body"] == "first [(${otpValue})]" and current["version"] == 2
-    status, _, _ = await raw(
-        "DELETE", f"/api/template/{name}", headers={**AUTH, "If-Match": '"v1", "v2"'}
-    )
+    for stale in (f"W/{drafted}", read, '"v1"'):  # weak tags never match (strong comparison)
+        status, _, _ = await raw("POST", f"{path}/publish", headers={**AUTH, "If-Match": stale})
+        assert status == 412, stale
+    status, _, headers = await raw("GET", f"{path}?draft=true", headers=AUTH)
+    assert headers["ETag"] == drafted
+    status, kept, _ = await raw("GET", f"{path}?draft=true", headers=AUTH)
+    assert kept["body"] == "first [(${otpValue})]"
+    status, _, _ = await raw("DELETE", path, headers={**AUTH, "If-Match": f'"x", {drafted}'})
     assert status == 204
-    status, _, _ = await raw("DELETE", f"/api/template/{name}", headers={**AUTH, "If-Match": "*"})
-    assert status == 412  # nothing left to match
+    status, _, _ = await raw("DELETE", path, headers={**AUTH, "If-Match": "*"})
+    assert status == 404  # the answer without the precondition stands (RFC 9110 13.2.1)
+    status, again, headers = await raw("POST", "/api/template", data=body, headers={**AUTH, **JSON})
+    assert status == 201 and headers["ETag"] not in (read, drafted), again
+    status, _, _ = await raw("DELETE", path, headers={**AUTH, "If-Match": read})
+    assert status == 412  # a tag of the template deleted does not name the new one
 
 
 async def test_invalid_json_is_400(raw: Raw):

@@ -18,6 +18,8 @@ from app.flows.templates import (
     answer,
     apply_command,
     public,
+    revision,
+    row_etag,
     versions,
 )
 
@@ -50,27 +52,41 @@ def created() -> dict[str, Any]:
     return row
 
 
-def test_a_write_if_match_goes_ahead_only_on_the_version_it_read() -> None:
+def test_a_write_if_match_goes_ahead_only_on_the_row_it_read() -> None:
     v1 = created()
+    read = row_etag(v1)
     changed = {**SMS, "body": "Changed [(${otpValue})]"}
-    status, v2 = run(v1, "replace", template=changed, ifMatch=[1])
-    assert status == 200 and v2 is not None and v2["version"] == 2
-    # another editor read version 1 too: each of their writes is refused, the row unchanged
+    status, drafted = run(v1, "save_draft", template=changed, ifMatch=[read])
+    assert status == 200 and drafted is not None and row_etag(drafted) != read
+    # another editor read the row before that draft: each of their writes is refused
     for op, fields in [
         ("replace", {"template": SMS}),
-        ("save_draft", {"template": SMS}),
+        ("save_draft", {"template": SMS}),  # the draft saved first is not overwritten
+        ("discard_draft", {}),
         ("delete", {}),
-        ("publish", {}),
+        ("publish", {}),  # nor published unseen
         ("restore", {"version": 1}),
     ]:
-        assert run(v2, op, ifMatch=[1], **fields) == (412, v2), op
-    assert run(v2, "replace", template=SMS, ifMatch=[])[0] == 412  # a tag of no version
-    assert run(v2, "delete", ifMatch=[1, 2])[0] == 204  # any of the tags
-    assert run(v2, "delete", ifMatch="*")[0] == 204
-    assert run(None, "delete", ifMatch="*") == (412, None)  # nothing to match
-    assert run(v2, "versions", ifMatch=[1])[0] == 200  # reads are not preconditioned
+        assert run(drafted, op, ifMatch=[read], **fields) == (412, drafted), op
+    assert run(drafted, "publish", ifMatch=['"x"', row_etag(drafted)])[0] == 200  # any tag
+    assert run(drafted, "delete", ifMatch="*")[0] == 204
+    assert run(drafted, "versions", ifMatch=[read])[0] == 200  # reads are not preconditioned
+    # a missing template is a 404, whatever If-Match says (RFC 9110 13.2.1)
+    assert run(None, "delete", ifMatch=[read]) == (404, None)
+    assert run(None, "replace", template=SMS, ifMatch="*") == (404, None)
     with pytest.raises(ValueError):
-        run(v2, "delete", ifMatch=2)
+        run(drafted, "delete", ifMatch=2)
+
+
+def test_a_template_created_again_after_a_delete_has_other_etags() -> None:
+    """Its revisions count from 1 again: only its creation time tells it from the one that
+    was deleted, and a tag read before the delete must not match it."""
+    first = created()
+    status, again = run(None, "create", template=SMS)
+    again = {**(again or {}), "createdAt": "2099-01-01T00:00:00.000Z"}
+    assert status == 201 and revision(again) == revision(first) == 1
+    assert row_etag(again) != row_etag(first)
+    assert run(again, "delete", ifMatch=[row_etag(first)]) == (412, again)
 
 
 def test_a_change_keeps_the_previous_version_with_who_and_what() -> None:

@@ -23,12 +23,15 @@
     return node;
   };
 
+  let lastEtag = null; // the ETag of the API's last answer
+
   const state = {
     token: null,
     who: null, // {name, scopes}
     templates: [], // the list, as GET /api/template answered
     mode: "none", // "none" | "new" | "edit" | "import"
     published: null, // the published template being edited
+    etag: null, // the ETag it was read with, sent back in If-Match with every write of it
     draft: null, // its draft, if one is saved
     loaded: "", // the editor's content as loaded, to tell whether it changed
     base: {}, // fields the editor does not show (strategyType, context, ...), kept as they were
@@ -85,13 +88,13 @@
   }
 
   /**
-   * `readAt`: the published version the open template was read at. A write sent with it
-   * (If-Match) is refused with 412 if someone has changed the template since, rather than
-   * overwriting their change.
+   * `readAt`: the ETag the open template was read with. A write sent with it (If-Match) is
+   * refused with 412 if anyone has written the template since, a draft included, rather than
+   * overwriting their change. The answer's own ETag is left in `lastEtag`.
    */
   async function api(method, path, body, readAt) {
     const headers = { Accept: "application/json", Authorization: `Bearer ${state.token}` };
-    if (readAt !== undefined) headers["If-Match"] = `"v${readAt}"`;
+    if (readAt) headers["If-Match"] = readAt;
     const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -103,6 +106,7 @@
     } catch (err) {
       throw new ApiFailure(0, { error: "the service cannot be reached", details: [] });
     }
+    lastEtag = resp.headers.get("ETag");
     const text = resp.status === 204 ? "" : await resp.text();
     let data = null;
     if (text) {
@@ -633,6 +637,7 @@
   async function openTemplate(name, language) {
     if (!(await leaveEditor())) return;
     const published = await api("GET", templatePath(name, language));
+    const etag = lastEtag; // the draft read next may be newer: writes then get a 412
     const listed = state.templates.find((t) => t.name === name && t.language === language);
     let draft = null;
     if (listed && listed.hasDraft) {
@@ -644,6 +649,7 @@
     }
     state.mode = "edit";
     state.published = published;
+    state.etag = etag;
     state.draft = draft;
     show($("import-panel"), false);
     show($("empty-state"), false);
@@ -743,6 +749,7 @@
     const stored = await api("POST", "/api/template", template);
     state.mode = "edit";
     state.published = stored;
+    state.etag = lastEtag;
     state.loaded = JSON.stringify(templateInput());
     await reopen(`Created ${stored.name} (${stored.language}), v${stored.version}, live now.`);
   }
@@ -750,7 +757,8 @@
   async function saveDraft() {
     const { name, language } = state.published;
     const path = `${templatePath(name, language)}&draft=true`;
-    state.draft = await api("PUT", path, templateInput(), state.published.version);
+    state.draft = await api("PUT", path, templateInput(), state.etag);
+    state.etag = lastEtag;
     state.loaded = JSON.stringify(templateInput());
     await loadList();
     setStatus(`Draft saved. Sends still use v${state.published.version}.`, "ok");
@@ -759,8 +767,8 @@
   async function publish() {
     const { name, language } = state.published;
     if (isDirty()) await saveDraft();
-    const readAt = state.published.version;
-    const stored = await api("POST", templatePath(name, language, "/publish"), undefined, readAt);
+    const path = templatePath(name, language, "/publish");
+    const stored = await api("POST", path, undefined, state.etag);
     await reopen(`Published v${stored.version}.`);
   }
 
@@ -773,7 +781,7 @@
     );
     if (!ok) return;
     const path = `${templatePath(name, language)}&draft=true`;
-    await api("DELETE", path, undefined, state.published.version);
+    await api("DELETE", path, undefined, state.etag);
     await reopen("Draft discarded.");
   }
 
@@ -786,7 +794,7 @@
     );
     if (!ok) return;
     const path = templatePath(name, language, `/versions/${version}/restore`);
-    const stored = await api("POST", path, undefined, state.published.version);
+    const stored = await api("POST", path, undefined, state.etag);
     await reopen(`Restored v${version} as v${stored.version}.`);
   }
 
@@ -797,7 +805,7 @@
       "Delete",
     );
     if (!ok) return;
-    await api("DELETE", templatePath(name, language), undefined, state.published.version);
+    await api("DELETE", templatePath(name, language), undefined, state.etag);
     state.loaded = JSON.stringify(templateInput());
     closeEditor();
     await loadList();

@@ -189,7 +189,8 @@ class Operation:
     def to_dict(self) -> dict[str, Any]:
         auth_errors, security, needs = self._security()
         responses = {str(s): r for s, r in sorted(self.answers.items())}
-        errors = {400: URL_REFUSED, **auth_errors, **self.errors}
+        errors = {**auth_errors, **self.errors}
+        errors[400] = f"{errors[400]}; or {URL_REFUSED}" if 400 in errors else URL_REFUSED
         for status, why in sorted(errors.items()):
             responses.setdefault(str(status), _error(status, why, self.beyond_schema))
         op: dict[str, Any] = {"operationId": self.operation_id, "summary": self.summary}

@@ -45,19 +45,19 @@ IF_MATCH = {
     "in": "header",
     "required": False,
     "schema": {"type": "string"},
-    "description": 'the ETag the template was read with ("v<version>"), or *: the write is '
-    "refused with 412 if the published version has changed since (an editor's change never "
-    "overwrites another's)",
+    "description": "the ETag the template was read with, or *: the write is refused with 412 "
+    "if the template has been written since (a draft saved included), so an editor's change "
+    "never overwrites another's",
 }
-#: The published version's ETag, on every answer that is one.
+#: The ETag of the template's row, on every answer about one.
 ETAG = {
     "ETag": {
-        "description": 'the published version, "v<version>" (absent on a draft): give it back '
-        "in If-Match to write only if no one has changed the template since",
-        "schema": {"type": "string", "pattern": '^"v[0-9]+"$'},
+        "description": "changes with every write of the template, drafts included, and tells "
+        "a template re-created after a delete from the one before: give it back in If-Match",
+        "schema": {"type": "string", "pattern": '^"[0-9]+-[0-9]*"$'},
     }
 }
-CHANGED = {412: "If-Match names no version the template is at: it changed since it was read"}
+CHANGED = {412: "If-Match does not name the template as it is: it changed since it was read"}
 VERSION_PARAM = path("version", {**VERSION, "maximum": 2**31 - 1}, example=1)
 
 # --------------------------------------------------------------------------- refusals
@@ -513,7 +513,12 @@ def item_operations(lim: Limits) -> list[Operation]:
             "/api/template/{name}",
             "deleteTemplate",
             "Delete a template with its draft and history, or (draft=true) discard its draft",
-            answers={204: {"description": "deleted"}},
+            answers={
+                204: {
+                    "description": "deleted (the template's ETag if only its draft was)",
+                    "headers": ETAG,
+                }
+            },
             errors={
                 400: "an invalid name, language or draft flag",
                 404: no_draft,
