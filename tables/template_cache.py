@@ -69,13 +69,10 @@ async def compile_stored(
     next record (a draft saved, the row rewritten) or on the worker's next start.
     """
     try:
-        try:
-            return await compile(data)
-        except (RenderTimeout, RenderCrashed) as exc:
-            log.warning("template %s: %s; compiling it again", key, exc)
-            return await compile(data)
+        return await compile(data)
     except render.TemplateError:
         log.warning("template %s does not compile; sends using it are refused", key)
+        return None
     except RenderPoolUnavailable:
         # Without renderer processes, compiling here keeps the templates sends need working.
         log.warning("template %s compiled in the worker: no renderer process", key)
@@ -83,9 +80,21 @@ async def compile_stored(
             return render.compile_template(
                 data.get("subject"), data["body"], html=is_html(str(data.get("type")))
             )
+        return None
+    except (RenderTimeout, RenderCrashed) as exc:
+        log.warning("template %s: %s; compiling it again", key, exc)
+    try:  # once more, in a fresh renderer; never here, whatever happens to the renderers
+        return await compile(data)
+    except render.TemplateError:
+        log.warning("template %s does not compile; sends using it are refused", key)
     except RenderPoolError as exc:
         log.error("template %s could not be compiled: %s", key, exc)
     return None
+
+
+def _applier_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("template cache: applying the changelog stopped", exc_info=task.exception())
 
 
 #: Changelog records read and not yet applied, at most (the consumer waits past it).
@@ -115,6 +124,8 @@ class TemplateCache:
         # Keys deleted by this worker's view whose tombstone has not been read yet, with the
         # version deleted (see ``apply``).
         self._deleted: dict[str, int] = {}
+        # Of those, keys this worker's view has created again since (see ``apply``).
+        self._recreated: set[str] = set()
         # One change of a key at a time: a version compiles across an await, during which a
         # tombstone or this worker's own write of that key would otherwise land first and be
         # undone by what the compile then installs.
@@ -178,7 +189,10 @@ class TemplateCache:
         """
         async with self._lock(key):
             if value is None:
-                self._entries.pop(key, None)
+                if key in self._recreated:  # the tombstone of the template before it
+                    self._recreated.discard(key)
+                else:
+                    self._entries.pop(key, None)
                 self._deleted.pop(key, None)
                 return
             await self._set(key, codec.loads(value), own=False)
@@ -198,6 +212,10 @@ class TemplateCache:
                 # until the tombstone: all of them are older than the delete.
                 self._deleted[key] = gone.version if gone is not None else sys.maxsize
                 return
+            if key in self._deleted:
+                # Re-created after this worker's delete, whose tombstone is still to come: it
+                # ends the template before this one, not this one.
+                self._recreated.add(key)
             record = {**template, DRAFT_FIELD: draft, REVISION_FIELD: rev}
             await self._set(key, record, own=True)
 
@@ -253,6 +271,7 @@ class TemplateCache:
             await consumer.position(results)  # resolve "end" now: no result is missed later
             end = await consumer.end_offsets(tps)
             applier = asyncio.create_task(self._apply_changes(), name="template-cache-apply")
+            applier.add_done_callback(_applier_ended)
             try:
                 await self._tail(consumer, tps, results, end)
             finally:
@@ -280,6 +299,8 @@ class TemplateCache:
                             self._deliver_result(record.value)
                         elif record.key is not None and self._at_home(record.key, tp):
                             source = f"{tp.topic}/{tp.partition}/{record.offset}"
+                            # Waits only past CHANGES_QUEUED records not yet applied (a
+                            # start, a burst of imports): then results wait too.
                             await self._changes.put((record.key, record.value, source))
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:

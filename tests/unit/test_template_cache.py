@@ -7,10 +7,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
 from app import codec
 from app.core import render
 from app.core.templates import is_html, template_key
-from app.render_pool import RenderCrashed, RenderPool, RenderTimeout
+from app.render_pool import RenderCrashed, RenderPool, RenderPoolUnavailable, RenderTimeout
 from tables.template_cache import Compiler, TemplateCache
 
 KEY = template_key("otpMail", "en")
@@ -85,9 +87,12 @@ async def test_recreate_after_delete() -> None:
     await c.apply_own(KEY, None)
     await c.apply_own(KEY, template(1, "again"))  # a new template starts at version 1
     assert c.get("otpMail", "en").data["subject"] == "again"
-    await c.apply(KEY, None)  # the delete's tombstone
+    await c.apply(KEY, None)  # the delete's tombstone: of the template before this one
+    assert c.get("otpMail", "en").data["subject"] == "again"
     await c.apply(KEY, record(1, "again"))  # the re-create's record, after the tombstone
     assert c.get("otpMail", "en").data["subject"] == "again"
+    await c.apply(KEY, None)  # a later delete, by another worker
+    assert versions(c) == []
 
 
 async def test_delete_before_the_map_caught_up_skips_everything_until_the_tombstone() -> None:
@@ -275,3 +280,22 @@ async def test_a_version_whose_compile_failed_compiles_with_its_next_record() ->
     failures.append(RenderTimeout("slow"))
     await c.apply(KEY, record(2))  # one failure, then compiled on the second try
     assert c.get("otpMail", "en").compiled is not None
+
+
+async def test_a_renderer_gone_on_the_second_try_never_compiles_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body that overran a renderer's limit, or killed it, is never compiled in the worker
+    (no limit there), even when the renderers are gone by the second try (a shutdown)."""
+    failures: list[Exception] = [RenderCrashed("killed"), RenderPoolUnavailable("shutting down")]
+
+    async def failing(data: Mapping[str, Any]) -> render.CompiledTemplate:
+        raise failures.pop(0)
+
+    def here(*args: Any, **kwargs: Any) -> render.CompiledTemplate:
+        raise AssertionError("compiled in the worker")
+
+    monkeypatch.setattr(render, "compile_template", here)
+    c = cache(failing)
+    await c.apply(KEY, record(1))
+    assert c.get("otpMail", "en").compiled is None and failures == []
