@@ -166,8 +166,6 @@ def apply_command(
         return (200 if current is not None else 404), current
     if current is not None and request_id and request_id in seen_requests(current):
         return WRITE_STATUS.get(op, 200), current
-    if not precondition_holds(current, command):
-        return 412, current
     if op == "create":
         if current is not None:
             return 409, current
@@ -179,6 +177,9 @@ def apply_command(
         raise ValueError(f"unknown template command {op!r}")
     else:
         status, row = _change(current, command)
+    # After the write's own answer: a precondition counts only where that is a success.
+    if 200 <= status < 300 and not precondition_holds(current, command):
+        return 412, current
     if row is not None and row is not current:
         row = {**row, REVISION_FIELD: revision(current) + 1}
         if request_id:
@@ -203,8 +204,9 @@ def row_etag(row: dict[str, Any]) -> str:
 def precondition_holds(current: dict[str, Any] | None, command: dict[str, Any]) -> bool:
     """A write's ``If-Match`` (``ifMatch``: ``"*"`` or the ETags it was read with) against the
     row: an editor's change, a draft saved included, never overwrites one made since it read
-    the template (RFC 9110 13.1.1). Without one every write goes ahead; without a row the
-    write's own answer (404) stands, as RFC 9110 13.2.1 orders."""
+    the template (RFC 9110 13.1.1). Without one every write goes ahead. Asked only of a
+    write that would succeed: otherwise its own answer (404, 409) stands, as RFC 9110 13.2.1
+    orders."""
     wanted = command.get("ifMatch")
     if wanted is None or wanted == "*" or current is None or command["op"] == "create":
         return True

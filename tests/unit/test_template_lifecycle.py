@@ -71,8 +71,12 @@ def test_a_write_if_match_goes_ahead_only_on_the_row_it_read() -> None:
     assert run(drafted, "publish", ifMatch=['"x"', row_etag(drafted)])[0] == 200  # any tag
     assert run(drafted, "delete", ifMatch="*")[0] == 204
     assert run(drafted, "versions", ifMatch=[read])[0] == 200  # reads are not preconditioned
-    # a missing template is a 404, whatever If-Match says (RFC 9110 13.2.1)
+    # a write that would fail anyway answers as it would, whatever If-Match says (RFC 9110
+    # 13.2.1): a missing template, draft or version, no draft to publish
     assert run(None, "delete", ifMatch=[read]) == (404, None)
+    assert run(v1, "discard_draft", ifMatch=['"stale"'])[0] == 404
+    assert run(v1, "publish", ifMatch=['"stale"'])[0] == 409
+    assert run(v1, "restore", version=9, ifMatch=['"stale"'])[0] == 404
     assert run(None, "replace", template=SMS, ifMatch="*") == (404, None)
     with pytest.raises(ValueError):
         run(drafted, "delete", ifMatch=2)

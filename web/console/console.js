@@ -23,8 +23,6 @@
     return node;
   };
 
-  let lastEtag = null; // the ETag of the API's last answer
-
   const state = {
     token: null,
     who: null, // {name, scopes}
@@ -87,12 +85,18 @@
     }
   }
 
+  /** The answer's JSON. */
+  async function api(method, path, body, readAt) {
+    return (await tagged(method, path, body, readAt)).data;
+  }
+
   /**
+   * The answer's JSON and ETag, each call its own (a preview may answer meanwhile).
    * `readAt`: the ETag the open template was read with. A write sent with it (If-Match) is
    * refused with 412 if anyone has written the template since, a draft included, rather than
-   * overwriting their change. The answer's own ETag is left in `lastEtag`.
+   * overwriting their change.
    */
-  async function api(method, path, body, readAt) {
+  async function tagged(method, path, body, readAt) {
     const headers = { Accept: "application/json", Authorization: `Bearer ${state.token}` };
     if (readAt) headers["If-Match"] = readAt;
     const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
@@ -106,7 +110,7 @@
     } catch (err) {
       throw new ApiFailure(0, { error: "the service cannot be reached", details: [] });
     }
-    lastEtag = resp.headers.get("ETag");
+    const etag = resp.headers.get("ETag");
     const text = resp.status === 204 ? "" : await resp.text();
     let data = null;
     if (text) {
@@ -123,7 +127,7 @@
       }
       throw failure;
     }
-    return data;
+    return { data, etag };
   }
 
   const q = encodeURIComponent;
@@ -636,8 +640,8 @@
 
   async function openTemplate(name, language) {
     if (!(await leaveEditor())) return;
-    const published = await api("GET", templatePath(name, language));
-    const etag = lastEtag; // the draft read next may be newer: writes then get a 412
+    // The draft read next may be newer than this tag: a write then gets a 412, never overwrites.
+    const { data: published, etag } = await tagged("GET", templatePath(name, language));
     const listed = state.templates.find((t) => t.name === name && t.language === language);
     let draft = null;
     if (listed && listed.hasDraft) {
@@ -746,10 +750,10 @@
 
   async function create() {
     const template = templateInput();
-    const stored = await api("POST", "/api/template", template);
+    const { data: stored, etag } = await tagged("POST", "/api/template", template);
     state.mode = "edit";
     state.published = stored;
-    state.etag = lastEtag;
+    state.etag = etag;
     state.loaded = JSON.stringify(templateInput());
     await reopen(`Created ${stored.name} (${stored.language}), v${stored.version}, live now.`);
   }
@@ -757,8 +761,9 @@
   async function saveDraft() {
     const { name, language } = state.published;
     const path = `${templatePath(name, language)}&draft=true`;
-    state.draft = await api("PUT", path, templateInput(), state.etag);
-    state.etag = lastEtag;
+    const saved = await tagged("PUT", path, templateInput(), state.etag);
+    state.draft = saved.data;
+    state.etag = saved.etag;
     state.loaded = JSON.stringify(templateInput());
     await loadList();
     setStatus(`Draft saved. Sends still use v${state.published.version}.`, "ok");
