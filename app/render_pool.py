@@ -78,6 +78,20 @@ def _memory_limit(limits: render.RenderLimits) -> int:
     return 1024 * 1024 * 1024 + 64 * limits.max_output
 
 
+#: What a renderer's environment keeps of the worker's: how to find Python and the package,
+#: and the locale. Never the rest (OTP_HMAC_SECRET, tokens, provider keys): a child runs
+#: templates from API clients, and a way out of Jinja's sandbox must find no secret there.
+_CHILD_ENV = frozenset({"PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV"})
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _CHILD_ENV or name.startswith(("PYTHON", "LC_"))
+    }
+
+
 class _Child:
     """One renderer process and its pipes."""
 
@@ -375,6 +389,7 @@ class RenderPool:
                 str(self.memory_limit),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                env=child_environment(os.environ),
             )
         except OSError as exc:
             log.error("cannot start a template renderer: %s", exc)

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -681,3 +682,21 @@ async def test_the_read_models_compiles_go_before_the_apis_jobs() -> None:
     await asyncio.gather(*waiting)
     assert order == ["compile", "api-0", "api-1", "api-2"]
     assert slots.free == 1
+
+
+async def test_a_renderer_holds_none_of_the_workers_secrets(monkeypatch: pytest.MonkeyPatch):
+    """Renderers run templates from API clients: a way out of the sandbox there must find no
+    secret in the environment (read here from the child's own /proc entry)."""
+    monkeypatch.setenv("OTP_HMAC_SECRET", "secret-in-the-worker-0123456789")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token-in-the-worker")
+    pool = RenderPool(LIMITS, size=1)
+    try:
+        await pool.start()
+        [child] = pool._idle
+        environ = Path(f"/proc/{child.proc.pid}/environ").read_bytes()
+        assert b"secret-in-the-worker" not in environ and b"token-in-the-worker" not in environ
+        assert b"PATH=" in environ
+        compiled = await pool.compile(sms("OTP [(${otpValue})]"))  # and it works
+        assert compiled.variables == {"otpValue"}
+    finally:
+        await pool.close()
