@@ -185,7 +185,8 @@ async def test_a_version_compiles_in_a_renderer_while_the_event_loop_goes_on() -
 async def test_a_version_over_the_compile_limit_is_kept_without_its_compiled_form() -> None:
     """A body no save accepted (a forged changelog or command record) is stopped at the
     renderer's limit: the template is listed, and sends using it are refused."""
-    pool = RenderPool(render.RenderLimits(timeout_ms=10), size=1, ipc_allowance=0.0)
+    # 0.4 s to compile a stored version: seconds short for this body, ample for a small one.
+    pool = RenderPool(render.RenderLimits(timeout_ms=50), size=1, ipc_allowance=0.0)
     try:
         c = cache(pool.compile)
         await c.apply(KEY, codec.dumps({**template(1), "body": SLOW_BODY * 5}))
