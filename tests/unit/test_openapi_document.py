@@ -20,6 +20,7 @@ from app.settings import Settings
 from web import openapi
 from web.errors import allow_header
 from web.openapi import base
+from web.query import shape
 
 BASE_ENV = {
     "OTP_HMAC_SECRET": "s" * 32,
@@ -48,16 +49,11 @@ Validator = jsonschema.validators.extend(
 )
 
 
-def _shape(path: str) -> str:
-    """A path with its parameters unnamed: ``/api/otp/{client_id}`` -> ``/api/otp/{}``."""
-    return re.sub(r"\{[^}]+\}", "{}", path)
-
-
 def app_routes(env: dict[str, str], tmp_path: Any) -> set[tuple[str, str]]:
     settings_ = Settings.from_env({**BASE_ENV, "DATA_DIR": str(tmp_path), **env})
     app = create_app(settings_)
     return {
-        (_shape(resource.canonical), route.method.lower())
+        (shape(resource.canonical), route.method.lower())
         for resource in app.web.web_app.router.resources()
         for route in resource
         # Faust answers HEAD with the view's GET: HEAD on a GET route is GET, not an operation
@@ -67,7 +63,7 @@ def app_routes(env: dict[str, str], tmp_path: Any) -> set[tuple[str, str]]:
 
 def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {
-        (_shape(path), method)
+        (shape(path), method)
         for path, item in doc["paths"].items()
         for method in item
         if method in METHODS
