@@ -27,8 +27,10 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
+from devtools.support import OffersPipelining
 
-class Counter:
+
+class Counter(OffersPipelining):
     def __init__(self) -> None:
         self.mails = 0
         self.sms = 0

@@ -366,3 +366,19 @@ class Collector:
                     f"saw {len(self.records)} records"
                 )
             await asyncio.sleep(0.05)
+
+
+class OffersPipelining:
+    """An aiosmtpd handler mixin: EHLO offers PIPELINING (RFC 2920), as Postfix, Exim and the
+    big mail providers do. aiosmtpd reads its commands one line at a time, so it serves a
+    client that pipelines them as it serves one that does not; it only does not say so."""
+
+    offer_pipelining = True
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.offer_pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]

@@ -94,6 +94,19 @@ class _Handler:
     def __init__(self, catcher: MailCatcher) -> None:
         self._catcher = catcher
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer PIPELINING (RFC 2920) as production servers do, so that `make run` sends the
+        way it will in production; aiosmtpd reads one command line at a time either way."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Store the message; answering 250 only after it is on disk means a sender that
         got "accepted" can rely on the file being there."""

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from devtools.support import ROOT, free_port
+from devtools.support import ROOT, OffersPipelining, free_port
 from tests.s3_fixture import s3_store  # noqa: F401  (a fixture, used by name)
 
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
@@ -49,7 +49,7 @@ def kafka_bootstrap() -> Iterator[str]:
         subprocess.run([KAFKA_LOCAL, "stop"], env=env, check=False)
 
 
-class SmtpSink:
+class SmtpSink(OffersPipelining):
     """A real SMTP server on loopback that keeps every message it accepts, in memory."""
 
     def __init__(self) -> None:

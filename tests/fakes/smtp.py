@@ -19,14 +19,23 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from devtools.support import free_port
+from devtools.support import OffersPipelining, free_port
 from tests.fakes.certs import Certs
 
 
-class TlsSmtpServer:
-    def __init__(self, certs: Certs, *, mode: str, username: str, password: str) -> None:
+class TlsSmtpServer(OffersPipelining):
+    def __init__(
+        self,
+        certs: Certs,
+        *,
+        mode: str,
+        username: str,
+        password: str,
+        pipelining: bool = True,
+    ) -> None:
         assert mode in ("starttls", "tls")
         self.mode = mode
+        self.offer_pipelining = pipelining
         self.port = free_port()
         self.username = username
         self.password = password
