@@ -1,8 +1,14 @@
-"""MAIL over SMTP with aiosmtplib: a small pool of kept-open connections.
+"""MAIL over SMTP: a small pool of kept-open sessions, each mail one pipelined transaction.
 
 Opening an SMTP session (TCP, greeting, EHLO, STARTTLS, AUTH) costs several round trips; doing
-it once per OTP would dominate the cost of a send. Connections are opened lazily, reused while
+it once per OTP would dominate the cost of a send. Sessions are opened lazily, reused while
 the server keeps them, reopened once when it has dropped them, and closed on shutdown.
+
+aiosmtplib opens each session; the mail transactions then run on its transport here
+(``_Session``). A server that offers PIPELINING (RFC 2920: Postfix, Exim, the big providers)
+gets ``MAIL``, ``RCPT`` and ``DATA`` in one write and the message in a second: two round trips
+a mail instead of four, and half the writes, each of which wakes the server. aiosmtplib cannot
+pipeline: its protocol reads one reply per command and drops any other that arrives.
 
 Each send runs through the shared retry helper (:mod:`app.channels.retry`): SMTP 4xx replies
 (greylisting, "try again later"), timeouts and connection failures are retried within
@@ -15,6 +21,7 @@ import asyncio
 import re
 import ssl
 import time
+from collections import deque
 
 import aiosmtplib
 
@@ -30,6 +37,13 @@ _ADDRESS = re.compile(
 # A server may hold a session open for a while but drops idle ones eventually; reconnecting
 # before sending is cheaper than a failed send and a retry.
 _MAX_IDLE_SECONDS = 30.0
+# RFC 5321 allows 512 octets a reply line; these are aiosmtplib's bounds, so a server that
+# answers without end costs a bounded buffer and a failed send.
+_MAX_REPLY_LINE = 8192
+_MAX_REPLY = 4 * _MAX_REPLY_LINE
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_LINE_BREAK = re.compile(rb"[\r\n]")
 
 
 def check_address(recipient: str) -> str | None:
@@ -42,9 +56,186 @@ class _RecipientRefused(DeliveryError):
     """The server refused the address; the session itself stays usable."""
 
 
+class _Replies(asyncio.Protocol):
+    """The server's replies on one session, in order, however many one read brings."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._lines: list[str] = []
+        self._size = 0
+        self._ready: deque[aiosmtplib.SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.failure: aiosmtplib.SMTPException | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._ready)
+
+    def data_received(self, data: bytes) -> None:
+        if self.failure is not None:
+            return
+        self._buffer += data
+        try:
+            self._parse()
+        except aiosmtplib.SMTPResponseException as exc:
+            self._fail(exc)
+        self._wake()
+
+    def _parse(self) -> None:
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) >= 0:
+            line = bytes(self._buffer[start : end + 1])
+            start = end + 1
+            if len(line) > _MAX_REPLY_LINE:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            code = line[:3]
+            if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                raise aiosmtplib.SMTPResponseException(-1, "Malformed SMTP response line")
+            self._size += len(line)
+            if self._size > _MAX_REPLY:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            self._lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
+            if line[3:4] != b"-":
+                self._ready.append(aiosmtplib.SMTPResponse(int(code), "\n".join(self._lines)))
+                self._lines, self._size = [], 0
+        del self._buffer[:start]
+        if len(self._buffer) > _MAX_REPLY_LINE:
+            raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(aiosmtplib.SMTPServerDisconnected("Connection lost"))
+
+    def _fail(self, exc: aiosmtplib.SMTPException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self, timeout: float) -> aiosmtplib.SMTPResponse:
+        """The next reply; waits at most ``timeout`` seconds for it to arrive."""
+        if not self._ready and self.failure is None:
+            async with asyncio.timeout(timeout):
+                while not self._ready and self.failure is None:  # woken by every read
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    await self._waiter
+        if self._ready:
+            return self._ready.popleft()
+        raise self.failure or aiosmtplib.SMTPServerDisconnected("Connection lost")
+
+
+class _Session:
+    """One SMTP session that aiosmtplib opened (TCP, TLS, EHLO, AUTH), now driven here."""
+
+    def __init__(self, client: aiosmtplib.SMTP, timeout: float) -> None:
+        transport = client.transport
+        if not isinstance(transport, asyncio.WriteTransport):
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self._transport = transport
+        self._replies = _Replies()
+        transport.set_protocol(self._replies)
+        self._timeout = timeout
+        self.pipelining = client.supports_extension("pipelining")
+        self._size = client.supports_extension("size")
+
+    @property
+    def usable(self) -> bool:
+        """Open, and nothing said that no command asked for (a ``421`` on the way out)."""
+        replies = self._replies
+        return not self._transport.is_closing() and not replies.queued and not replies.failure
+
+    def _write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self._transport.write(data)
+
+    async def _commands(self, *commands: bytes) -> list[aiosmtplib.SMTPResponse]:
+        """Each command's reply. Pipelined: all in one write. Otherwise one at a time, up to
+        the first refusal (a ``DATA`` is never sent after a refused ``RCPT``)."""
+        if self.pipelining:
+            self._write(b"".join(commands))
+            return [await self._replies.next(self._timeout) for _ in commands]
+        replies = []
+        for command in commands:
+            self._write(command)
+            reply = await self._replies.next(self._timeout)
+            replies.append(reply)
+            if reply.code >= 400:
+                break
+        return replies
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """One mail transaction; the server's reply to the end of the data."""
+        content = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", message))
+        if not content.endswith(b"\r\n"):
+            content += b"\r\n"
+        size = b" SIZE=%d" % len(content) if self._size else b""
+        mail, rcpt = sender.encode("ascii"), recipient.encode("ascii")
+        if _LINE_BREAK.search(mail + rcpt):
+            raise ValueError("an envelope address holds a line break")
+        replies = await self._commands(
+            b"MAIL FROM:<%s>%s\r\n" % (mail, size), b"RCPT TO:<%s>\r\n" % rcpt, b"DATA\r\n"
+        )
+        failure = _refusal(replies, sender, recipient)
+        if failure is not None:
+            if len(replies) == 3 and replies[2].code == 354:
+                # A server that took DATA after refusing the envelope: end an empty message.
+                self._write(b".\r\n")
+                await self._replies.next(self._timeout)
+            await self.reset()
+            raise failure
+        self._write(content + b".\r\n")
+        done = await self._replies.next(self._timeout)
+        if done.code != 250:
+            raise aiosmtplib.SMTPDataError(done.code, done.message)
+        return done.message
+
+    async def reset(self) -> None:
+        """End a refused transaction; a session whose RSET fails is not used again."""
+        try:
+            (reply,) = await self._commands(b"RSET\r\n")
+        except (aiosmtplib.SMTPException, TimeoutError):
+            reply = None
+        if reply is None or reply.code != 250:
+            self.close()
+
+    async def quit(self) -> None:
+        try:
+            await self._commands(b"QUIT\r\n")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def _refusal(
+    replies: list[aiosmtplib.SMTPResponse], sender: str, recipient: str
+) -> aiosmtplib.SMTPException | None:
+    """What refused the envelope, as aiosmtplib names it; ``None`` when all three were taken."""
+    mail = replies[0]
+    if mail.code != 250:
+        return aiosmtplib.SMTPSenderRefused(mail.code, mail.message, sender)
+    rcpt = replies[1] if len(replies) > 1 else None
+    if rcpt is not None and rcpt.code not in (250, 251):
+        refused = aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, recipient)
+        return aiosmtplib.SMTPRecipientsRefused([refused])
+    data = replies[2] if len(replies) > 2 else None
+    if data is None or data.code != 354:
+        code, text = (data.code, data.message) if data else (-1, "no reply to DATA")
+        return aiosmtplib.SMTPDataError(code, text)
+    return None
+
+
 class _Connection:
-    def __init__(self, client: aiosmtplib.SMTP) -> None:
-        self.client = client
+    def __init__(self) -> None:
+        self.session: _Session | None = None
         self.last_used = 0.0
 
 
@@ -119,13 +310,24 @@ class SmtpChannel:
             tls_context=tls_context,
         )
 
-    async def _ready(self, conn: _Connection) -> None:
-        idle_too_long = time.monotonic() - conn.last_used > _MAX_IDLE_SECONDS
-        if conn.client.is_connected and idle_too_long:
+    async def _ready(self, conn: _Connection) -> _Session:
+        session = conn.session
+        if session is not None and not session.usable:
+            self._abort(conn)
+        elif session is not None and time.monotonic() - conn.last_used > _MAX_IDLE_SECONDS:
             await self._quietly_close(conn)
-        if not conn.client.is_connected:
-            await conn.client.connect()
+        if conn.session is None:
+            client = self._new_client()
+            try:
+                await client.connect()
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()
+                conn.session = _Session(client, self._timeout)
+            except BaseException:
+                client.close()
+                raise
             self.connections_opened += 1
+        return conn.session
 
     async def send(self, notification: Notification) -> str | None:
         """Send; the server's reply to DATA (``2.0.0 Ok: queued as 4Bc1x``), which names the
@@ -137,7 +339,7 @@ class SmtpChannel:
                 try:
                     conn = self._idle.get_nowait()
                 except asyncio.QueueEmpty:
-                    conn = _Connection(self._new_client())
+                    conn = _Connection()
                     self._all.append(conn)
                 reusable = False
                 try:
@@ -160,9 +362,9 @@ class SmtpChannel:
     async def _send_on(self, conn: _Connection, recipient: str, message: bytes) -> str | None:
         for attempt in (1, 2):
             try:
-                await self._ready(conn)
-                _, reply = await conn.client.sendmail(self._from_email, [recipient], message)
-                return " ".join(str(reply).split())[:200] or None
+                session = await self._ready(conn)
+                reply = await session.send(self._from_email, recipient, message)
+                return " ".join(reply.split())[:200] or None
             except aiosmtplib.SMTPServerDisconnected:
                 # A kept-open session the server closed meanwhile: reopen once, then give up.
                 self._abort(conn)
@@ -183,6 +385,8 @@ class SmtpChannel:
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
             transient = 400 <= exc.code < 500
             return DeliveryError(PROVIDER, f"{exc.code} authentication failed", transient=transient)
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 0:
+            return DeliveryError(PROVIDER, "malformed server reply")
         if isinstance(exc, aiosmtplib.SMTPResponseException):
             status = f"{exc.code} {_enhanced_status(exc.message)}".strip()
             return DeliveryError(PROVIDER, status, transient=400 <= exc.code < 500)
@@ -201,18 +405,17 @@ class SmtpChannel:
 
     def _abort(self, conn: _Connection) -> None:
         """Drop a session without the QUIT round trip (safe while being cancelled)."""
-        if conn.client.is_connected:
-            conn.client.close()
-        conn.client = self._new_client()
+        if conn.session is not None:
+            conn.session.close()
+            conn.session = None
 
     async def _quietly_close(self, conn: _Connection) -> None:
-        client = conn.client
-        if client.is_connected:
+        session, conn.session = conn.session, None
+        if session is not None:
             try:
-                await asyncio.wait_for(client.quit(), timeout=1.0)
+                await asyncio.wait_for(session.quit(), timeout=1.0)
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                client.close()
-        conn.client = self._new_client()
+                session.close()
 
     async def close(self) -> None:
         for conn in self._all:

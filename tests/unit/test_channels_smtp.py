@@ -24,9 +24,15 @@ def certs(tmp_path_factory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-@pytest.fixture(params=["starttls", "tls"])
+@pytest.fixture(
+    params=[("starttls", True), ("tls", True), ("starttls", False)],
+    ids=["starttls", "tls", "starttls-unpipelined"],
+)
 def server(request, certs: Certs) -> Iterator[TlsSmtpServer]:
-    with TlsSmtpServer(certs, mode=request.param, username=USER, password=PASSWORD) as srv:
+    mode, pipelining = request.param
+    with TlsSmtpServer(
+        certs, mode=mode, username=USER, password=PASSWORD, pipelining=pipelining
+    ) as srv:
         yield srv
 
 
