@@ -22,6 +22,7 @@ import re
 import ssl
 import time
 from collections import deque
+from typing import cast
 
 import aiosmtplib
 
@@ -134,9 +135,10 @@ class _Session:
     """One SMTP session that aiosmtplib opened (TCP, TLS, EHLO, AUTH), now driven here."""
 
     def __init__(self, client: aiosmtplib.SMTP, timeout: float) -> None:
-        transport = client.transport
-        if not isinstance(transport, asyncio.WriteTransport):
+        if client.transport is None or client.transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        # uvloop's transports have asyncio's methods without its classes, so no isinstance.
+        transport = cast(asyncio.WriteTransport, client.transport)
         self._transport = transport
         self._replies = _Replies()
         transport.set_protocol(self._replies)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from app.channels.base import DeliveryError
 from app.channels.smtp import SmtpChannel
@@ -180,3 +181,19 @@ async def test_temporarily_refused_recipient_is_retried(server: TlsSmtpServer, c
     finally:
         await channel.close()
     assert str(err.value) == "smtp delivery failed: recipient refused (452) after 2 attempts"
+
+
+def test_the_channel_runs_on_uvloop(server: TlsSmtpServer, certs: Certs):
+    """``EVENT_LOOP=uvloop``: its transports are not asyncio's classes, and TLS is its own."""
+
+    async def two_mails() -> int:
+        channel = channel_for(server, certs.ca_file)
+        try:
+            await channel.send(mail())
+            await channel.send(mail("other@example.com"))
+        finally:
+            await channel.close()
+        return channel.connections_opened
+
+    assert uvloop.run(two_mails()) == 1
+    assert [m["To"] for m in server.messages] == ["user@example.com", "other@example.com"]

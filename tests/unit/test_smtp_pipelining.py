@@ -10,6 +10,7 @@ from typing import Self
 
 import aiosmtplib
 import pytest
+import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -114,6 +115,22 @@ async def test_the_envelope_goes_in_one_write_only_where_the_server_offers_pipel
     if offered:
         # Per mail: the envelope, then the message with its final dot; nothing else.
         assert len([c for c in tap.chunks if c.endswith(b"\r\n.\r\n")]) == 3
+
+
+def test_a_plain_session_is_pipelined_on_uvloop(smtp_sink: SmtpSink):
+    async def three_mails() -> list[bytes]:
+        async with Tap(smtp_sink.port) as tap:
+            channel = channel_at(tap.port)
+            try:
+                for n in range(3):
+                    await channel.send(mail(f"user{n}@example.com"))
+            finally:
+                await channel.close()
+        return tap.chunks
+
+    chunks = uvloop.run(three_mails())
+    assert len([c for c in chunks if c.startswith(b"MAIL FROM") and b"DATA" in c]) == 3
+    assert len(smtp_sink.messages) == 3
 
 
 async def test_a_line_that_starts_with_a_dot_arrives_whole(smtp_sink: SmtpSink):
