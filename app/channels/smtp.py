@@ -25,6 +25,7 @@ from collections import deque
 from typing import cast
 
 import aiosmtplib
+import aiosmtplib.email
 
 from app.channels.base import DeliveryError, Notification
 from app.channels.mime import build_mail
@@ -42,6 +43,9 @@ _MAX_IDLE_SECONDS = 30.0
 # answers without end costs a bounded buffer and a failed send.
 _MAX_REPLY_LINE = 8192
 _MAX_REPLY = 4 * _MAX_REPLY_LINE
+# A pipelined envelope has three replies outstanding; more queued is a server talking to itself,
+# and each would hold memory until the next mail.
+_MAX_QUEUED_REPLIES = 8
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_BREAK = re.compile(rb"[\r\n]")
@@ -67,6 +71,7 @@ class _Replies(asyncio.Protocol):
         self._ready: deque[aiosmtplib.SMTPResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.failure: aiosmtplib.SMTPException | None = None
+        self.transport: asyncio.BaseTransport | None = None
 
     @property
     def queued(self) -> int:
@@ -99,6 +104,8 @@ class _Replies(asyncio.Protocol):
             if line[3:4] != b"-":
                 self._ready.append(aiosmtplib.SMTPResponse(int(code), "\n".join(self._lines)))
                 self._lines, self._size = [], 0
+                if len(self._ready) > _MAX_QUEUED_REPLIES:
+                    raise aiosmtplib.SMTPResponseException(-1, "Replies nobody asked for")
         del self._buffer[:start]
         if len(self._buffer) > _MAX_REPLY_LINE:
             raise aiosmtplib.SMTPResponseException(-1, "Response too long")
@@ -113,6 +120,9 @@ class _Replies(asyncio.Protocol):
     def _fail(self, exc: aiosmtplib.SMTPException) -> None:
         if self.failure is None:
             self.failure = exc
+        self._buffer.clear()
+        if self.transport is not None:
+            self.transport.close()  # reads nothing more from a server that broke the dialogue
         self._wake()
 
     def _wake(self) -> None:
@@ -141,6 +151,7 @@ class _Session:
         transport = cast(asyncio.WriteTransport, client.transport)
         self._transport = transport
         self._replies = _Replies()
+        self._replies.transport = transport
         transport.set_protocol(self._replies)
         self._timeout = timeout
         self.pipelining = client.supports_extension("pipelining")
@@ -270,6 +281,11 @@ class SmtpChannel:
         self._password = password
         self._from_name = from_name
         self._from_email = from_email
+        # The envelope's sender: the address alone (``OTP <otp@example.com>`` is allowed), and
+        # one that cannot smuggle parameters into MAIL FROM; refused at start, not per mail.
+        self._envelope_from = aiosmtplib.email.parse_address(from_email)
+        if not self._envelope_from.isascii():
+            raise ValueError("the sender address must be ASCII (SMTPUTF8 is not used)")
         self._from_domain = from_email.rpartition("@")[2] or "localhost"
         self._timeout = timeout
         self._ca_file = ca_file
@@ -323,7 +339,10 @@ class SmtpChannel:
             try:
                 await client.connect()
                 if client.is_ehlo_or_helo_needed:
-                    await client.ehlo()
+                    try:
+                        await client.ehlo()
+                    except aiosmtplib.SMTPHeloError:
+                        await client.helo()  # a server from before ESMTP: no extensions
                 conn.session = _Session(client, self._timeout)
             except BaseException:
                 client.close()
@@ -365,7 +384,7 @@ class SmtpChannel:
         for attempt in (1, 2):
             try:
                 session = await self._ready(conn)
-                reply = await session.send(self._from_email, recipient, message)
+                reply = await session.send(self._envelope_from, recipient, message)
                 return " ".join(reply.split())[:200] or None
             except aiosmtplib.SMTPServerDisconnected:
                 # A kept-open session the server closed meanwhile: reopen once, then give up.

@@ -170,8 +170,9 @@ class ScriptedServer(Loopback):
     """Speaks SMTP on loopback, each reply written as ``reply(line, writer)`` decides: the
     shapes a real but odd server may send (replies split, bundled, endless, unasked)."""
 
-    def __init__(self, reply: Replier) -> None:
+    def __init__(self, reply: Replier, *, esmtp: bool = True) -> None:
         self._reply = reply
+        self._esmtp = esmtp
         self.connections = 0
         self.lines: list[bytes] = []
         self._sessions: list[tuple[asyncio.Task, asyncio.StreamWriter]] = []
@@ -189,7 +190,9 @@ class ScriptedServer(Loopback):
                         continue
                     line = b"<end of data>"
                 self.lines.append(line)
-                if line.startswith(b"EHLO"):
+                if line.startswith(b"EHLO") and not self._esmtp:
+                    writer.write(b"502 5.5.1 command not recognized\r\n")
+                elif line.startswith(b"EHLO"):
                     writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
                 else:
                     in_data = line == b"DATA\r\n"
@@ -306,3 +309,58 @@ def test_any_bytes_from_a_server_end_in_replies_or_one_failure_and_a_bounded_buf
         reader.data_received(chunk)  # never raises
         assert len(reader._buffer) <= 8192 + 20_000
     assert reader.failure is None or isinstance(reader.failure, aiosmtplib.SMTPException)
+
+
+async def test_a_server_that_knows_no_ehlo_is_greeted_with_helo_and_sent_one_command_at_a_time():
+    async def plain(line: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(standard(line))
+
+    async with ScriptedServer(plain, esmtp=False) as server:
+        channel = channel_at(server.port)
+        try:
+            assert await channel.send(mail()) == "2.0.0 queued as 4Bc1x"
+        finally:
+            await channel.close()
+    assert [line.split(b" ")[0].strip() for line in server.lines[:5]] == [
+        b"EHLO",
+        b"HELO",
+        b"MAIL",
+        b"RCPT",
+        b"DATA",
+    ]
+    assert server.lines[2] == b"MAIL FROM:<otp@example.com>\r\n"  # no SIZE: not offered
+
+
+class Closing:
+    """What ``_Replies`` needs of its transport: ``close``, counted."""
+
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_flood_of_replies_nobody_asked_for_fails_the_session_and_stops_reading():
+    reader = _Replies()
+    transport = Closing()
+    reader.transport = transport  # type: ignore[assignment]
+    reader.data_received(b"250 ok\r\n" * 10_000)
+    assert isinstance(reader.failure, aiosmtplib.SMTPResponseException)
+    assert reader.queued <= 9 and transport.closed == 1
+    reader.data_received(b"250 ok\r\n" * 10_000)
+    assert reader.queued <= 9 and not reader._buffer
+
+
+async def test_the_envelope_sender_is_the_address_alone(smtp_sink: SmtpSink):
+    channel = channel_at(smtp_sink.port, from_email="OTP Service <otp@example.com>")
+    try:
+        await channel.send(mail())
+    finally:
+        await channel.close()
+    assert [e.mail_from for e in smtp_sink.envelopes] == ["otp@example.com"]
+
+
+@pytest.mark.parametrize("sender", ["otp service@example.com", "é@x.y"])
+def test_a_sender_that_cannot_go_into_mail_from_is_refused_at_the_start(sender: str):
+    with pytest.raises(ValueError):
+        channel_at(1, from_email=sender)
