@@ -118,8 +118,10 @@ async def test_kill_one_of_two_workers_during_notifications(
             f"receivers with a second mail; {len(restarts)} stalled recoveries restarted"
         )
         # The crash window (README, Guarantees): a mail accepted by the server in the
-        # milliseconds before its row reached the changelog is sent again.
-        assert second_mails <= 5
+        # milliseconds before its row reached the changelog is sent again. How many fall in it
+        # grows with the killed worker's mails per second: 2 in a run before the pipelined SMTP,
+        # 3 to 7 since (2026-12-03); more than 1% of the receivers would be a wider window.
+        assert second_mails <= 20
     finally:
         for w in workers:
             w.kill()
