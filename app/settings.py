@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Generic, Literal, TypeVar
 
+import aiosmtplib.email
+
 from app.channels.fcm import DEFAULT_TOKEN_URL, ServiceAccount
 from app.core import access
 from app.core.receivers import known_region
@@ -85,6 +87,20 @@ def _text(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise ValueError("must not be empty")
+    return value
+
+
+def _sender_address(raw: str) -> str:
+    """An address SMTP's ``MAIL FROM`` can carry: one mailbox (a display name is allowed and
+    left out of the envelope), nothing that could add parameters, ASCII (SMTPUTF8 is not used).
+    """
+    value = _text(raw)
+    try:
+        address = aiosmtplib.email.parse_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not one e-mail address") from None
+    if not address.isascii():
+        raise ValueError(f"{value!r} is not ASCII (SMTPUTF8 is not used)")
     return value
 
 
@@ -620,7 +636,7 @@ class Settings:
     mail_from_email: str = setting(
         ("MAIL_FROM_EMAIL", "APPLICATION_MAIL_FROM_EMAIL"),
         "no-reply@localhost",
-        _text,
+        _sender_address,
         "sender address",
         option=("smtp", "from_email"),
     )

@@ -61,6 +61,8 @@ def test_flowx_aliases():
         ("LOG_LEVEL", "loud", "DEBUG"),
         ("OTP_ALPHABET", "abc", "distinct"),
         ("RECOVERY_STALL_SECONDS", "0", "between 1 and 3600"),
+        ("MAIL_FROM_EMAIL", "otp service@example.com", "not one e-mail address"),
+        ("MAIL_FROM_EMAIL", "otp@exämple.com", "not ASCII"),
     ],
 )
 def test_bad_values_name_the_variable(variable, value, words):
