@@ -59,16 +59,21 @@ def mail(to: str = "user@example.com"):
     return notification("MAIL", to, subject="Your code", body="<p>123456</p>", text="123456")
 
 
-async def test_tls_and_auth_with_the_configured_ca(server: TlsSmtpServer, certs: Certs):
+async def two_mails(server: TlsSmtpServer, certs: Certs) -> int:
+    """Sends two mails on one channel; the sessions it opened."""
     channel = channel_for(server, certs.ca_file)
     try:
         await channel.send(mail())
         await channel.send(mail("other@example.com"))
     finally:
         await channel.close()
+    return channel.connections_opened
+
+
+async def test_tls_and_auth_with_the_configured_ca(server: TlsSmtpServer, certs: Certs):
+    assert await two_mails(server, certs) == 1
     assert [m["To"] for m in server.messages] == ["user@example.com", "other@example.com"]
     assert server.auth_ok == [True]  # one session, authenticated once, reused
-    assert channel.connections_opened == 1
     if server.mode == "starttls":
         assert server.tls_sessions == [True]
 
@@ -185,15 +190,5 @@ async def test_temporarily_refused_recipient_is_retried(server: TlsSmtpServer, c
 
 def test_the_channel_runs_on_uvloop(server: TlsSmtpServer, certs: Certs):
     """``EVENT_LOOP=uvloop``: its transports are not asyncio's classes, and TLS is its own."""
-
-    async def two_mails() -> int:
-        channel = channel_for(server, certs.ca_file)
-        try:
-            await channel.send(mail())
-            await channel.send(mail("other@example.com"))
-        finally:
-            await channel.close()
-        return channel.connections_opened
-
-    assert uvloop.run(two_mails()) == 1
+    assert uvloop.run(two_mails(server, certs)) == 1
     assert [m["To"] for m in server.messages] == ["user@example.com", "other@example.com"]

@@ -91,20 +91,26 @@ class Tap(Loopback):
         )
 
 
-@pytest.mark.parametrize("offered", [True, False], ids=["offered", "not-offered"])
-async def test_the_envelope_goes_in_one_write_only_where_the_server_offers_pipelining(
-    smtp_sink: SmtpSink, offered: bool
-):
-    smtp_sink.offer_pipelining = offered
-    async with Tap(smtp_sink.port) as tap:
+async def three_mails_through_a_tap(port: int) -> list[bytes]:
+    """What the client wrote, chunk by chunk, sending three mails to the server at ``port``."""
+    async with Tap(port) as tap:
         channel = channel_at(tap.port)
         try:
             for n in range(3):
                 await channel.send(mail(f"user{n}@example.com"))
         finally:
             await channel.close()
+    return tap.chunks
+
+
+@pytest.mark.parametrize("offered", [True, False], ids=["offered", "not-offered"])
+async def test_the_envelope_goes_in_one_write_only_where_the_server_offers_pipelining(
+    smtp_sink: SmtpSink, offered: bool
+):
+    smtp_sink.offer_pipelining = offered
+    chunks = await three_mails_through_a_tap(smtp_sink.port)
     assert [m["To"] for m in smtp_sink.messages] == [f"user{n}@example.com" for n in range(3)]
-    envelopes = [c for c in tap.chunks if c.startswith(b"MAIL FROM")]
+    envelopes = [c for c in chunks if c.startswith(b"MAIL FROM")]
     assert len(envelopes) == 3
     for n, chunk in enumerate(envelopes):
         rest = ENVELOPE.sub(b"", chunk)
@@ -114,21 +120,11 @@ async def test_the_envelope_goes_in_one_write_only_where_the_server_offers_pipel
             assert rest == b""  # the RCPT waits for the MAIL's reply
     if offered:
         # Per mail: the envelope, then the message with its final dot; nothing else.
-        assert len([c for c in tap.chunks if c.endswith(b"\r\n.\r\n")]) == 3
+        assert len([c for c in chunks if c.endswith(b"\r\n.\r\n")]) == 3
 
 
 def test_a_plain_session_is_pipelined_on_uvloop(smtp_sink: SmtpSink):
-    async def three_mails() -> list[bytes]:
-        async with Tap(smtp_sink.port) as tap:
-            channel = channel_at(tap.port)
-            try:
-                for n in range(3):
-                    await channel.send(mail(f"user{n}@example.com"))
-            finally:
-                await channel.close()
-        return tap.chunks
-
-    chunks = uvloop.run(three_mails())
+    chunks = uvloop.run(three_mails_through_a_tap(smtp_sink.port))
     assert len([c for c in chunks if c.startswith(b"MAIL FROM") and b"DATA" in c]) == 3
     assert len(smtp_sink.messages) == 3
 
