@@ -335,20 +335,25 @@ class SmtpChannel:
         elif session is not None and time.monotonic() - conn.last_used > _MAX_IDLE_SECONDS:
             await self._quietly_close(conn)
         if conn.session is None:
-            client = self._new_client()
-            try:
-                await client.connect()
-                if client.is_ehlo_or_helo_needed:
-                    try:
-                        await client.ehlo()
-                    except aiosmtplib.SMTPHeloError:
-                        await client.helo()  # a server from before ESMTP: no extensions
-                conn.session = _Session(client, self._timeout)
-            except BaseException:
-                client.close()
-                raise
-            self.connections_opened += 1
+            conn.session = await self._open()
         return conn.session
+
+    async def _open(self) -> _Session:
+        """A new session: aiosmtplib connects, greets and logs in, then hands it over."""
+        client = self._new_client()
+        try:
+            await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()  # a server from before ESMTP: no extensions
+            session = _Session(client, self._timeout)
+        except BaseException:
+            client.close()
+            raise
+        self.connections_opened += 1
+        return session
 
     async def send(self, notification: Notification) -> str | None:
         """Send; the server's reply to DATA (``2.0.0 Ok: queued as 4Bc1x``), which names the

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.channels.base import DeliveryError
-from app.channels.smtp import SmtpChannel, _Replies, _Session
+from app.channels.smtp import SmtpChannel, _Replies
 from tests.conftest import SmtpSink
 from tests.fakes.notifications import fast_policy, notification
 
@@ -130,10 +130,7 @@ def test_a_plain_session_is_pipelined_on_uvloop(smtp_sink: SmtpSink):
 
 
 async def test_a_line_that_starts_with_a_dot_arrives_whole(smtp_sink: SmtpSink):
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_sink.port, timeout=5)
-    await client.connect()
-    await client.ehlo()
-    session = _Session(client, timeout=5)
+    session = await channel_at(smtp_sink.port)._open()
     try:
         body = b"Subject: dots\r\n\r\n.hidden\r\n..two\r\nlast line without an end"
         await session.send("otp@example.com", "user@example.com", body)
@@ -146,10 +143,7 @@ async def test_a_line_that_starts_with_a_dot_arrives_whole(smtp_sink: SmtpSink):
 
 
 async def test_an_address_with_a_line_break_is_never_written(smtp_sink: SmtpSink):
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_sink.port, timeout=5)
-    await client.connect()
-    await client.ehlo()
-    session = _Session(client, timeout=5)
+    session = await channel_at(smtp_sink.port)._open()
     try:
         with pytest.raises(ValueError, match="line break"):
             await session.send("otp@example.com", "a@example.com\r\nRCPT TO:<b@x.y>", b"x")
