@@ -23,8 +23,10 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service, ServiceT
+from mode.services import WaitArgT, WaitResults
 
 from app.offsets import Claim, OffsetLedger, Refusal
+from app.runtime import eager
 from app.runtime.recovery_guard import RecoveryGuard
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,13 @@ class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
         if self._owns(tp.topic):
             return None
         return super().__getitem__(tp)
+
+
+def _close(coros: Iterable[WaitArgT]) -> None:
+    """Close coroutines that were never awaited (without the "never awaited" warning)."""
+    for coro in coros:
+        if asyncio.iscoroutine(coro):
+            coro.close()
 
 
 def first_offsets(records: Mapping[Any, Any]) -> dict[Any, int]:
@@ -127,6 +136,35 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     def owned(self) -> frozenset[TP] | set[TP]:
         """This worker's partitions (``assignment()``, without building a set per call)."""
         return self._owned if self._owned is not None else self.assignment()
+
+    # -- how Faust hands a record to its streams ------------------------------------------------
+    async def wait_first(self, *coros: WaitArgT, timeout: Any = None) -> WaitResults:
+        """Faust's fetch loop delivers every record to its streams through
+        ``wait_first(deliver(record), suspend_flow.wait())``, so that a delivery that blocks (a
+        full stream buffer, a full producer buffer) can be abandoned when a rebalance suspends
+        the flow. That is four tasks and an ``asyncio.wait`` a record (30 us, about 5% of a
+        saturated worker), while a delivery almost never blocks. So the first coroutine takes its
+        first step here: if that finishes it, nothing else can have happened meanwhile, and it
+        is the winner; if it has to wait, it goes on, where it stopped, in Faust's
+        ``wait_first`` with the others, as before. The other coroutines, never started, are
+        closed.
+        """
+        first, *others = coros
+        if not asyncio.iscoroutine(first):
+            return await super().wait_first(*coros, timeout=timeout)
+        try:
+            started = eager.start(first)
+        except BaseException:
+            _close(others)
+            raise
+        if not isinstance(started, eager.Finished):
+            waited = await super().wait_first(started, *others, timeout=timeout)
+            done = [first if winner is started else winner for winner in waited.done]
+            return WaitResults(done, waited.results, waited.stopped)
+        _close(others)
+        if self._stopped.is_set() or self._crashed.is_set():
+            return WaitResults([], [], True)
+        return WaitResults([first], [started.value], False)
 
     # -- records Faust would throw away ---------------------------------------------------------
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:

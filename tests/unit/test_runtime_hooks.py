@@ -6,6 +6,7 @@ worker does in production without a word.
 
 import inspect
 
+import mode.services
 import mode.worker
 import pytest
 from aiohttp import web_protocol
@@ -41,6 +42,7 @@ HOOKS = [
     (faust_aiokafka.Consumer, "on_partitions_revoked"),
     (faust_aiokafka.Consumer, "on_partitions_assigned"),
     (faust_aiokafka.Consumer, "flow_active"),
+    (faust_aiokafka.Consumer, "wait_first"),
     (faust_aiokafka.Transport, "Consumer"),
     (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
     # app/runtime/worker.py
@@ -78,6 +80,12 @@ INSTANCE_FIELDS = {
         faust_consumer.Consumer.__init__,
         ["self._acked", "self._acked_index", "self._read_offset", "self._committed_offset"],
     ),
+    # LedgerConsumer.wait_first steps each delivery of Faust's fetch loop first
+    "faust Consumer._drain_messages": (
+        faust_consumer.Consumer._drain_messages,
+        ["self.wait_first(", "callback(message), self.suspend_flow.wait()"],
+    ),
+    "mode Service.__init__": (mode.services.Service.__init__, ["self._stopped", "self._crashed"]),
     "faust Consumer (partition flow)": (
         faust_consumer.Consumer,
         ["self._active_partitions", "self._paused_partitions"],
