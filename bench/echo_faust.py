@@ -6,9 +6,11 @@ One ``faust.App`` with one agent over raw (bytes) topics: each event's value is 
 orjson and a reply of the same shape and size as the OTP service's generate reply is sent with
 ``topic.send``, keyed by ``processInstanceId`` and carrying the request's headers. The app uses
 the Faust settings of ``app/main.py`` that matter to a stream's speed (producer linger, commit
-interval, ``stream_wait_empty``, offset reset, partitions, logging); it has no table, no web
-server and no delivery. The OTP service's pipeline is this plus re-keying hops, tables and a
-provider.
+interval, ``stream_wait_empty``, offset reset, partitions, logging) and its consumer
+(``ledger://``, ``app.runtime.consumer``: Faust's, with each record's delivery stepped at once;
+no topic of the echo is the ledger's, so Faust commits as it always does); it has no table, no
+web server and no delivery. The OTP service's pipeline is this plus re-keying hops, tables and
+a provider.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import mode.loop
 import orjson
 
 from app.logs import logging_config
+from app.runtime.consumer import LedgerApp
 from app.settings import Settings
 from bench import service_settings
 
@@ -34,9 +37,9 @@ def create_app(
     data_dir: str,
     shared: Settings,
 ) -> faust.App:
-    app = faust.App(
+    app = LedgerApp(
         app_id,
-        broker=[f"kafka://{h.strip()}" for h in bootstrap.split(",")],
+        broker=[f"ledger://{h.strip()}" for h in bootstrap.split(",")],
         store="memory://",
         datadir=data_dir,
         autodiscover=False,
