@@ -10,7 +10,6 @@ from typing import Any
 from app import records
 from app.flows import Headers, Inbound, Route
 from app.offsets import Claim
-from app.runtime import eager
 from tables import Topics
 
 log = logging.getLogger(__name__)
@@ -112,15 +111,13 @@ class KeyedDispatcher:
     """Handle events concurrently across keys and strictly in order within one key.
 
     A generate request waits seconds on a mail server or an SMS API; handled one after the
-    other, one slow provider would stall every request behind it. An admitted event with nothing
-    of its key in flight is handled at once, and goes on in a task if it has to wait; one with
-    is a task chained after the previous one of its key (so one identifier's generate, validate
-    and expire stay in order). Offsets are committed only up to the first event not
+    other, one slow provider would stall every request behind it. Each admitted event becomes a
+    task, chained after the previous task of the same key (so one identifier's generate,
+    validate and expire stay in order). Offsets are committed only up to the first event not
     yet handled (``app.offsets``), however the tasks finish.
 
-    A handler runs in the stream's context, or in a task that inherits it, in which Faust's
-    ``current_event`` is the event it handles, so table writes go to that event's partition, as
-    Faust requires.
+    The task inherits the stream's context, in which Faust's ``current_event`` is the event it
+    handles, so table writes from the task go to that event's partition, as Faust requires.
     """
 
     def __init__(self, max_in_flight: int) -> None:
@@ -141,17 +138,7 @@ class KeyedDispatcher:
             return
         await self._slots.acquire()  # back-pressure: the stream waits when too much is in flight
         key = event.key
-        previous = self._tails.get(key)
-        run = self._run(previous, stream, claim, event, handle)
-        if previous is None:
-            # Nothing of this key before it: its first step runs now, and a handler that never
-            # waits (a validate: a row, an HMAC, a reply) needs no task at all.
-            started = eager.start(run)
-            if isinstance(started, eager.Finished):
-                return
-            task: asyncio.Task[None] = asyncio.ensure_future(started)
-        else:
-            task = asyncio.create_task(run)
+        task = asyncio.create_task(self._run(self._tails.get(key), stream, claim, event, handle))
         self._tails[key] = task
         self._tasks.add(task)
 
