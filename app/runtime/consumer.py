@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import inspect
 import logging
 import time
 from collections import defaultdict
@@ -35,6 +37,8 @@ T = TypeVar("T")
 THREAD_CALL_TIMEOUT = 2.0
 # Seconds between checks for a partition stuck behind a hole (see ``_watch_for_holes``).
 HOLE_CHECK_INTERVAL = 2.0
+# The code of ``suspend_flow.wait()`` (an asyncio.Event in Faust's consumer).
+_EVENT_WAIT = asyncio.Event.wait.__code__
 
 
 class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
@@ -57,11 +61,14 @@ class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
         return super().__getitem__(tp)
 
 
-def _close(coros: Iterable[WaitArgT]) -> None:
-    """Close coroutines that were never awaited (without the "never awaited" warning)."""
-    for coro in coros:
-        if asyncio.iscoroutine(coro):
-            coro.close()
+def _is_delivery(coros: tuple[WaitArgT, ...]) -> bool:
+    """The fetch loop's call: a coroutine and an ``asyncio.Event``'s wait, neither started."""
+    return (
+        len(coros) == 2
+        and all(asyncio.iscoroutine(coro) for coro in coros)
+        and getattr(coros[1], "cr_code", None) is _EVENT_WAIT
+        and inspect.getcoroutinestate(coros[0]) == inspect.CORO_CREATED  # type: ignore[arg-type]
+    )
 
 
 def first_offsets(records: Mapping[Any, Any]) -> dict[Any, int]:
@@ -143,28 +150,33 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         ``wait_first(deliver(record), suspend_flow.wait())``, so that a delivery that blocks (a
         full stream buffer, a full producer buffer) can be abandoned when a rebalance suspends
         the flow. That is four tasks and an ``asyncio.wait`` a record (30 us, about 5% of a
-        saturated worker), while a delivery almost never blocks. So the first coroutine takes its
-        first step here: if that finishes it, nothing else can have happened meanwhile, and it
-        is the winner; if it has to wait, it goes on, where it stopped, in Faust's
-        ``wait_first`` with the others, as before. The other coroutines, never started, are
-        closed.
+        saturated worker), while a delivery almost never blocks. So, for that call only, the
+        delivery takes its first step here, in a copy of the context as a task would: if that
+        finishes it, nothing else can have happened meanwhile, and it is the winner (the
+        suspend wait, never started, is closed); if it has to wait, it goes on in a task, where
+        it stopped and in the same context, under mode's ``wait_first`` with the suspend wait,
+        as before. The first step runs in the fetch loop's task, so it must not depend on
+        having a task of its own (``current_task``, ``asyncio.timeout``); Faust's conductor,
+        the delivery, does not. Any other call is mode's.
         """
-        first, *others = coros
-        if not asyncio.iscoroutine(first):
+        if not _is_delivery(coros):
             return await super().wait_first(*coros, timeout=timeout)
+        delivery, flow_wait = coros
+        context = contextvars.copy_context()
         try:
-            started = eager.start(first)
+            started = context.run(eager.start, delivery)
         except BaseException:
-            _close(others)
+            flow_wait.close()
             raise
-        if not isinstance(started, eager.Finished):
-            waited = await super().wait_first(started, *others, timeout=timeout)
-            done = [first if winner is started else winner for winner in waited.done]
-            return WaitResults(done, waited.results, waited.stopped)
-        _close(others)
-        if self._stopped.is_set() or self._crashed.is_set():
-            return WaitResults([], [], True)
-        return WaitResults([first], [started.value], False)
+        if isinstance(started, eager.Finished):
+            flow_wait.close()
+            if self._stopped.is_set() or self._crashed.is_set():
+                return WaitResults([], [], True)
+            return WaitResults([delivery], [started.value], False)
+        task = asyncio.get_running_loop().create_task(started, context=context)
+        waited = await super().wait_first(task, flow_wait, timeout=timeout)
+        done = [delivery if winner is task else winner for winner in waited.done]
+        return WaitResults(done, waited.results, waited.stopped)
 
     # -- records Faust would throw away ---------------------------------------------------------
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:

@@ -8,14 +8,14 @@ a task does: the same result, the same exception, a cancel seen where the corout
 from __future__ import annotations
 
 import asyncio
-import warnings
+import contextvars
+import inspect
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mode import Service
-from mode.utils.locks import Event
 
 from app.runtime import eager
 from app.runtime.consumer import LedgerConsumer
@@ -188,25 +188,45 @@ def consumer() -> LedgerConsumer:
 
 
 async def test_a_delivery_that_never_waits_wins_and_the_suspend_wait_is_closed() -> None:
-    suspend_flow = Event()
+    suspend_flow = asyncio.Event()
     ran_in = []
 
     async def deliver() -> str:
         ran_in.append(asyncio.current_task())
         return "queued"
 
-    delivery = deliver()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a "coroutine was never awaited" would fail here
-        results = await consumer().wait_first(delivery, suspend_flow.wait())
+    delivery, suspended = deliver(), suspend_flow.wait()
+    results = await consumer().wait_first(delivery, suspended)
     assert results.done == [delivery] and results.results == ["queued"]
     assert not results.stopped
-    assert ran_in == [asyncio.current_task()]
+    assert ran_in == [asyncio.current_task()]  # no task of its own
+    assert inspect.getcoroutinestate(suspended) == inspect.CORO_CLOSED  # never "never awaited"
+
+
+async def test_a_delivery_runs_in_a_context_of_its_own_as_in_a_task() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    loop = asyncio.get_running_loop()
+    room = loop.create_future()
+
+    async def deliver(wait: bool) -> str:
+        token = var.set("set by the delivery")
+        if wait:
+            await room
+        var.reset(token)  # in the same context after the wait, as in a task
+        return var.get()
+
+    assert (await consumer().wait_first(deliver(False), asyncio.Event().wait())).results == [
+        "unset"
+    ]
+    waiting = asyncio.ensure_future(consumer().wait_first(deliver(True), asyncio.Event().wait()))
+    await asyncio.sleep(0)
+    room.set_result(None)
+    assert (await waiting).results == ["unset"]
+    assert var.get() == "unset"  # nothing leaked into the caller's context
 
 
 async def test_a_delivery_that_waits_wins_as_the_coroutine_it_was() -> None:
     loop = asyncio.get_running_loop()
-    suspend_flow = Event()
     room = loop.create_future()
 
     async def deliver() -> str:
@@ -214,7 +234,7 @@ async def test_a_delivery_that_waits_wins_as_the_coroutine_it_was() -> None:
         return "queued"
 
     delivery = deliver()
-    waiting = asyncio.ensure_future(consumer().wait_first(delivery, suspend_flow.wait()))
+    waiting = asyncio.ensure_future(consumer().wait_first(delivery, asyncio.Event().wait()))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     room.set_result(None)
@@ -222,41 +242,82 @@ async def test_a_delivery_that_waits_wins_as_the_coroutine_it_was() -> None:
     assert results.done == [delivery] and results.results == ["queued"]
 
 
-async def test_a_blocked_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
+def blocked_delivery(seen: list[str]) -> Any:
+    never = asyncio.get_running_loop().create_future()
+
+    async def deliver() -> None:
+        try:
+            await never
+        except asyncio.CancelledError:
+            seen.append("cancelled where it waited")
+            raise
+
+    return deliver()
+
+
+@pytest.mark.parametrize("already", [False, True], ids=["suspended-later", "suspended-already"])
+async def test_a_blocked_delivery_is_abandoned_when_the_flow_is_suspended(already: bool) -> None:
     """The reason Faust waits on both: a full stream buffer must not hold a rebalance."""
-    started, seen = await cancelled_coroutine()
-    assert isinstance(started, eager.CarryOn)
-    suspend_flow = Event()
+    seen: list[str] = []
+    suspend_flow = asyncio.Event()
+    if already:
+        suspend_flow.set()
     suspended = suspend_flow.wait()
-
-    async def blocked() -> None:
-        await started
-
-    waiting = asyncio.ensure_future(consumer().wait_first(blocked(), suspended))
+    waiting = asyncio.ensure_future(consumer().wait_first(blocked_delivery(seen), suspended))
     await asyncio.sleep(0.01)
     suspend_flow.set()
     results = await waiting
-    assert results.done == [suspended]
+    assert results.done == [suspended] and not results.stopped
     await asyncio.sleep(0)
-    assert seen == ["cancelled where it waited", "finally"]
+    assert seen == ["cancelled where it waited"]
 
 
-async def test_a_stopped_consumer_reports_stopped_even_if_the_delivery_finished() -> None:
-    stopped = consumer()
-    stopped._stopped.set()
+@pytest.mark.parametrize("event", ["_stopped", "_crashed"])
+async def test_a_stopped_or_crashed_consumer_reports_stopped(event: str) -> None:
+    ended = consumer()
+    getattr(ended, event).set()
 
     async def deliver() -> str:
         return "queued"
 
-    results = await stopped.wait_first(deliver(), Event().wait())
+    results = await ended.wait_first(deliver(), asyncio.Event().wait())
     assert results.stopped and results.done == []
 
 
-async def test_an_exception_of_a_delivery_propagates_and_the_others_are_closed() -> None:
+async def test_a_consumer_stopping_while_a_delivery_waits_abandons_it() -> None:
+    seen: list[str] = []
+    stopping = consumer()
+    waiting = asyncio.ensure_future(
+        stopping.wait_first(blocked_delivery(seen), asyncio.Event().wait())
+    )
+    await asyncio.sleep(0.01)
+    stopping._stopped.set()
+    results = await waiting
+    assert results.stopped
+    await asyncio.sleep(0)
+    assert seen == ["cancelled where it waited"]
+
+
+async def test_an_exception_of_a_delivery_propagates_and_the_suspend_wait_is_closed() -> None:
     async def deliver() -> None:
         raise ValueError("undecodable")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(ValueError, match="undecodable"):
-            await consumer().wait_first(deliver(), Event().wait())
+    suspended = asyncio.Event().wait()
+    with pytest.raises(ValueError, match="undecodable"):
+        await consumer().wait_first(deliver(), suspended)
+    assert inspect.getcoroutinestate(suspended) == inspect.CORO_CLOSED
+
+
+async def test_any_other_call_is_modes_own() -> None:
+    """One coroutine alone (``Service.wait``): run in a task of its own, as mode does."""
+    ran_in = []
+
+    async def work() -> int:
+        ran_in.append(asyncio.current_task())
+        return 7
+
+    results = await consumer().wait_first(work())
+    assert results.results == [7] and ran_in[0] is not asyncio.current_task()
+    stopped = consumer()
+    stopped._stopped.set()
+    assert (await stopped.wait_first()).stopped  # no argument: waits for stop, as mode's

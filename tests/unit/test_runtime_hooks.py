@@ -123,3 +123,13 @@ def test_the_fetcher_builds_partition_records_through_the_module_names():
     source = inspect.getsource(fetcher.Fetcher)
     for call in ("MemoryRecords(part_data[-1])", "PartitionRecords("):
         assert call in source, f"aiokafka's Fetcher no longer calls {call}"
+
+
+def test_the_delivery_can_take_its_first_step_outside_a_task():
+    """``LedgerConsumer.wait_first`` steps Faust's delivery in the fetch loop's task, and
+    recognises the call by its ``asyncio.Event`` wait: neither may change unseen."""
+    from faust.transport.conductor import ConductorCompiler
+
+    delivery = inspect.getsource(ConductorCompiler.build)
+    assert "current_task" not in delivery and "timeout(" not in delivery
+    assert "from asyncio import Event" in inspect.getsource(faust_consumer)
