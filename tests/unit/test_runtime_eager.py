@@ -82,10 +82,9 @@ async def test_it_can_be_awaited_by_another_coroutine() -> None:
     assert await task == 42
 
 
-async def cancelled_coroutine() -> tuple[Any, list[str]]:
-    loop = asyncio.get_running_loop()
-    never = loop.create_future()
-    seen: list[str] = []
+def blocked_delivery(seen: list[str]) -> Any:
+    """A coroutine that waits for ever, and says how it ended."""
+    never = asyncio.get_running_loop().create_future()
 
     async def deliver() -> None:
         try:
@@ -96,7 +95,12 @@ async def cancelled_coroutine() -> tuple[Any, list[str]]:
         finally:
             seen.append("finally")
 
-    return eager.start(deliver()), seen
+    return deliver()
+
+
+async def cancelled_coroutine() -> tuple[Any, list[str]]:
+    seen: list[str] = []
+    return eager.start(blocked_delivery(seen)), seen
 
 
 async def test_a_cancel_while_it_waits_reaches_the_coroutine() -> None:
@@ -242,19 +246,6 @@ async def test_a_delivery_that_waits_wins_as_the_coroutine_it_was() -> None:
     assert results.done == [delivery] and results.results == ["queued"]
 
 
-def blocked_delivery(seen: list[str]) -> Any:
-    never = asyncio.get_running_loop().create_future()
-
-    async def deliver() -> None:
-        try:
-            await never
-        except asyncio.CancelledError:
-            seen.append("cancelled where it waited")
-            raise
-
-    return deliver()
-
-
 @pytest.mark.parametrize("already", [False, True], ids=["suspended-later", "suspended-already"])
 async def test_a_blocked_delivery_is_abandoned_when_the_flow_is_suspended(already: bool) -> None:
     """The reason Faust waits on both: a full stream buffer must not hold a rebalance."""
@@ -269,7 +260,7 @@ async def test_a_blocked_delivery_is_abandoned_when_the_flow_is_suspended(alread
     results = await waiting
     assert results.done == [suspended] and not results.stopped
     await asyncio.sleep(0)
-    assert seen == ["cancelled where it waited"]
+    assert seen == ["cancelled where it waited", "finally"]
 
 
 @pytest.mark.parametrize("event", ["_stopped", "_crashed"])
@@ -295,7 +286,7 @@ async def test_a_consumer_stopping_while_a_delivery_waits_abandons_it() -> None:
     results = await waiting
     assert results.stopped
     await asyncio.sleep(0)
-    assert seen == ["cancelled where it waited"]
+    assert seen == ["cancelled where it waited", "finally"]
 
 
 async def test_an_exception_of_a_delivery_propagates_and_the_suspend_wait_is_closed() -> None:
