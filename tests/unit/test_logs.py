@@ -184,9 +184,9 @@ def test_hostile_header_lines_stay_linear(line: str):
     """Anyone can make aiohttp log an 8 KB header line of their choosing; redacting it must
     not cost a quadratic scan (8,190 dots once took 1.2 s)."""
     redact = Redactor([TOKEN, HMAC])
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a descheduled test is not a slow scan
     redact(line)
-    assert time.perf_counter() - started < 0.1
+    assert time.process_time() - started < 0.1
 
 
 def test_longer_secret_wins_over_one_it_contains():
