@@ -327,6 +327,10 @@ def logging_config(
         # then builds a DEBUG record per fetch (~9% of a worker's CPU in the profile).
         # aiokafka logs every transient metadata miss at ERROR; those are not actionable.
         "loggers": {
+            # The service's own loggers too: at WARNING and above Faust's worker sets the root
+            # logger to DEBUG (for its terminal spinner), and every INFO line, the one per
+            # request included, would then build its record only for the handler to drop it.
+            **{name: {"level": level} for name in SERVICE_LOGGERS},
             "aiokafka": {"level": library_level},
             "faust": {"level": library_level},
             "mode": {"level": library_level},
@@ -338,6 +342,9 @@ def logging_config(
         },
     }
 
+
+# The service's top-level packages: their loggers take LOG_LEVEL whatever the root's level.
+SERVICE_LOGGERS = ("app", "agents", "tables", "web")
 
 # Library loggers that print what they carry at DEBUG, so they never go below INFO, whatever
 # LIBRARY_LOG_LEVEL says: aiokafka's producer logs every record's key and value (an SMS sent

@@ -26,7 +26,7 @@ from app import codec
 from app.channels.base import DeliveryError, Notification
 from app.channels.smtp import SmtpChannel
 from app.flows import Route
-from app.logs import logging_config
+from app.logs import SERVICE_LOGGERS, logging_config
 from devtools.support import free_port
 from tests.fakes.notifications import fast_policy
 from tests.unit.test_flows_otp import Service
@@ -59,6 +59,8 @@ def logs() -> Iterator[io.StringIO]:
     handler.setStream(stream)
     yield stream
     logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    for name in SERVICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def run_against(server: EchoingServer) -> tuple[Service, dict[str, Any], str]:
