@@ -461,18 +461,15 @@ def test_service_lines_below_the_level_cost_no_record_under_faust_spinner(
     from faust.worker import Worker
 
     buffer = configure("json", [], level=level)
-    root = logging.getLogger()
-    Worker._setup_spinner_handler(SimpleNamespace(spinner=Spinner(file=io.StringIO())), root, 30)
-    try:
-        assert root.level == logging.DEBUG  # what Faust does; if not, this test needs a look
-        for name in ("app.flows.otp", "agents.otp", "tables.template_cache", "web.api"):
-            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
-            assert logging.getLogger(name).isEnabledFor(logging.ERROR), name
-        logging.getLogger("app.flows.otp").error("kept")
-        assert "kept" in buffer.getvalue()
-    finally:
-        for handler in root.handlers[1:]:
-            root.removeHandler(handler)
+    root = logging.getLogger()  # the fixture restores its handlers and level afterwards
+    spinner = SimpleNamespace(spinner=Spinner(file=io.StringIO()))
+    Worker._setup_spinner_handler(spinner, root, logging.getLevelNamesMapping()[level])
+    assert root.level == logging.DEBUG  # what Faust does; if not, this test needs a look
+    for name in ("app.flows.otp", "agents.otp", "tables.template_cache", "web.api"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.ERROR), name
+    logging.getLogger("app.flows.otp").error("kept")
+    assert "kept" in buffer.getvalue()
 
 
 def test_libraries_log_at_their_own_level():
