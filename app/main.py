@@ -26,6 +26,7 @@ from app.channels.factory import build_channels, build_forwarder
 from app.channels.kafka import KafkaForwarder
 from app.core.access import TokenRegistry
 from app.core.otp import OtpPolicy
+from app.core.partitions import Partitioner
 from app.core.render import RenderLimits
 from app.flows import DeadLetters
 from app.flows.events import Events
@@ -164,6 +165,7 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
         web_graph_enabled=False,
         web_stats_enabled=False,
         producer_linger=settings.producer_linger_ms / 1000,
+        producer_partitioner=Partitioner(),
         # The size MAX_REQUEST_BYTES is checked against (settings): what fits is answered.
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         broker_commit_interval=1.0,

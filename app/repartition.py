@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from app.kafka_admin import partition_counts, partition_of
+from app.core.partitions import partition_of
+from app.kafka_admin import partition_counts
 from app.settings import Settings
 from tables import TABLES, changelog_topic, internal_topics
 

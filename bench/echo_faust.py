@@ -22,6 +22,7 @@ import faust
 import mode.loop
 import orjson
 
+from app.core.partitions import Partitioner
 from app.logs import logging_config
 from app.runtime.consumer import LedgerApp
 from app.settings import Settings
@@ -47,6 +48,7 @@ def create_app(
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_linger=shared.producer_linger_ms / 1000,
+        producer_partitioner=Partitioner(),
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         table_standby_replicas=0,

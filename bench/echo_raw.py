@@ -22,6 +22,7 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.core.partitions import Partitioner
 from bench import service_settings
 
 MAX_RECORDS = 1000
@@ -36,7 +37,9 @@ async def run(bootstrap: str, in_topic: str, out_topic: str, group: str, linger_
         enable_auto_commit=True,
         auto_commit_interval_ms=1000,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, partitioner=Partitioner()
+    )
     await producer.start()
     await consumer.start()
     stop = asyncio.Event()

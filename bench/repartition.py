@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from app import codec  # noqa: E402
 from app.core.otp import OtpRecord  # noqa: E402
-from app.kafka_admin import ensure_topics, partition_of  # noqa: E402
+from app.core.partitions import partition_of  # noqa: E402
+from app.kafka_admin import ensure_topics  # noqa: E402
 from app.repartition import repartition  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench import harness  # noqa: E402

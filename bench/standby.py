@@ -34,7 +34,8 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from app import codec  # noqa: E402
 from app.core import otp  # noqa: E402
 from app.core.otp import OtpRecord  # noqa: E402
-from app.kafka_admin import ensure_topics, partition_of  # noqa: E402
+from app.core.partitions import partition_of  # noqa: E402
+from app.kafka_admin import ensure_topics  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench import harness  # noqa: E402
 from devtools.support import SECRET, TOKEN, Collector, Kafka  # noqa: E402

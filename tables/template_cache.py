@@ -29,9 +29,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import codec
 from app.core import render
+from app.core.partitions import partition_of
 from app.core.templates import is_html, template_key
 from app.flows.templates import DRAFT_FIELD, REVISION_FIELD, revision
-from app.kafka_admin import partition_of
 from app.render_pool import RenderCrashed, RenderPoolError, RenderPoolUnavailable, RenderTimeout
 
 log = logging.getLogger(__name__)

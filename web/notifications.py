@@ -17,8 +17,8 @@ from aiohttp import web
 
 from app import codec
 from app.core.access import ADMIN
+from app.core.partitions import partition_of
 from app.flows import sendlog
-from app.kafka_admin import partition_of
 from web.errors import ApiError, json_response
 from web.http import Gate, ask
 
