@@ -106,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--requests",
         type=int,
-        default=int(_env("BENCH_REQUESTS", "3000")),
-        help="requests per saturation run (BENCH_REQUESTS, 3000)",
+        default=int(_env("BENCH_REQUESTS", "6000")),
+        help="requests per saturation run (BENCH_REQUESTS, 6000)",
     )
     p.add_argument(
         "--rates",
