@@ -79,7 +79,7 @@ WRONG_CODE = "000000"
 OVERLOAD = 0.9
 # A saturation round of a fast pipeline gets enough requests to last about this long: shorter
 # rounds weigh a Faust pipeline's start of stream (fetch, first commit) against its throughput.
-MIN_ROUND_SECONDS = 5.0
+MIN_ROUND_SECONDS = 10.0
 MAX_ROUND_REQUESTS = 200_000
 # Seconds kept for the fixed-rate sweep and the clean-up when deciding on another round,
 # and for the notify+MAIL sweep when it runs.
