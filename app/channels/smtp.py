@@ -185,10 +185,12 @@ class _Session:
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         """One mail transaction; the server's reply to the end of the data."""
-        content = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", message))
-        if not content.endswith(b"\r\n"):
-            content += b"\r\n"
-        size = b" SIZE=%d" % len(content) if self._size else b""
+        lines = _LINE_ENDINGS.sub(b"\r\n", message)
+        if not lines.endswith(b"\r\n"):
+            lines += b"\r\n"
+        # RFC 1870: the message's own octets, without the dots DATA doubles.
+        size = b" SIZE=%d" % len(lines) if self._size else b""
+        content = _LEADING_DOT.sub(b"..", lines)
         mail, rcpt = sender.encode("ascii"), recipient.encode("ascii")
         if _LINE_BREAK.search(mail + rcpt):
             raise ValueError("an envelope address holds a line break")

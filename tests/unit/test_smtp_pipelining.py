@@ -142,6 +142,22 @@ async def test_a_line_that_starts_with_a_dot_arrives_whole(smtp_sink: SmtpSink):
     )
 
 
+async def test_the_size_declared_is_the_messages_own_without_the_doubled_dots(
+    smtp_sink: SmtpSink,
+):
+    body = b"Subject: dots\n\n.hidden\n..two\nlast"
+    async with Tap(smtp_sink.port) as tap:
+        session = await channel_at(tap.port)._open()
+        try:
+            await session.send("otp@example.com", "user@example.com", body)
+        finally:
+            await session.quit()
+    written = b"".join(tap.chunks)
+    sent = b"Subject: dots\r\n\r\n.hidden\r\n..two\r\nlast\r\n"
+    assert b"MAIL FROM:<otp@example.com> SIZE=%d\r\n" % len(sent) in written
+    assert b"\r\n..hidden\r\n...two\r\nlast\r\n.\r\n" in written  # stuffed on the wire
+
+
 async def test_an_address_with_a_line_break_is_never_written(smtp_sink: SmtpSink):
     session = await channel_at(smtp_sink.port)._open()
     try:
