@@ -139,6 +139,9 @@ def create_app(settings: Settings, *, channels: dict[str, Channel] | None = None
     http.install()  # a request aiohttp cannot parse is answered in JSON (app.runtime.http)
     app = LedgerApp(
         settings.app_id,
+        # Faust reads about a hundred unprefixed variables (STREAM_WAIT_EMPTY, WEB_PORT, ...)
+        # and lets them override what is passed here; every setting of ours is Settings'.
+        env={},
         # ledger://: Faust's aiokafka transport with our consumer (app.runtime.consumer).
         broker=[f"ledger://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
         store="rocksdb://",

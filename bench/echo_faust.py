@@ -40,6 +40,7 @@ def create_app(
 ) -> faust.App:
     app = LedgerApp(
         app_id,
+        env={},  # as the worker: no Faust setting from the environment
         broker=[f"ledger://{h.strip()}" for h in bootstrap.split(",")],
         store="memory://",
         datadir=data_dir,

@@ -146,3 +146,24 @@ def test_secret_values_are_every_configured_secret():
     ):
         assert expected in values
     assert "u" not in values
+
+
+def test_faust_reads_no_variable_of_its_own(monkeypatch, tmp_path):
+    """Faust would take these over what ``create_app`` passes; a worker's only settings are
+    the documented ones (``STREAM_WAIT_EMPTY=false`` would lose requests on a rebalance)."""
+    from app.main import create_app
+
+    overrides = {
+        "STREAM_WAIT_EMPTY": "false",
+        "BROKER_COMMIT_INTERVAL": "30",
+        "PRODUCER_ACKS": "0",
+        "CONSUMER_AUTO_OFFSET_RESET": "latest",
+    }
+    for name, value in overrides.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env({**GOOD, "DATA_DIR": str(tmp_path)})
+    conf = create_app(settings).conf
+    assert conf.stream_wait_empty is True
+    assert conf.broker_commit_interval == 1.0
+    assert conf.producer_acks == -1
+    assert conf.consumer_auto_offset_reset == "earliest"
