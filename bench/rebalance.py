@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import codec  # noqa: E402
-from app.kafka_admin import partition_of  # noqa: E402
+from app.core.partitions import partition_of  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.standby import CODE, live_app  # noqa: E402
 from devtools.support import Collector, Kafka  # noqa: E402

@@ -64,3 +64,16 @@ def test_installed_versions_are_the_locked_ones():
         if installed != version:
             wrong[name] = (installed, version)
     assert not wrong, f"installed differs from constraints.txt (installed, locked): {wrong}"
+
+
+def test_every_bench_script_imports():
+    """The bench scripts run only by hand (``make bench``, ``bench/*.py -h``): a helper moved
+    elsewhere must not leave one of them failing at its first line."""
+    import importlib
+
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        try:
+            importlib.import_module(f"bench.{path.stem}")
+        except ModuleNotFoundError as exc:
+            if exc.name != "matplotlib":  # the bench extra, which make test does not install
+                raise
