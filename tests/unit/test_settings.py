@@ -148,7 +148,7 @@ def test_secret_values_are_every_configured_secret():
     assert "u" not in values
 
 
-def test_faust_reads_no_variable_of_its_own(monkeypatch, tmp_path):
+def test_faust_takes_none_of_its_settings_from_the_environment(monkeypatch, tmp_path):
     """Faust would take these over what ``create_app`` passes; a worker's only settings are
     the documented ones (``STREAM_WAIT_EMPTY=false`` would lose requests on a rebalance)."""
     from app.main import create_app
