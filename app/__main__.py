@@ -14,6 +14,24 @@ USAGE = """usage: python -m app worker [faust worker options]
        python -m app repartition --partitions N   (every worker stopped; see app/repartition.py)"""
 
 
+def use_event_loop(name: str) -> None:
+    """Make ``EVENT_LOOP`` the loop policy, before any loop exists.
+
+    Importing Faust applies its own ``--loop`` option, ``FAUST_LOOP`` or ``F_LOOP``; app.main
+    imports it before the command line is built, so Faust goes first here and the service's
+    setting is the one that stays.
+    """
+    import asyncio
+
+    import faust  # noqa: F401
+    import mode.loop
+
+    if name == "aio":
+        asyncio.set_event_loop_policy(None)  # mode's "aio" keeps whatever policy is set
+    else:
+        mode.loop.use(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -27,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "repartition":
         return repartition(settings, args[1:])
 
-    import mode.loop
-
-    # Faust applies its --loop option when it is imported, which app.main does before the
-    # command line is built; so the loop policy is set here, before any loop exists.
-    mode.loop.use(settings.event_loop)
+    use_event_loop(settings.event_loop)
 
     import asyncio
 

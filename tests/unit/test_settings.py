@@ -167,3 +167,27 @@ def test_faust_takes_none_of_its_settings_from_the_environment(monkeypatch, tmp_
     assert conf.broker_commit_interval == 1.0
     assert conf.producer_acks == -1
     assert conf.consumer_auto_offset_reset == "earliest"
+
+
+def test_event_loop_wins_over_faust_own_loop_variable():
+    """``F_LOOP`` is read when Faust is imported; ``EVENT_LOOP`` is the one that decides."""
+    import subprocess
+    import sys
+
+    def policy(event_loop: str, faust_loop: str | None) -> str:
+        probe = (
+            "import asyncio; from app.__main__ import use_event_loop; "
+            f"use_event_loop({event_loop!r}); "
+            "print(type(asyncio.get_event_loop_policy()).__module__)"
+        )
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+        if faust_loop:
+            env["F_LOOP"] = faust_loop
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+
+    assert policy("aio", "uvloop") == "asyncio.unix_events"
+    assert policy("uvloop", None) == "uvloop"
+    assert policy("aio", None) == "asyncio.unix_events"
