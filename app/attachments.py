@@ -8,7 +8,8 @@ only concatenates and never holds a second copy of the raw bytes.
 Memory is the risk: a worker builds many mails at once, and an object in the store can be any
 size. So the size is checked against the message's remaining budget before the body is read
 (``ContentLength`` of the response), the body is streamed and encoded chunk by chunk, and the
-read stops as soon as it passes the budget, whatever the headers claimed.
+read stops as soon as it passes the budget, whatever the headers claimed. A mail's attachments
+are read at once and share one :class:`ByteBudget`.
 
 Every failure is one :class:`AttachmentError` with a short reason the engine's reply can carry
 (``not found``, ``access denied``, ``storage unreachable``, ``timed out``, ``larger than N
@@ -89,13 +90,36 @@ class Attachment:
 
 
 class AttachmentError(Exception):
-    """An attachment that cannot be sent; the message is safe for a reply and a log line."""
+    """An attachment that cannot be sent; the message is safe for a reply and a log line.
 
-    def __init__(self, filename: str, path: str, reason: str) -> None:
+    ``over_budget``: refused for the bytes it would add to its mail's budget, which depends on
+    the mail's other attachments as much as on this one."""
+
+    def __init__(self, filename: str, path: str, reason: str, over_budget: bool = False) -> None:
         super().__init__(f"attachment {filename!r} ({path!r}): {reason}")
         self.filename = filename
         self.path = path
         self.reason = reason
+        self.over_budget = over_budget
+
+
+class ByteBudget:
+    """The raw bytes one mail's attachments may still take, shared by their reads.
+
+    The reads of one mail run at once, each taking its chunks from the same budget, so together
+    they never hold more than ``limit``, however their chunks interleave.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 0)
+        self.left = self.limit
+
+    def take(self, size: int) -> bool:
+        """Spend ``size`` bytes if they are left; False (nothing spent) if not."""
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
 
 
 class _TooLarge(Exception):
@@ -147,11 +171,14 @@ def content_type(filename: str, stored: str | None) -> str:
     return guessed or _FALLBACK_TYPE
 
 
-async def encode_stream(read: Callable[[int], Awaitable[bytes]], budget: int) -> tuple[int, bytes]:
+async def encode_stream(
+    read: Callable[[int], Awaitable[bytes]], budget: ByteBudget
+) -> tuple[int, bytes]:
     """(raw size, base64 body) of a stream, read ``CHUNK_BYTES`` at a time.
 
-    Raises ``_TooLarge`` as soon as more than ``budget`` bytes have arrived: the length header
-    was checked already, but a chunked response has none and a broken server may send more.
+    Raises ``_TooLarge`` as soon as a chunk does not fit in what ``budget`` has left: the
+    length header was checked already, but a chunked response has none and a broken server may
+    send more, and the mail's other attachments take from the same budget meanwhile.
     ``read`` may return fewer bytes than asked (it returns what the socket has), so up to 56
     bytes wait in ``carry`` for the next chunk to complete their line.
     """
@@ -163,7 +190,7 @@ async def encode_stream(read: Callable[[int], Awaitable[bytes]], budget: int) ->
         if not chunk:
             break
         size += len(chunk)
-        if size > budget:
+        if not budget.take(len(chunk)):
             raise _TooLarge
         data = carry + chunk if carry else chunk
         whole = len(data) - len(data) % LINE_BYTES
@@ -249,19 +276,21 @@ class AttachmentStore:
                 self._stack = stack
             return self._client
 
-    async def fetch(self, filename: str, path: str, budget: int) -> Attachment:
-        """The attachment at ``path``, if it fits in ``budget`` raw bytes; else AttachmentError."""
+    async def fetch(self, filename: str, path: str, budget: int | ByteBudget) -> Attachment:
+        """The attachment at ``path``, if it fits in ``budget`` (raw bytes, or what a budget
+        shared with the mail's other attachments has left); else AttachmentError."""
         try:
             bucket, key = split_path(path, self._bucket_prefix)
         except ValueError as exc:
             raise AttachmentError(filename, path, str(exc)) from None
-        budget = max(budget, 0)
+        shared = budget if isinstance(budget, ByteBudget) else ByteBudget(budget)
         client = await self._get_client()
         try:
             async with asyncio.timeout(self._timeout):
-                size, encoded, stored = await self._download(client, bucket, key, budget)
+                size, encoded, stored = await self._download(client, bucket, key, shared)
         except _TooLarge:
-            raise AttachmentError(filename, path, f"larger than {budget} bytes") from None
+            reason = f"larger than {shared.limit} bytes"
+            raise AttachmentError(filename, path, reason, over_budget=True) from None
         except (TimeoutError, ConnectTimeoutError, ReadTimeoutError):
             raise AttachmentError(filename, path, f"timed out after {self._timeout:g}s") from None
         except ClientError as exc:
@@ -283,13 +312,13 @@ class AttachmentStore:
         return Attachment(filename, content_type(filename, stored), size, encoded)
 
     async def _download(
-        self, client: Any, bucket: str, key: str, budget: int
+        self, client: Any, bucket: str, key: str, budget: ByteBudget
     ) -> tuple[int, bytes, str | None]:
         response = await client.get_object(Bucket=bucket, Key=key)
         body = response["Body"]
         try:
             length = response.get("ContentLength")
-            if length is not None and length > budget:
+            if length is not None and length > budget.left:
                 raise _TooLarge  # the body is not read: closing drops the connection
             size, encoded = await encode_stream(body.read, budget)
         finally:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from app import codec, records
-from app.attachments import AttachmentError
+from app.attachments import AttachmentError, ByteBudget
 from app.channels.base import Channel, DeliveryError, Notification
 from app.channels.smtp import check_address
 from app.core import keys, receivers, render
@@ -66,7 +66,7 @@ RECEIVERS_IN_FLIGHT = 4
 class AttachmentSource(Protocol):
     """Reads one attachment (``app.attachments.AttachmentStore``); raises ``AttachmentError``."""
 
-    async def fetch(self, filename: str, path: str, budget: int) -> Any: ...
+    async def fetch(self, filename: str, path: str, budget: ByteBudget) -> Any: ...
 
 
 class Forwarder(Protocol):
@@ -607,20 +607,33 @@ class NotifySender:
 
     async def fetch_attachments(self, req: NotifyRequest) -> tuple[Any, ...] | str:
         """Every attachment, within ``ATTACHMENT_MAX_BYTES`` together, or why not: no mail
-        goes out with an attachment missing."""
+        goes out with an attachment missing.
+
+        The attachments are read at once, from one shared budget. So the answer does not hang
+        on which read came first: a missing or unreadable one is named first, in the request's
+        order; else, with several, the budget is named for all of them together.
+        """
         if not req.attachments or self.store is None:
             return ()
-        budget = self.limits.attachment_max_bytes
-        fetched = []
-        for item in req.attachments:
-            try:
-                attachment = await self.store.fetch(item["filename"], item["path"], budget)
-            except AttachmentError as exc:
-                path = exc.path if exc.path.isprintable() else repr(exc.path)  # internal topic
-                return f"attachments: {exc.filename} ({path}): {exc.reason}"
-            budget -= attachment.size
-            fetched.append(attachment)
-        return tuple(fetched)
+        budget = ByteBudget(self.limits.attachment_max_bytes)
+        results = await asyncio.gather(
+            *(self.store.fetch(a["filename"], a["path"], budget) for a in req.attachments),
+            return_exceptions=True,
+        )
+        errors: list[AttachmentError] = []
+        for result in results:
+            if isinstance(result, AttachmentError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        if not errors:
+            return tuple(results)
+        first = next((e for e in errors if not e.over_budget), errors[0])
+        if first.over_budget and len(req.attachments) > 1:
+            names = ", ".join(a["filename"] for a in req.attachments)
+            return f"attachments: together larger than {budget.limit} bytes ({names})"
+        path = first.path if first.path.isprintable() else repr(first.path)  # internal topic
+        return f"attachments: {first.filename} ({path}): {first.reason}"
 
     # -- the reply ---------------------------------------------------------------------------
     async def reply(self, req: NotifyRequest, state: State, headers: Headers, ts: Any) -> None:

@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from app.attachments import CHUNK_BYTES, AttachmentError, AttachmentStore, _TooLarge, encode_stream
+from app.attachments import (
+    CHUNK_BYTES,
+    AttachmentError,
+    AttachmentStore,
+    ByteBudget,
+    _TooLarge,
+    encode_stream,
+)
 from devtools.support import free_port
 from tests.s3_fixture import S3Store
 
@@ -147,6 +154,25 @@ async def test_object_larger_than_the_budget_is_refused_by_its_length(
     assert att.size == 1000
 
 
+async def test_reads_at_once_share_one_budget_and_never_hold_more(
+    store: AttachmentStore, s3_store: S3Store, bucket: str
+):
+    """Two objects that fit alone but not together: one read is refused, whichever of the
+    two takes the budget's last bytes; nothing past the budget is ever spent."""
+    size = 3 * CHUNK_BYTES
+    for key in ("a.bin", "b.bin"):
+        s3_store.put(bucket, key, os.urandom(size))
+    budget = ByteBudget(size + CHUNK_BYTES)
+    got = await asyncio.gather(
+        *(store.fetch(k, f"{bucket}/{k}", budget) for k in ("a.bin", "b.bin")),
+        return_exceptions=True,
+    )
+    refused = [g for g in got if isinstance(g, AttachmentError)]
+    assert len(refused) == 1 and refused[0].over_budget, got
+    assert refused[0].reason == f"larger than {size + CHUNK_BYTES} bytes"
+    assert 0 <= budget.left <= CHUNK_BYTES
+
+
 async def test_stream_longer_than_the_budget_stops_reading(
     store: AttachmentStore, s3_store: S3Store, bucket: str
 ):
@@ -165,7 +191,7 @@ async def test_stream_longer_than_the_budget_stops_reading(
 
     try:
         with pytest.raises(_TooLarge):
-            await encode_stream(counting_read, budget=CHUNK_BYTES + 1)
+            await encode_stream(counting_read, budget=ByteBudget(CHUNK_BYTES + 1))
     finally:
         body.close()
     assert read <= 2 * CHUNK_BYTES

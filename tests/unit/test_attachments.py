@@ -14,6 +14,7 @@ from app.attachments import (
     CHUNK_BYTES,
     AttachmentError,
     AttachmentStore,
+    ByteBudget,
     _TooLarge,
     content_type,
     encode_stream,
@@ -166,7 +167,7 @@ def check_mime_body(encoded: bytes, data: bytes) -> None:
 @pytest.mark.parametrize("length", [1, 56, 57, 58, 76, 1000, CHUNK_BYTES, CHUNK_BYTES + 1])
 async def test_encode_stream_folds_at_76_with_crlf(length: int):
     data = os.urandom(length)
-    size, encoded = await encode_stream(reader(data, []), budget=length)
+    size, encoded = await encode_stream(reader(data, []), budget=ByteBudget(length))
     assert size == length
     check_mime_body(encoded, data)
 
@@ -175,13 +176,13 @@ async def test_encode_stream_short_reads():
     data = os.urandom(200_000)
     rng = random.Random(7)
     sizes = [rng.randint(1, 5000) for _ in range(400)]
-    size, encoded = await encode_stream(reader(data, sizes), budget=len(data))
+    size, encoded = await encode_stream(reader(data, sizes), budget=ByteBudget(len(data)))
     assert size == len(data)
     check_mime_body(encoded, data)
 
 
 async def test_encode_stream_empty():
-    assert await encode_stream(reader(b"", []), budget=0) == (0, b"")
+    assert await encode_stream(reader(b"", []), budget=ByteBudget(0)) == (0, b"")
 
 
 async def test_encode_stream_stops_past_the_budget():
@@ -193,7 +194,7 @@ async def test_encode_stream_stops_past_the_budget():
         return await inner(n)
 
     with pytest.raises(_TooLarge):
-        await encode_stream(read, budget=CHUNK_BYTES + 10)
+        await encode_stream(read, budget=ByteBudget(CHUNK_BYTES + 10))
     assert len(asked) == 2  # the second chunk crossed the budget; nothing more was read
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import codec
-from app.attachments import Attachment, AttachmentError
+from app.attachments import Attachment, AttachmentError, ByteBudget
 from app.channels.base import UnconfiguredChannel, check_phone
 from app.core import render
 from app.flows import Inbound, Route
@@ -50,13 +50,14 @@ class Store:
         self.objects: dict[str, bytes] = {"contracts/contract.pdf": PDF}
         self.fetched: list[str] = []
 
-    async def fetch(self, filename: str, path: str, budget: int) -> Attachment:
+    async def fetch(self, filename: str, path: str, budget: ByteBudget) -> Attachment:
         self.fetched.append(path)
+        await asyncio.sleep(0)  # reads of one mail run at once: let the others start
         if path not in self.objects:
             raise AttachmentError(filename, path, "not found")
         data = self.objects[path]
-        if len(data) > budget:
-            raise AttachmentError(filename, path, f"larger than {budget} bytes")
+        if not budget.take(len(data)):
+            raise AttachmentError(filename, path, f"larger than {budget.limit} bytes", True)
         encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
         return Attachment(filename, "application/pdf", len(data), encoded)
 
@@ -400,7 +401,15 @@ def test_allowed_sender_is_used_for_the_mail(svc: Service):
                 {"filename": "a.pdf", "path": "contracts/contract.pdf"},
                 {"filename": "b.pdf", "path": "contracts/contract.pdf"},
             ],
-            "attachments: b.pdf",
+            "attachments: together larger than",
+        ),
+        (
+            [
+                {"filename": "a.pdf", "path": "contracts/contract.pdf"},
+                {"filename": "b.pdf", "path": "contracts/contract.pdf"},
+                {"filename": "c.pdf", "path": "contracts/missing.pdf"},
+            ],
+            "attachments: c.pdf (contracts/missing.pdf): not found",
         ),
     ],
 )
@@ -409,6 +418,27 @@ def test_no_mail_goes_out_with_an_attachment_missing(attachments: list[dict[str,
     reply = run(svc.send({**CONTRACT, "attachments": attachments}))
     assert reply["error"].startswith(error), reply["error"]
     assert svc.mail.sent == []
+
+
+def test_the_attachments_of_one_mail_are_read_at_once_and_kept_in_order():
+    svc = Service(attachment_max_bytes=3 * len(PDF))
+    assert svc.store is not None
+    read, started, everyone = svc.store.fetch, [], asyncio.Event()
+
+    async def fetch(filename: str, path: str, budget: ByteBudget) -> Attachment:
+        started.append(filename)
+        if len(started) == 3:
+            everyone.set()
+        await asyncio.wait_for(everyone.wait(), 5)  # one read at a time would time out here
+        return await read(filename, path, budget)
+
+    svc.store.fetch = fetch  # type: ignore[method-assign]
+    names = ["a.pdf", "b.pdf", "c.pdf"]
+    items = [{"filename": n, "path": "contracts/contract.pdf"} for n in names]
+    reply = run(svc.send({**CONTRACT, "attachments": items}))
+    assert reply["error"] is None
+    [mail] = svc.mail.sent
+    assert [a.filename for a in mail.attachments] == names
 
 
 def test_attachments_without_a_store_are_refused_naming_them():
