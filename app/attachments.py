@@ -122,6 +122,11 @@ class ByteBudget:
         return True
 
 
+# Connections to the store: enough for every read the notification flow runs at once
+# (app.flows.notify), so none waits for a connection inside its timeout.
+POOL_CONNECTIONS = 16
+
+
 class _TooLarge(Exception):
     pass
 
@@ -260,7 +265,7 @@ class AttachmentStore:
                     # of the newer flexible checksums they return.
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
-                    max_pool_connections=10,
+                    max_pool_connections=POOL_CONNECTIONS,
                 )
                 stack = AsyncExitStack()
                 self._client = await stack.enter_async_context(

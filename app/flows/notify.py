@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 EXPIRE = "x"
 # Requests whose attachments are in memory at once: each may hold ATTACHMENT_MAX_BYTES (base64).
 ATTACHMENT_REQUESTS_IN_FLIGHT = 4
+# Attachments of one request read at once. With the requests above, every read has a
+# connection of the store's pool (app.attachments.POOL_CONNECTIONS) while its timeout runs.
+ATTACHMENT_READS_PER_REQUEST = 4
 # Receivers of one request sent to at once: a request to 50 must not take every provider slot
 # (whose waits count against each send's DELIVERY_TIMEOUT_SECONDS) from the other requests.
 RECEIVERS_IN_FLIGHT = 4
@@ -615,11 +618,14 @@ class NotifySender:
         """
         if not req.attachments or self.store is None:
             return ()
-        budget = ByteBudget(self.limits.attachment_max_bytes)
-        results = await asyncio.gather(
-            *(self.store.fetch(a["filename"], a["path"], budget) for a in req.attachments),
-            return_exceptions=True,
-        )
+        store, budget = self.store, ByteBudget(self.limits.attachment_max_bytes)
+        lanes = asyncio.Semaphore(ATTACHMENT_READS_PER_REQUEST)
+
+        async def read(item: dict[str, str]) -> Any:
+            async with lanes:
+                return await store.fetch(item["filename"], item["path"], budget)
+
+        results = await asyncio.gather(*map(read, req.attachments), return_exceptions=True)
         errors: list[AttachmentError] = []
         for result in results:
             if isinstance(result, AttachmentError):

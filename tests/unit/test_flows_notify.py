@@ -441,6 +441,13 @@ def test_the_attachments_of_one_mail_are_read_at_once_and_kept_in_order():
     assert [a.filename for a in mail.attachments] == names
 
 
+def test_every_attachment_read_at_once_has_a_connection_of_the_store():
+    from app.attachments import POOL_CONNECTIONS
+    from app.flows.notify import ATTACHMENT_READS_PER_REQUEST, ATTACHMENT_REQUESTS_IN_FLIGHT
+
+    assert ATTACHMENT_REQUESTS_IN_FLIGHT * ATTACHMENT_READS_PER_REQUEST <= POOL_CONNECTIONS
+
+
 def test_attachments_without_a_store_are_refused_naming_them():
     svc = Service(store=False)
     reply = run(svc.send(CONTRACT))
