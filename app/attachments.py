@@ -128,7 +128,11 @@ POOL_CONNECTIONS = 16
 
 
 class _TooLarge(Exception):
-    pass
+    """Over the budget; ``alone``: the object by itself is larger than the whole budget."""
+
+    def __init__(self, alone: bool) -> None:
+        super().__init__()
+        self.alone = alone
 
 
 def split_path(path: str, bucket_prefix: str = "") -> tuple[str, str]:
@@ -196,7 +200,7 @@ async def encode_stream(
             break
         size += len(chunk)
         if not budget.take(len(chunk)):
-            raise _TooLarge
+            raise _TooLarge(alone=size > budget.limit)
         data = carry + chunk if carry else chunk
         whole = len(data) - len(data) % LINE_BYTES
         if whole:
@@ -293,9 +297,9 @@ class AttachmentStore:
         try:
             async with asyncio.timeout(self._timeout):
                 size, encoded, stored = await self._download(client, bucket, key, shared)
-        except _TooLarge:
+        except _TooLarge as exc:
             reason = f"larger than {shared.limit} bytes"
-            raise AttachmentError(filename, path, reason, over_budget=True) from None
+            raise AttachmentError(filename, path, reason, over_budget=not exc.alone) from None
         except (TimeoutError, ConnectTimeoutError, ReadTimeoutError):
             raise AttachmentError(filename, path, f"timed out after {self._timeout:g}s") from None
         except ClientError as exc:
@@ -323,8 +327,13 @@ class AttachmentStore:
         body = response["Body"]
         try:
             length = response.get("ContentLength")
-            if length is not None and length > budget.left:
-                raise _TooLarge  # the body is not read: closing drops the connection
+            if length is not None:
+                # The whole length is taken before the body is read (closing an unread body
+                # drops the connection), so of two objects that do not fit together the one
+                # whose answer came second is refused unread, and the first reads in full.
+                if length > budget.limit or not budget.take(length):
+                    raise _TooLarge(alone=length > budget.limit)
+                budget = ByteBudget(length)  # and the body brings no more than it said
             size, encoded = await encode_stream(body.read, budget)
         finally:
             body.close()

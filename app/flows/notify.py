@@ -612,9 +612,11 @@ class NotifySender:
         """Every attachment, within ``ATTACHMENT_MAX_BYTES`` together, or why not: no mail
         goes out with an attachment missing.
 
-        The attachments are read at once, from one shared budget. So the answer does not hang
-        on which read came first: a missing or unreadable one is named first, in the request's
-        order; else, with several, the budget is named for all of them together.
+        The attachments are read at once, from one shared budget, and the first failure stops
+        the reads still running (a request waits for no more than it needs to be refused). Of
+        the reads that failed by then, the reply names the first in the request's order that
+        is about the file itself (missing, unreadable, larger than the budget alone); failing
+        that, with several over the budget together, all of them.
         """
         if not req.attachments or self.store is None:
             return ()
@@ -625,15 +627,20 @@ class NotifySender:
             async with lanes:
                 return await store.fetch(item["filename"], item["path"], budget)
 
-        results = await asyncio.gather(*map(read, req.attachments), return_exceptions=True)
-        errors: list[AttachmentError] = []
-        for result in results:
-            if isinstance(result, AttachmentError):
-                errors.append(result)
-            elif isinstance(result, BaseException):
-                raise result
+        reads = [asyncio.ensure_future(read(item)) for item in req.attachments]
+        try:
+            await asyncio.wait(reads, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in reads:
+                task.cancel()  # nothing for those done; the rest close their bodies
+            await asyncio.gather(*reads, return_exceptions=True)
+        failed = [t.exception() for t in reads if not t.cancelled() and t.exception()]
+        for exc in failed:
+            if not isinstance(exc, AttachmentError):
+                raise exc
+        errors = [e for e in failed if isinstance(e, AttachmentError)]
         if not errors:
-            return tuple(results)
+            return tuple(task.result() for task in reads)
         first = next((e for e in errors if not e.over_budget), errors[0])
         if first.over_budget and len(req.attachments) > 1:
             names = ", ".join(a["filename"] for a in req.attachments)

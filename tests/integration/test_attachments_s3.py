@@ -157,8 +157,9 @@ async def test_object_larger_than_the_budget_is_refused_by_its_length(
 async def test_reads_at_once_share_one_budget_and_never_hold_more(
     store: AttachmentStore, s3_store: S3Store, bucket: str
 ):
-    """Two objects that fit alone but not together: one read is refused, whichever of the
-    two takes the budget's last bytes; nothing past the budget is ever spent."""
+    """Two objects that fit alone but not together: each takes its whole length when the
+    store's answer arrives, so the second answer is refused unread and the first reads in full;
+    nothing past the budget is ever spent."""
     size = 3 * CHUNK_BYTES
     for key in ("a.bin", "b.bin"):
         s3_store.put(bucket, key, os.urandom(size))
@@ -170,7 +171,11 @@ async def test_reads_at_once_share_one_budget_and_never_hold_more(
     refused = [g for g in got if isinstance(g, AttachmentError)]
     assert len(refused) == 1 and refused[0].over_budget, got
     assert refused[0].reason == f"larger than {size + CHUNK_BYTES} bytes"
-    assert 0 <= budget.left <= CHUNK_BYTES
+    assert budget.left == CHUNK_BYTES
+    alone = ByteBudget(size - 1)
+    with pytest.raises(AttachmentError) as info:
+        await store.fetch("a.bin", f"{bucket}/a.bin", alone)
+    assert not info.value.over_budget and alone.left == size - 1  # by itself, and unread
 
 
 async def test_stream_longer_than_the_budget_stops_reading(

@@ -56,8 +56,9 @@ class Store:
         if path not in self.objects:
             raise AttachmentError(filename, path, "not found")
         data = self.objects[path]
-        if not budget.take(len(data)):
-            raise AttachmentError(filename, path, f"larger than {budget.limit} bytes", True)
+        if len(data) > budget.limit or not budget.take(len(data)):  # as its ContentLength is
+            reason = f"larger than {budget.limit} bytes"
+            raise AttachmentError(filename, path, reason, len(data) <= budget.limit)
         encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
         return Attachment(filename, "application/pdf", len(data), encoded)
 
@@ -439,6 +440,44 @@ def test_the_attachments_of_one_mail_are_read_at_once_and_kept_in_order():
     assert reply["error"] is None
     [mail] = svc.mail.sent
     assert [a.filename for a in mail.attachments] == names
+
+
+def test_one_attachment_too_large_by_itself_is_named_alone():
+    svc = Service(attachment_max_bytes=len(PDF) + 10)
+    assert svc.store is not None
+    svc.store.objects["contracts/big.pdf"] = PDF * 2
+    items = [
+        {"filename": "a.pdf", "path": "contracts/contract.pdf"},
+        {"filename": "big.pdf", "path": "contracts/big.pdf"},
+    ]
+    reply = run(svc.send({**CONTRACT, "attachments": items}))
+    assert reply["error"] == (
+        f"attachments: big.pdf (contracts/big.pdf): larger than {len(PDF) + 10} bytes"
+    )
+
+
+def test_the_first_failed_read_stops_the_others():
+    svc = Service(attachment_max_bytes=3 * len(PDF))
+    assert svc.store is not None
+    read, stalled = svc.store.fetch, []
+
+    async def fetch(filename: str, path: str, budget: ByteBudget) -> Attachment:
+        if filename == "slow.pdf":
+            try:
+                await asyncio.Event().wait()  # a store that never answers
+            except asyncio.CancelledError:
+                stalled.append("cancelled")
+                raise
+        return await read(filename, path, budget)
+
+    svc.store.fetch = fetch  # type: ignore[method-assign]
+    items = [
+        {"filename": "slow.pdf", "path": "contracts/contract.pdf"},
+        {"filename": "gone.pdf", "path": "contracts/missing.pdf"},
+    ]
+    reply = run(asyncio.wait_for(svc.send({**CONTRACT, "attachments": items}), 5))
+    assert reply["error"] == "attachments: gone.pdf (contracts/missing.pdf): not found"
+    assert stalled == ["cancelled"] and svc.mail.sent == []
 
 
 def test_every_attachment_read_at_once_has_a_connection_of_the_store():
