@@ -106,8 +106,9 @@ class AttachmentError(Exception):
 class ByteBudget:
     """The raw bytes one mail's attachments may still take, shared by their reads.
 
-    The reads of one mail run at once, each taking its chunks from the same budget, so together
-    they never hold more than ``limit``, however their chunks interleave.
+    The reads of one mail run at once, each taking its object's length from the same budget
+    when the store answers (or its chunks as they come, for an answer without a length), so
+    together they never hold more than ``limit``, however they interleave.
     """
 
     def __init__(self, limit: int) -> None:
@@ -125,6 +126,10 @@ class ByteBudget:
 # Connections to the store: enough for every read the notification flow runs at once
 # (app.flows.notify), so none waits for a connection inside its timeout.
 POOL_CONNECTIONS = 16
+
+
+class _LongerThanDeclared(Exception):
+    """A body that brought more bytes than its answer's ``Content-Length`` said."""
 
 
 class _TooLarge(Exception):
@@ -186,8 +191,8 @@ async def encode_stream(
     """(raw size, base64 body) of a stream, read ``CHUNK_BYTES`` at a time.
 
     Raises ``_TooLarge`` as soon as a chunk does not fit in what ``budget`` has left: the
-    length header was checked already, but a chunked response has none and a broken server may
-    send more, and the mail's other attachments take from the same budget meanwhile.
+    length an answer declares is taken before its body is read (``_download``), but a chunked
+    answer declares none, and the mail's other attachments take from the same budget meanwhile.
     ``read`` may return fewer bytes than asked (it returns what the socket has), so up to 56
     bytes wait in ``carry`` for the next chunk to complete their line.
     """
@@ -300,6 +305,9 @@ class AttachmentStore:
         except _TooLarge as exc:
             reason = f"larger than {shared.limit} bytes"
             raise AttachmentError(filename, path, reason, over_budget=not exc.alone) from None
+        except _LongerThanDeclared:
+            reason = "the store sent more than the object's length"
+            raise AttachmentError(filename, path, reason) from None
         except (TimeoutError, ConnectTimeoutError, ReadTimeoutError):
             raise AttachmentError(filename, path, f"timed out after {self._timeout:g}s") from None
         except ClientError as exc:
@@ -327,14 +335,18 @@ class AttachmentStore:
         body = response["Body"]
         try:
             length = response.get("ContentLength")
-            if length is not None:
+            if length is None:
+                size, encoded = await encode_stream(body.read, budget)
+            else:
                 # The whole length is taken before the body is read (closing an unread body
                 # drops the connection), so of two objects that do not fit together the one
-                # whose answer came second is refused unread, and the first reads in full.
+                # whose answer came second is refused unread.
                 if length > budget.limit or not budget.take(length):
                     raise _TooLarge(alone=length > budget.limit)
-                budget = ByteBudget(length)  # and the body brings no more than it said
-            size, encoded = await encode_stream(body.read, budget)
+                try:
+                    size, encoded = await encode_stream(body.read, ByteBudget(length))
+                except _TooLarge:
+                    raise _LongerThanDeclared from None
         finally:
             body.close()
         return size, encoded, response.get("ContentType")

@@ -614,9 +614,10 @@ class NotifySender:
 
         The attachments are read at once, from one shared budget, and the first failure stops
         the reads still running (a request waits for no more than it needs to be refused). Of
-        the reads that failed by then, the reply names the first in the request's order that
-        is about the file itself (missing, unreadable, larger than the budget alone); failing
-        that, with several over the budget together, all of them.
+        the reads that had failed by then, the reply names the first in the request's order
+        whose failure is about the file itself (missing, unreadable, larger than the budget
+        alone); failing that, with several that do not fit together, all of them. Which reads
+        had failed by then depends on the store's timing.
         """
         if not req.attachments or self.store is None:
             return ()
@@ -629,12 +630,13 @@ class NotifySender:
 
         reads = [asyncio.ensure_future(read(item)) for item in req.attachments]
         try:
-            await asyncio.wait(reads, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for task in reads:
                 task.cancel()  # nothing for those done; the rest close their bodies
             await asyncio.gather(*reads, return_exceptions=True)
-        failed = [t.exception() for t in reads if not t.cancelled() and t.exception()]
+        # What failed by the first failure: a read cancelled then may fail its own way after.
+        failed = [t.exception() for t in reads if t in done and t.exception()]
         for exc in failed:
             if not isinstance(exc, AttachmentError):
                 raise exc

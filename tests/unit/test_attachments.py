@@ -218,3 +218,46 @@ async def test_bad_path_is_refused_without_a_client():
     assert store._client is None
     assert "sk-secret" not in repr(store)
     await store.close()
+
+
+class _Body:
+    """An S3 answer's body that brings ``data`` whatever its answer declared."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.closed = False
+
+    async def read(self, n: int) -> bytes:
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Client:
+    def __init__(self, declared: int | None, data: bytes) -> None:
+        self.answer = {"ContentLength": declared, "Body": _Body(data), "ContentType": None}
+
+    async def get_object(self, Bucket: str, Key: str) -> dict:
+        return self.answer
+
+
+async def test_a_body_longer_than_its_declared_length_is_refused_as_such():
+    store = AttachmentStore(url="http://127.0.0.1:1", access_key="ak", secret_key="sk")
+    store._client = _Client(declared=10, data=b"x" * 20)
+    budget = ByteBudget(1000)
+    with pytest.raises(AttachmentError) as info:
+        await store.fetch("a.pdf", "docs/a.pdf", budget)
+    assert info.value.reason == "the store sent more than the object's length"
+    assert not info.value.over_budget and budget.left == 990  # its declared length, taken
+
+
+async def test_a_length_over_the_whole_budget_is_refused_by_itself_and_unread():
+    store = AttachmentStore(url="http://127.0.0.1:1", access_key="ak", secret_key="sk")
+    client = store._client = _Client(declared=2000, data=b"x" * 2000)
+    budget = ByteBudget(1000)
+    with pytest.raises(AttachmentError) as info:
+        await store.fetch("a.pdf", "docs/a.pdf", budget)
+    assert info.value.reason == "larger than 1000 bytes" and not info.value.over_budget
+    assert budget.left == 1000 and client.answer["Body"].closed

@@ -425,19 +425,23 @@ def test_the_attachments_of_one_mail_are_read_at_once_and_kept_in_order():
     svc = Service(attachment_max_bytes=3 * len(PDF))
     assert svc.store is not None
     read, started, everyone = svc.store.fetch, [], asyncio.Event()
+    finished: list[str] = []
 
     async def fetch(filename: str, path: str, budget: ByteBudget) -> Attachment:
         started.append(filename)
         if len(started) == 3:
             everyone.set()
         await asyncio.wait_for(everyone.wait(), 5)  # one read at a time would time out here
+        while len(finished) < 2 - names.index(filename):  # they finish last to first
+            await asyncio.sleep(0)
+        finished.append(filename)
         return await read(filename, path, budget)
 
     svc.store.fetch = fetch  # type: ignore[method-assign]
     names = ["a.pdf", "b.pdf", "c.pdf"]
     items = [{"filename": n, "path": "contracts/contract.pdf"} for n in names]
     reply = run(svc.send({**CONTRACT, "attachments": items}))
-    assert reply["error"] is None
+    assert reply["error"] is None and finished == names[::-1]
     [mail] = svc.mail.sent
     assert [a.filename for a in mail.attachments] == names
 
@@ -466,8 +470,8 @@ def test_the_first_failed_read_stops_the_others():
             try:
                 await asyncio.Event().wait()  # a store that never answers
             except asyncio.CancelledError:
-                stalled.append("cancelled")
-                raise
+                stalled.append("cancelled")  # and, stopped, fails its own way: not the answer
+                raise AttachmentError(filename, path, "storage connection lost") from None
         return await read(filename, path, budget)
 
     svc.store.fetch = fetch  # type: ignore[method-assign]
