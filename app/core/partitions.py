@@ -57,4 +57,4 @@ class Partitioner:
     ) -> int:
         if key is None:
             return random.choice(available or all_partitions)
-        return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+        return all_partitions[partition_of(key, len(all_partitions))]
