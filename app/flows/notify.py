@@ -636,11 +636,13 @@ class NotifySender:
                 task.cancel()  # nothing for those done; the rest close their bodies
             await asyncio.gather(*reads, return_exceptions=True)
         # What failed by the first failure: a read cancelled then may fail its own way after.
-        failed = [t.exception() for t in reads if t in done and t.exception()]
-        for exc in failed:
-            if not isinstance(exc, AttachmentError):
+        errors: list[AttachmentError] = []
+        for task in reads:
+            exc = task.exception() if task in done else None
+            if isinstance(exc, AttachmentError):
+                errors.append(exc)
+            elif exc is not None:
                 raise exc
-        errors = [e for e in failed if isinstance(e, AttachmentError)]
         if not errors:
             return tuple(task.result() for task in reads)
         first = next((e for e in errors if not e.over_budget), errors[0])
