@@ -14,24 +14,6 @@ USAGE = """usage: python -m app worker [faust worker options]
        python -m app repartition --partitions N   (every worker stopped; see app/repartition.py)"""
 
 
-def use_event_loop(name: str) -> None:
-    """Make ``EVENT_LOOP`` the loop policy, before any loop exists.
-
-    Importing Faust applies its own ``--loop`` option, ``FAUST_LOOP`` or ``F_LOOP``; app.main
-    imports it before the command line is built, so Faust goes first here and the service's
-    setting is the one that stays.
-    """
-    import asyncio
-
-    import faust  # noqa: F401
-    import mode.loop
-
-    if name == "aio":
-        asyncio.set_event_loop_policy(None)  # mode's "aio" keeps whatever policy is set
-    else:
-        mode.loop.use(name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -44,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "repartition":
         return repartition(settings, args[1:])
+
+    from app.runtime.worker import use_event_loop
 
     use_event_loop(settings.event_loop)
 

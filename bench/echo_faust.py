@@ -19,12 +19,12 @@ import sys
 from typing import Any
 
 import faust
-import mode.loop
 import orjson
 
 from app.core.partitions import Partitioner
 from app.logs import logging_config
 from app.runtime.consumer import LedgerApp
+from app.runtime.worker import use_event_loop
 from app.settings import Settings
 from bench import service_settings
 
@@ -91,7 +91,7 @@ def main() -> None:
     bootstrap, in_topic, out_topic, app_id, partitions, data_dir = sys.argv[1:7]
     shared = service_settings()
     app = create_app(bootstrap, in_topic, out_topic, app_id, int(partitions), data_dir, shared)
-    mode.loop.use(shared.event_loop)  # before the worker makes its loop (as app/__main__.py does)
+    use_event_loop(shared.event_loop)  # before the worker makes its loop, as the service
     sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", "warn"]
     app.main()
 

@@ -10,6 +10,7 @@ committed by then is redelivered to the next owner of the partition (at-least-on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -17,12 +18,26 @@ import threading
 from typing import Any
 
 import faust
+import mode.loop
 
 from app.runtime.consumer import LedgerApp
 
 log = logging.getLogger(__name__)
 
+
 FORCED_EXIT_CODE = 3
+
+
+def use_event_loop(name: str) -> None:
+    """Make ``EVENT_LOOP`` the loop policy, before any loop exists.
+
+    Importing Faust (this module does) applies its own ``--loop`` option, ``FAUST_LOOP`` or
+    ``F_LOOP``; this runs after it, so the service's setting is the one that stays.
+    """
+    if name == "aio":
+        asyncio.set_event_loop_policy(None)  # mode's "aio" keeps whatever policy is set
+    else:
+        mode.loop.use(name)
 
 
 class Worker(faust.Worker):

@@ -176,7 +176,7 @@ def test_event_loop_wins_over_faust_own_loop_variable():
 
     def policy(event_loop: str, faust_loop: str | None) -> str:
         probe = (
-            "import asyncio; from app.__main__ import use_event_loop; "
+            "import asyncio; from app.runtime.worker import use_event_loop; "
             f"use_event_loop({event_loop!r}); "
             "print(type(asyncio.get_event_loop_policy()).__module__)"
         )
