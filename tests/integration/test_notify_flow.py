@@ -173,13 +173,34 @@ async def test_a_forwarded_template_goes_to_the_adapter_not_the_mail_server(
     assert len(ext.records) == 1 and sink.to("fwd@four.example") == []
 
 
+async def test_several_attachments_are_read_at_once_and_attached_in_order(
+    worker: Worker, templates: None, sink: SmtpSink, kafka_bootstrap: str, suffix: str
+):
+    names = ["one.pdf", "two.pdf", "three.pdf"]
+    request = {
+        **example("notify-contract.json"),
+        "receivers": ["several@five.example"],
+        "attachments": [{"filename": n, "path": "contracts/contract.pdf"} for n in names],
+    }
+    _, reply = await notify(kafka_bootstrap, suffix, request, "9006")
+    assert reply["error"] is None, reply
+    [mail] = sink.to("several@five.example")
+    attached = list(mail.iter_attachments())
+    assert [a.get_filename() for a in attached] == names
+    assert all(a.get_content() == PDF for a in attached)
+
+
 async def test_a_missing_attachment_sends_nothing_and_names_it(
     worker: Worker, templates: None, sink: SmtpSink, kafka_bootstrap: str, suffix: str
 ):
     request = {
         **example("notify-contract.json"),
         "receivers": ["nobody@five.example"],
-        "attachments": [{"filename": "gone.pdf", "path": "contracts/gone.pdf"}],
+        "attachments": [
+            {"filename": "first.pdf", "path": "contracts/contract.pdf"},
+            {"filename": "gone.pdf", "path": "contracts/gone.pdf"},
+            {"filename": "last.pdf", "path": "contracts/contract.pdf"},
+        ],
     }
     _, reply = await notify(kafka_bootstrap, suffix, request, "9005")
     assert reply["error"].startswith("attachments: gone.pdf (contracts/gone.pdf): not found")
